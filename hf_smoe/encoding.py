@@ -1,0 +1,55 @@
+"""Turning (prompt, response) into model inputs: the chat-template rendering the model's prompt boundary relies on."""
+
+from .modeling.modeling_smoe import render_ids
+
+
+def as_messages(prompt) -> list:
+    """A prompt given as text becomes one user message; chat messages pass through."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return list(prompt)
+
+
+def encode_pair(tokenizer, prompt, response: str, max_length: int | None = None) -> dict:
+    """Encodes chat-template(prompt) + response.
+
+    Uses the tokenizer's chat template, or, for tokenizers without one, the plain HH-style fallback
+    `"Human: ...\\n\\nAssistant: ..."` wrapped in the tokenizer's own start/end tokens (`PLAIN_CHAT_TEMPLATE`).
+
+    Truncation to `max_length` never cuts the response's final token nor the template's end-of-turn tokens after
+    it (that is where the reward is read): the prompt loses its oldest tokens first, down to half the budget (its
+    leading special token, e.g. BOS, is kept); then the response loses tokens from its middle.
+
+    Returns:
+        dict with `input_ids`, `attention_mask` (lists) and `prompt_lengths` (int: tokens up to and including the
+        assistant-turn opener).
+    """
+    messages = as_messages(prompt)
+    if not response:
+        raise ValueError("response: empty text; every pair needs two non-empty responses.")
+    prompt_ids = render_ids(tokenizer, messages, add_generation_prompt=True)
+    full_ids = render_ids(tokenizer, messages + [{"role": "assistant", "content": response}],
+                          add_generation_prompt=False)
+    if full_ids[:len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
+        raise ValueError("tokenizer: its chat template does not render the prompt as a prefix of prompt + response, "
+                         "so the prompt boundary is undefined; use a template whose generation prompt is a prefix.")
+    response_ids = full_ids[len(prompt_ids):]
+    if max_length is not None and len(full_ids) > max_length:
+        prompt_ids, response_ids = _truncate(tokenizer, messages, prompt_ids, response_ids, max_length)
+    input_ids = prompt_ids + response_ids
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "prompt_lengths": len(prompt_ids)}
+
+
+def _truncate(tokenizer, messages, prompt_ids, response_ids, max_length):
+    empty_turn = render_ids(tokenizer, messages + [{"role": "assistant", "content": ""}], add_generation_prompt=False)
+    tail = max(len(empty_turn) - len(prompt_ids), 0) + 1  # end-of-turn tokens + the response's final token
+    keep_prompt = max(max_length - len(response_ids), min(len(prompt_ids), max_length // 2))
+    keep_response = max_length - keep_prompt
+    if keep_response < tail + 1 or keep_prompt < 2:
+        raise ValueError(f"max_length: {max_length} cannot hold a prompt boundary and the response's last "
+                         f"{tail} tokens; raise max_length.")
+    head = 1 if prompt_ids[0] in tokenizer.all_special_ids else 0
+    prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - keep_prompt + head:]
+    if len(response_ids) > keep_response:
+        response_ids = response_ids[:keep_response - tail] + response_ids[-tail:]
+    return prompt_ids, response_ids
