@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .modeling.configuration_smoe import LAMBDA_NAMES, PRESETS
+from .modeling.configuration_smoe import LAMBDA_NAMES, PRESETS, check_loss_weights
 
 
 def _xlogx(p: torch.Tensor) -> torch.Tensor:
@@ -99,11 +99,8 @@ def moe_preference_loss(routing_weights, chosen_rewards, rejected_rewards, *, la
         if rewards.shape != routing_weights.shape:
             raise ValueError(f"{name}: shape {tuple(rewards.shape)} differs from routing_weights' "
                              f"{tuple(routing_weights.shape)}; pass per-expert rewards, one row per pair.")
-    lambdas = {"lambda_local": lambda_local, "lambda_global": lambda_global, "lambda_div": lambda_div,
-               "lambda_uniform": lambda_uniform}
-    for name, value in lambdas.items():
-        if not value >= 0:
-            raise ValueError(f"{name}: loss weights must be >= 0, got {value}.")
+    check_loss_weights({"lambda_local": lambda_local, "lambda_global": lambda_global, "lambda_div": lambda_div,
+                        "lambda_uniform": lambda_uniform})
     routing_weights, chosen_rewards, rejected_rewards = (
         t.float() for t in (routing_weights, chosen_rewards, rejected_rewards))
     terms = {

@@ -21,6 +21,15 @@ PROMPT_REPRESENTATIONS = ("same_pass", "prompt_pass")
 ROUTER_ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 
 
+def check_loss_weights(weights: dict) -> dict:
+    """Loss weights as floats; a ValueError naming the first negative or NaN one."""
+    weights = {name: float(value) for name, value in weights.items()}
+    for name, value in weights.items():
+        if not value >= 0.0:  # also rejects NaN
+            raise ValueError(f"{name}: loss weights must be >= 0, got {value}.")
+    return weights
+
+
 def is_bidirectional_encoder(backbone_config) -> bool:
     """True for encoders (BERT-like): their hidden state at the last prompt token of a prompt+response pass has
     already seen the response, so the prompt representation needs a prompt-only pass."""
@@ -102,10 +111,9 @@ class SMoERewardConfig(PretrainedConfig):
                              "Drop num_experts or use preset 'vanilla'.")
         lambdas = {"lambda_local": lambda_local, "lambda_global": lambda_global, "lambda_div": lambda_div,
                    "lambda_uniform": lambda_uniform}
+        lambdas = check_loss_weights({name: PRESETS[preset][name] if value is None else value
+                                      for name, value in lambdas.items()})
         for name, value in lambdas.items():
-            value = PRESETS[preset][name] if value is None else float(value)
-            if not value >= 0.0:  # also rejects NaN
-                raise ValueError(f"{name}: loss weights must be >= 0, got {value}.")
             setattr(self, name, value)
         if not 0.0 <= router_dropout < 1.0:
             raise ValueError(f"router_dropout: must be in [0, 1), got {router_dropout}.")
@@ -163,4 +171,4 @@ class SMoERewardConfig(PretrainedConfig):
         return PRESETS[self.preset]["routing"]
 
 
-__all__ = ["SMoERewardConfig", "PRESETS", "LAMBDA_NAMES"]
+__all__ = ["SMoERewardConfig", "PRESETS", "LAMBDA_NAMES", "check_loss_weights"]
