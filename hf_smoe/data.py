@@ -1,0 +1,653 @@
+"""Preference data: one adapter per dataset format, one pair schema out.
+
+Every adapter turns the records of one public format into pairs with the seven columns of `PAIR_FEATURES`:
+
+- `prompt`: the conversation before the compared assistant turn, as chat messages `{"role", "content"}`;
+- `chosen`, `rejected`: the preferred and the dispreferred assistant turn;
+- `category`: the latent domain of the pair (read by the metrics, never a training input);
+- `attribute`, `criterion`: the wanted attribute and a sentence stating it, for attribute-conditioned data;
+- `user`: the simulated user whose preference labels the pair.
+
+Columns a format has no value for hold None, so pairs from different formats concatenate. `load_pairs` reads a Hub
+dataset or a local file through `datasets` and runs the adapter; `split_pairs` makes the seeded, stratified
+train/validation/test split the shared test files need.
+
+Bad input is never passed over silently. A record that does not fit its format's schema (a missing column, a field
+of the wrong type) raises a `ValueError` naming the record index and the field. Pairs a format's recipe excludes, or
+that carry no preference signal (ties, transcripts whose prompts differ, an empty response, identical responses),
+are dropped and counted: one warning per reason, with its count.
+
+Where the papers are silent, the choice made is written in the adapter's docstring.
+"""
+
+import inspect
+import itertools
+import random
+import re
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from datasets import Dataset, DatasetDict, Features, List, Value, load_dataset
+
+__all__ = [
+    "DSP_CRITERIA", "FORMATS", "HELPSTEER2_CRITERIA", "PAIR_COLUMNS", "PAIR_FEATURES", "PERSONAL_LLM_REWARD_MODELS",
+    "RPR_EVALUATION_ATTRIBUTES", "SHP_CATEGORIES", "load_pairs", "personal_llm_users", "split_pairs",
+]
+
+PAIR_FEATURES = Features({
+    "prompt": List({"role": Value("string"), "content": Value("string")}),
+    "chosen": Value("string"),
+    "rejected": Value("string"),
+    "category": Value("string"),
+    "attribute": Value("string"),
+    "criterion": Value("string"),
+    "user": Value("string"),
+})
+PAIR_COLUMNS = tuple(PAIR_FEATURES)
+
+# How an attribute-conditioned pair shows its criterion to the model (MiCRo and the paper append it to the input).
+CRITERION_TEMPLATE = "{prompt}\n\nCriterion: {criterion}"
+
+# SHP (paper App. A, Table 7): the 16 subreddits used, grouped into 4 categories; two subsets are excluded because
+# their posts carry prefixes that leak the domain; only pairs whose responses both have more than 3 likes are kept.
+SHP_CATEGORIES = {
+    **dict.fromkeys(("askphysics", "askscience", "askengineers", "askhistorians", "askphilosophy",
+                     "asksocialscience", "askanthropology"), "academic"),
+    **dict.fromkeys(("askdocs", "askvet", "askhr", "legaladvice", "askacademia", "askcarguys"), "professional"),
+    **dict.fromkeys(("askbaking", "askculinary"), "cooking"),
+    "asksciencefiction": "fiction",
+}
+SHP_EXCLUDED_DOMAINS = ("explainlikeimfive", "changemyview")
+SHP_MIN_LIKES = 3
+SHP_SPLITS = ("train", "validation", "test")
+
+# RPR (paper App. A): the 17 attributes with more than 50 test examples, on which steering and personalization are
+# evaluated. Select them with `pairs.filter(lambda a: a in RPR_EVALUATION_ATTRIBUTES, input_columns="attribute")`.
+RPR_EVALUATION_ATTRIBUTES = (
+    "Linguistic Creativity", "User Friendliness", "Humor and Entertainment Value", "Scientific Rigor",
+    "Narrative and Storytelling Quality", "Creativity and Originality", "Factual Accuracy", "Innovativeness",
+    "Pedagogical Effectiveness", "Economic Feasibility", "Technical Complexity", "Interdisciplinary Approach",
+    "Empathy and Emotional Intelligence", "Contextual Relevance", "Clarity and Conciseness", "User Experience",
+    "Practical Application",
+)
+
+# HelpSteer2 (MiCRo App. B.2, Table 6): the five rated attributes and the context sentence MiCRo gives each.
+HELPSTEER2_CRITERIA = {
+    "helpfulness": "The assistant should provide users with accurate, relevant, and up-to-date information, ensuring "
+                   "that the content is positive, engaging, educational, and truly helpful.",
+    "correctness": "The assistant must base responses on verified facts and cover all aspects of the prompt "
+                   "fully\u2014avoiding errors, omissions, hallucinations, or irrelevant details.",
+    "coherence": "The assistant's responses should be logically structured, easy to follow, and free of "
+                 "contradictions, redundancies, or abrupt style shifts.",
+    "complexity": "The assistant should employ sophisticated language with elevated vocabulary, appropriate for "
+                  "adults with advanced education or subject matter experts.",
+    "verbosity": "The assistant should provide an expansive, detailed response that thoroughly elaborates on the "
+                 "topic, including additional context and examples beyond the basic answer.",
+}
+
+# PersonalLLM (paper App. H): the ten reward models whose scores a simulated user weights, in the order PersonalLLM's
+# evaluation code uses (sorted by name). Reward columns are named `response_<k>_<model>`.
+PERSONAL_LLM_REWARD_MODELS = (
+    "beaver_7b", "gemma_2b", "gemma_7b", "llama3_sfairx", "mistral_raft", "mistral_ray", "mistral_weqweasdas",
+    "oasst_deberta_v3", "oasst_pythia_1b", "oasst_pythia_7b",
+)
+
+# DSP: under domain d the response written for d is preferred over the other four (the `normal` response included).
+# The papers give no criterion sentences for DSP; these state each domain's style in the manner of MiCRo's contexts.
+DSP_CRITERIA = {
+    "academy": "The response should be written in an academic style: rigorous, precise and well-structured, as in "
+               "a scholarly text.",
+    "business": "The response should be written in a business style: professional, practical and focused on "
+                "commercial value.",
+    "entertainment": "The response should be written in an entertaining style: lively, humorous and engaging.",
+    "literature": "The response should be written in a literary and artistic style: expressive, imaginative and "
+                  "rich in figurative language.",
+}
+DSP_RESPONSES = (*DSP_CRITERIA, "normal")
+
+# Hub datasets whose format is known by name; other sources are recognized from their columns.
+HUB_FORMATS = {
+    "Anthropic/hh-rlhf": "hh-rlhf",
+    "stanfordnlp/SHP": "shp",
+    "microsoft/rpr": "rpr",
+    "nvidia/HelpSteer2": "helpsteer2",
+    "hendrydong/preference_700K": "preference-700k",
+    "namkoong-lab/PersonalLLM": "personal-llm",
+}
+
+# Plain-text dialogue encodings: the turn marker of each speaker, captured as the speaker's name.
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+STEAMSHP_TURN = re.compile(r"(?:^|\n\n)(HUMAN|ASSISTANT): ")  # SHP's encoding of dialogue histories (SteamSHP)
+WEBGPT_TURN = re.compile(r"(?:^|\n+)## (Human|Assistant):\n")
+SPEAKER_ROLES = {"human": "user", "assistant": "assistant"}
+
+
+class Skip(NamedTuple):
+    """A candidate pair a format's recipe drops; `reason` names what was dropped, in the plural."""
+
+    reason: str
+
+
+# Field access: a record that does not fit its schema is an error naming the record and the field.
+
+
+def _as_text(value, index: int, field: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"record {index}: field {field!r} must be text, got {type(value).__name__}.")
+    return value
+
+
+def _as_number(value, index: int, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"record {index}: field {field!r} must be a number, got {type(value).__name__}.")
+    return value
+
+
+def _as_messages(value, index: int, field: str) -> list:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"record {index}: field {field!r} must be a non-empty list of chat messages, got "
+                         f"{type(value).__name__}.")
+    messages = []
+    for position, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise ValueError(f"record {index}: field '{field}[{position}]' must be a message "
+                             f"{{'role', 'content'}}, got {type(message).__name__}.")
+        messages.append({key: _as_text(message.get(key), index, f"{field}[{position}].{key}")
+                         for key in ("role", "content")})
+    return messages
+
+
+def _user_turn(text: str) -> list:
+    return [{"role": "user", "content": text}]
+
+
+# Pairs.
+
+
+def _pair(prompt: list, chosen: str, rejected: str, **metadata) -> dict:
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "category": None, "attribute": None,
+            "criterion": None, "user": None, **metadata}
+
+
+def _with_criterion(prompt: list, criterion: str) -> list:
+    """The prompt with `criterion` appended to its last message (`CRITERION_TEMPLATE`)."""
+    *history, last = prompt
+    return [*history, {"role": last["role"],
+                       "content": CRITERION_TEMPLATE.format(prompt=last["content"], criterion=criterion)}]
+
+
+def _attribute_pair(prompt, chosen, rejected, attribute, criterion, append_criterion: bool) -> dict:
+    """A pair labelled under one attribute. The attribute is also the pair's category: it is the latent structure
+    of attribute-conditioned data (what the router should recover without seeing the criterion)."""
+    if append_criterion:
+        prompt = _with_criterion(prompt, criterion)
+    return _pair(prompt, chosen, rejected, category=attribute, attribute=attribute, criterion=criterion)
+
+
+def _parse_transcript(text: str, turn: re.Pattern, index: int, field: str) -> list:
+    """Splits a plain-text dialogue into chat messages at its turn markers, keeping every turn's text verbatim."""
+    parts = turn.split(text)
+    if parts[0] or len(parts) == 1:
+        raise ValueError(f"record {index}: field {field!r} does not open with a turn marker ({turn.pattern!r}).")
+    return [{"role": SPEAKER_ROLES[speaker.lower()], "content": content}
+            for speaker, content in zip(parts[1::2], parts[2::2])]
+
+
+def _shared_prompt_pair(chosen: list, rejected: list, **metadata) -> dict | Skip:
+    """The pair two full conversations compare: their shared turns, then each one's final assistant turn."""
+    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        return Skip("pairs whose transcripts do not end with an assistant turn")
+    if chosen[:-1] != rejected[:-1]:
+        return Skip("pairs whose transcripts differ before the last assistant turn")
+    return _pair(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"], **metadata)
+
+
+def _unusable(pair: dict) -> str | None:
+    """Why a pair carries no preference signal, or None: checked for every format."""
+    if not any(message["content"].strip() for message in pair["prompt"]):
+        return "pairs with an empty prompt"
+    if not pair["chosen"].strip() or not pair["rejected"].strip():
+        return "pairs with an empty response"
+    if pair["chosen"] == pair["rejected"]:
+        return "pairs with identical responses"
+    return None
+
+
+# Adapters: each reads a `datasets.Dataset` in one format and yields pairs (dicts) and `Skip`s.
+
+
+def _trl_pairs(dataset: Dataset, *, conversational: bool | None = None) -> Iterator[dict | Skip]:
+    """TRL's preference type (https://huggingface.co/docs/trl/dataset_formats), standard or conversational, with an
+    explicit `prompt` column or an implicit prompt shared by `chosen` and `rejected`.
+
+    An implicit prompt is extracted as TRL's `extract_prompt` does: the longest common prefix (of characters, or of
+    messages), with a space just before the first difference left to the completions. A standard prompt becomes one
+    user message. A conversational completion must be one assistant message, since a pair compares one turn.
+    `conversational=True` rejects standard (plain-text) records.
+    """
+    explicit = "prompt" in dataset.column_names
+    for index, record in enumerate(dataset):
+        if isinstance(record["chosen"], list):
+            yield _conversational_pair(record, index, explicit)
+        elif conversational:
+            raise ValueError(f"record {index}: field 'chosen' must be a list of chat messages, got "
+                             f"{type(record['chosen']).__name__}.")
+        else:
+            yield _standard_pair(record, index, explicit)
+
+
+def _conversational_pair(record: dict, index: int, explicit: bool) -> dict | Skip:
+    chosen = _as_messages(record["chosen"], index, "chosen")
+    rejected = _as_messages(record["rejected"], index, "rejected")
+    if not explicit:
+        return _shared_prompt_pair(chosen, rejected)
+    prompt = _as_messages(record["prompt"], index, "prompt")
+    if len(chosen) != 1 or len(rejected) != 1 or {chosen[0]["role"], rejected[0]["role"]} != {"assistant"}:
+        return Skip("pairs whose completions are not one assistant message each")
+    return _pair(prompt, chosen[0]["content"], rejected[0]["content"])
+
+
+def _standard_pair(record: dict, index: int, explicit: bool) -> dict:
+    chosen = _as_text(record["chosen"], index, "chosen")
+    rejected = _as_text(record["rejected"], index, "rejected")
+    if explicit:
+        return _pair(_user_turn(_as_text(record["prompt"], index, "prompt")), chosen, rejected)
+    shared = _common_prefix_length(chosen, rejected)
+    if 0 < shared < min(len(chosen), len(rejected)) and chosen[shared - 1] == " ":
+        shared -= 1
+    return _pair(_user_turn(chosen[:shared]), chosen[shared:], rejected[shared:])
+
+
+def _common_prefix_length(first, second) -> int:
+    return next((n for n, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+
+
+def _preference_700k_pairs(dataset: Dataset) -> Iterator[dict | Skip]:
+    """preference-700K (Dong et al. 2024; the paper's real-world data): TRL's conversational format with an implicit
+    prompt, `chosen` and `rejected` being whole conversations that end with the compared assistant turn."""
+    return _trl_pairs(dataset, conversational=True)
+
+
+def _hh_rlhf_pairs(dataset: Dataset) -> Iterator[dict | Skip]:
+    """Anthropic HH-RLHF: two transcripts `\\n\\nHuman: ...\\n\\nAssistant: ...` that share every turn but the last
+    assistant turn. Turns are split at the `\\n\\nHuman: ` / `\\n\\nAssistant: ` markers and kept verbatim; pairs
+    whose transcripts differ before the last assistant turn are dropped (counted). Unlike TRL's HH script, which
+    cuts at the longest common character prefix, this never splices a half-shared turn into the prompt. HH files
+    carry no subset label: give it with `load_pairs(..., category="helpful")` (or "harmless")."""
+    for index, record in enumerate(dataset):
+        chosen = _parse_transcript(_as_text(record["chosen"], index, "chosen"), HH_TURN, index, "chosen")
+        rejected = _parse_transcript(_as_text(record["rejected"], index, "rejected"), HH_TURN, index, "rejected")
+        yield _shared_prompt_pair(chosen, rejected)
+
+
+def _shp_pairs(dataset: Dataset, *, seed: int, one_pair_per_post: bool = False) -> Iterator[dict | Skip]:
+    """Stanford SHP (paper App. A): `human_ref_A`/`human_ref_B` answer `history`; `labels == 1` means A is preferred.
+
+    Follows the paper: drops the `explainlikeimfive` and `changemyview` domains, keeps pairs whose responses both
+    have more than 3 likes, and with `one_pair_per_post=True` (the paper's evaluation sets) keeps one seeded random
+    pair per `post_id` among those left. `category` is the domain's Table 7 group (academic, professional, cooking,
+    fiction), or the domain itself outside Table 7. The domain is `domain` without SHP's `_<split>` suffix.
+
+    Files in SHP's schema without `score_A`/`score_B` (the HH helpful file in `shared/data`) cannot be filtered on
+    likes: the filter is skipped with a warning. A history written as a dialogue (`HUMAN: ...\\n\\nASSISTANT: ...`,
+    SteamSHP's encoding of HH) is split into turns; any other history is one user message.
+    """
+    columns = set(dataset.column_names)
+    has_likes = {"score_A", "score_B"} <= columns
+    if not has_likes:
+        warnings.warn("shp: no score_A/score_B columns, so the paper's 'both responses have more than "
+                      f"{SHP_MIN_LIKES} likes' filter is not applied.", stacklevel=4)
+    if one_pair_per_post and "post_id" not in columns:
+        raise ValueError("one_pair_per_post=True needs a 'post_id' column.")
+    outcomes = [_shp_pair(record, index, has_likes) for index, record in enumerate(dataset)]
+    if one_pair_per_post:
+        outcomes = _one_pair_per_post(outcomes, list(dataset["post_id"]), seed)
+    yield from outcomes
+
+
+def _shp_pair(record: dict, index: int, has_likes: bool) -> dict | Skip:
+    domain = _as_text(record["domain"], index, "domain")
+    subset, _, split = domain.rpartition("_")
+    domain = subset if split in SHP_SPLITS else domain
+    if domain in SHP_EXCLUDED_DOMAINS:
+        return Skip(f"pairs from the excluded domains {', '.join(SHP_EXCLUDED_DOMAINS)}")
+    likes = [_as_number(record[f"score_{side}"], index, f"score_{side}") for side in "AB"] if has_likes else []
+    if likes and min(likes) <= SHP_MIN_LIKES:
+        return Skip(f"pairs with a response of {SHP_MIN_LIKES} likes or fewer")
+    label = record["labels"]
+    if label not in (0, 1) or isinstance(label, bool):
+        raise ValueError(f"record {index}: field 'labels' must be 0 or 1, got {label!r}.")
+    a = _as_text(record["human_ref_A"], index, "human_ref_A")
+    b = _as_text(record["human_ref_B"], index, "human_ref_B")
+    chosen, rejected = (a, b) if label == 1 else (b, a)
+    history = _as_text(record["history"], index, "history")
+    prompt = (_parse_transcript(history, STEAMSHP_TURN, index, "history") if STEAMSHP_TURN.match(history)
+              else _user_turn(history))
+    return _pair(prompt, chosen, rejected, category=SHP_CATEGORIES.get(domain, domain))
+
+
+def _one_pair_per_post(outcomes: list, posts: list, seed: int) -> list:
+    """The outcomes with all pairs but one seeded random pick per post turned into skips."""
+    pairs_of_post = defaultdict(list)
+    for index, outcome in enumerate(outcomes):
+        if not isinstance(outcome, Skip):
+            pairs_of_post[posts[index]].append(index)
+    rng = random.Random(seed)
+    kept = {rng.choice(indices) for indices in pairs_of_post.values()}
+    return [outcome if isinstance(outcome, Skip) or index in kept else Skip("pairs beyond the one kept per post")
+            for index, outcome in enumerate(outcomes)]
+
+
+def _rpr_pairs(dataset: Dataset, *, append_criterion: bool = True) -> Iterator[dict | Skip]:
+    """RPR (Pitis et al. 2024; paper App. A): `response_a` is preferred under `criteria_x` (attribute `category_x`),
+    `response_b` under `criteria_y` (attribute `category_y`). Each record becomes these two attribute-conditioned
+    pairs; the criterion is appended to the prompt (the paper's training input) unless `append_criterion=False`
+    (its steering evaluation, which removes it). The evaluation attributes are `RPR_EVALUATION_ATTRIBUTES`."""
+    for index, record in enumerate(dataset):
+        prompt = _user_turn(_as_text(record["prompt"], index, "prompt"))
+        a = _as_text(record["response_a"], index, "response_a")
+        b = _as_text(record["response_b"], index, "response_b")
+        for chosen, rejected, side in ((a, b, "x"), (b, a, "y")):
+            attribute = _as_text(record[f"category_{side}"], index, f"category_{side}")
+            criterion = _as_text(record[f"criteria_{side}"], index, f"criteria_{side}")
+            yield _attribute_pair(prompt, chosen, rejected, attribute, criterion, append_criterion)
+
+
+def _helpsteer2_pairs(dataset: Dataset, *, append_criterion: bool = False,
+                      drop_unanimous: bool = False) -> Iterator[dict | Skip]:
+    """HelpSteer2 (MiCRo App. B.2): responses rated 0-4 on five attributes; two responses per prompt.
+
+    Every two responses to the same prompt give, per attribute, a pair whose chosen response has the higher rating;
+    equal ratings give no pair (counted). `drop_unanimous=True` drops response pairs where one response is rated
+    strictly higher on all five attributes (MiCRo does so for its training set only). The criterion is MiCRo's
+    Table 6 context, appended to the prompt only with `append_criterion=True` (MiCRo trains its mixture on the bare
+    prompts and uses the contexts for routing). Multi-turn prompts stay one user message, as HelpSteer2 stores them.
+    """
+    responses = defaultdict(list)
+    for index, record in enumerate(dataset):
+        ratings = {attribute: _as_number(record[attribute], index, attribute) for attribute in HELPSTEER2_CRITERIA}
+        responses[_as_text(record["prompt"], index, "prompt")].append(
+            (_as_text(record["response"], index, "response"), ratings))
+    for prompt, candidates in responses.items():
+        for (first, first_ratings), (second, second_ratings) in itertools.combinations(candidates, 2):
+            differences = {name: first_ratings[name] - second_ratings[name] for name in HELPSTEER2_CRITERIA}
+            if drop_unanimous and _unanimous(differences.values()):
+                yield Skip("response pairs rated unanimously on every attribute")
+                continue
+            for attribute, difference in differences.items():
+                if difference == 0:
+                    yield Skip("attribute pairs with equal ratings")
+                    continue
+                chosen, rejected = (first, second) if difference > 0 else (second, first)
+                yield _attribute_pair(_user_turn(prompt), chosen, rejected, attribute, HELPSTEER2_CRITERIA[attribute],
+                                      append_criterion)
+
+
+def _unanimous(differences) -> bool:
+    """Whether one response is rated strictly higher on every attribute."""
+    return {(difference > 0) - (difference < 0) for difference in differences} in ({1}, {-1})
+
+
+def personal_llm_users(num_users: int = 5, *, alpha: float = 0.3, seed: int = 0) -> dict:
+    """Simulated PersonalLLM users (paper App. H): `{"user_<i>": {reward model: weight}}`, each weight vector a seeded
+    draw from Dirichlet(alpha) over `PERSONAL_LLM_REWARD_MODELS` (normalized Gamma(alpha, 1) draws)."""
+    rng = random.Random(seed)
+    users = {}
+    for number in range(num_users):
+        draws = [rng.gammavariate(alpha, 1.0) for _ in PERSONAL_LLM_REWARD_MODELS]
+        users[f"user_{number}"] = {model: draw / sum(draws) for model, draw in zip(PERSONAL_LLM_REWARD_MODELS, draws)}
+    return users
+
+
+def _personal_llm_pairs(dataset: Dataset, *, seed: int, num_users: int = 5, alpha: float = 0.3,
+                        users: dict | None = None) -> Iterator[dict | Skip]:
+    """PersonalLLM (paper App. H): each prompt has responses `response_<k>` scored by ten reward models.
+
+    A user scores a response by the weighted sum of the ten reward models' scores, each standardized first (z-score
+    over every response in the loaded data: PersonalLLM standardizes with its train-set mean and deviation, which
+    this equals on the train split). Each (prompt, user) gives one pair: the user's best response over the worst.
+    Users are `personal_llm_users(num_users, alpha=alpha, seed=seed)` unless given as `users` (reuse the same users
+    for the adaptation and evaluation splits). Records with a missing score are dropped (counted).
+    """
+    users = users or personal_llm_users(num_users, alpha=alpha, seed=seed)
+    for user, weights in users.items():
+        unknown = sorted(set(weights) - set(PERSONAL_LLM_REWARD_MODELS))
+        if unknown:
+            raise ValueError(f"user {user!r} weights unknown reward models {unknown}.")
+    responses = [name for name in dataset.column_names if re.fullmatch(r"response_\d+", name)]
+    scores = {(response, model): f"{response}_{model}" for response in responses
+              for model in PERSONAL_LLM_REWARD_MODELS}
+    missing = [column for column in scores.values() if column not in dataset.column_names]
+    if missing:
+        raise ValueError(f"missing reward column(s) {missing}.")
+    standardize = {model: _standardizer([value for response in responses
+                                         for value in dataset[scores[response, model]] if value is not None])
+                   for model in PERSONAL_LLM_REWARD_MODELS}
+    for index, record in enumerate(dataset):
+        prompt = _user_turn(_as_text(record["prompt"], index, "prompt"))
+        texts = [_as_text(record[response], index, response) for response in responses]
+        if any(record[column] is None for column in scores.values()):
+            yield Skip("records with missing reward scores")
+            continue
+        standardized = [{model: standardize[model](_as_number(record[scores[response, model]], index,
+                                                              scores[response, model]))
+                         for model in PERSONAL_LLM_REWARD_MODELS} for response in responses]
+        for user, weights in users.items():
+            utility = [sum(weights.get(model, 0.0) * z[model] for model in PERSONAL_LLM_REWARD_MODELS)
+                       for z in standardized]
+            best = max(range(len(texts)), key=utility.__getitem__)
+            worst = min(range(len(texts)), key=utility.__getitem__)
+            if utility[best] == utility[worst]:
+                yield Skip("(prompt, user) pairs where every response scores the same")
+                continue
+            yield _pair(prompt, texts[best], texts[worst], user=user)
+
+
+def _standardizer(values: list) -> Callable[[float], float]:
+    mean = sum(values) / len(values)
+    deviation = (sum((value - mean) ** 2 for value in values) / len(values)) ** 0.5 or 1.0
+    return lambda value: (value - mean) / deviation
+
+
+def _dsp_pairs(dataset: Dataset, *, append_criterion: bool = True) -> Iterator[dict | Skip]:
+    """Domain-Specific Preference: each query has a response written for each of the domains academy, business,
+    entertainment and literature, and a `normal` one. The domain is the attribute (and the category): under domain d
+    the response for d is preferred over each of the other four, so a query gives 4 domains x 4 = 16 pairs, in the
+    order of `DSP_RESPONSES`. The criterion is `DSP_CRITERIA[d]`, appended to the prompt unless
+    `append_criterion=False` (without it a query's pairs under two domains contradict each other)."""
+    for index, record in enumerate(dataset):
+        prompt = _user_turn(_as_text(record["query"], index, "query"))
+        responses = record["responses"]
+        if not isinstance(responses, dict):
+            raise ValueError(f"record {index}: field 'responses' must map each domain to its response, got "
+                             f"{type(responses).__name__}.")
+        texts = {name: _as_text(responses.get(name), index, f"responses.{name}") for name in DSP_RESPONSES}
+        for domain, criterion in DSP_CRITERIA.items():
+            for other in DSP_RESPONSES:
+                if other != domain:
+                    yield _attribute_pair(prompt, texts[domain], texts[other], domain, criterion, append_criterion)
+
+
+def _webgpt_pairs(dataset: Dataset) -> Iterator[dict | Skip]:
+    """WebGPT comparisons as released in `{"text": [a, b], "score": [sa, sb]}` records, each text a transcript
+    `## Human:\\n...\\n\\n## Assistant:\\n...`; the higher score is preferred and equal scores (ties) are dropped
+    (counted). Turn texts are kept as written, without the blank lines around the markers."""
+    for index, record in enumerate(dataset):
+        texts, scores = record["text"], record["score"]
+        if not isinstance(texts, list) or len(texts) != 2:
+            raise ValueError(f"record {index}: field 'text' must hold two transcripts.")
+        if not isinstance(scores, list) or len(scores) != 2:
+            raise ValueError(f"record {index}: field 'score' must hold two scores.")
+        first, second = (_as_number(score, index, f"score[{side}]") for side, score in enumerate(scores))
+        if first == second:
+            yield Skip("ties (equal scores)")
+            continue
+        turns = [_parse_transcript(_as_text(text, index, f"text[{side}]"), WEBGPT_TURN, index, f"text[{side}]")
+                 for side, text in enumerate(texts)]
+        yield _shared_prompt_pair(*(turns if first > second else turns[::-1]))
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A dataset format: the function turning its records into pairs, the columns it needs, and (for formats that
+    share their columns with another) a test on the first record that tells them apart."""
+
+    pairs: Callable[..., Iterator[dict | Skip]]
+    columns: tuple
+    recognizes: Callable[[dict], bool] | None = None
+
+    def option_names(self) -> list:
+        return [name for name in inspect.signature(self.pairs).parameters if name not in ("dataset", "seed")]
+
+    def matches(self, dataset: Dataset) -> bool:
+        if not set(self.columns) <= set(dataset.column_names):
+            return False
+        return self.recognizes is None or (len(dataset) > 0 and self.recognizes(dataset[0]))
+
+    def __call__(self, dataset: Dataset, *, seed: int = 0, **options) -> Iterator[dict | Skip]:
+        unknown = set(options) - set(self.option_names())
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)}; this format takes {self.option_names()}.")
+        missing = [column for column in self.columns if column not in dataset.column_names]
+        if missing:
+            raise ValueError(f"missing column(s) {missing}; the dataset has {dataset.column_names}.")
+        if "seed" in inspect.signature(self.pairs).parameters:
+            options["seed"] = seed
+        return self.pairs(dataset, **options)
+
+
+def _is_hh_transcript(record: dict) -> bool:
+    return isinstance(record["chosen"], str) and record["chosen"].startswith("\n\nHuman: ")
+
+
+FORMATS = {
+    "trl": Adapter(_trl_pairs, ("chosen", "rejected")),
+    "hh-rlhf": Adapter(_hh_rlhf_pairs, ("chosen", "rejected"), recognizes=_is_hh_transcript),
+    "shp": Adapter(_shp_pairs, ("history", "human_ref_A", "human_ref_B", "labels", "domain")),
+    "rpr": Adapter(_rpr_pairs, ("prompt", "response_a", "response_b", "criteria_x", "criteria_y", "category_x",
+                                "category_y")),
+    "helpsteer2": Adapter(_helpsteer2_pairs, ("prompt", "response", *HELPSTEER2_CRITERIA)),
+    "preference-700k": Adapter(_preference_700k_pairs, ("chosen", "rejected")),
+    "personal-llm": Adapter(_personal_llm_pairs, ("prompt", "response_1", "response_2")),
+    "dsp": Adapter(_dsp_pairs, ("query", "responses")),
+    "webgpt": Adapter(_webgpt_pairs, ("text", "score")),
+}
+# Most specific first; preference-700k reads like TRL's conversational format and is known by its Hub name.
+DETECTION_ORDER = ("personal-llm", "rpr", "helpsteer2", "shp", "dsp", "webgpt", "hh-rlhf", "trl")
+LOCAL_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".json.gz": "json", ".jsonl.gz": "json"}
+
+
+def load_pairs(source, format: str | None = None, *, split: str = "train", max_pairs: int | None = None,
+               seed: int = 0, category: str | None = None, hub_options: dict | None = None, **options) -> Dataset:
+    """Loads preference pairs in the common schema (`PAIR_FEATURES`) from any supported format.
+
+    Args:
+        source: a Hub dataset name (read with `datasets.load_dataset(source, split=split)`), a local file or folder
+            of json / jsonl / jsonl.gz / JSON-array / parquet files (read whole with `datasets.load_dataset("json"
+            or "parquet", data_files=...)`), or a `datasets.Dataset` already loaded (e.g. a Hub subset).
+        format: one of `FORMATS`; by default known from the Hub name (`HUB_FORMATS`) or detected from the columns.
+        split: the Hub split to read.
+        hub_options: extra `datasets.load_dataset` arguments for a Hub name: `data_dir` or `data_files` to read
+            one subset (e.g. `{"data_dir": "helpful-base"}` for Anthropic/hh-rlhf), `name`, `revision`, `token`.
+        max_pairs: keep a seeded random subset of this many pairs, in their original order.
+        seed: seeds `max_pairs` and the formats that draw (SHP's one pair per post, PersonalLLM's users).
+        category: the category of every pair the format leaves without one (a one-domain source, e.g. HH helpful).
+        **options: the format's options (see its adapter, e.g. `append_criterion` for rpr and dsp).
+    """
+    dataset = _load_source(source, split, hub_options or {})
+    if format is None:
+        format = HUB_FORMATS.get(source) if isinstance(source, str) else None
+        format = format or _detect_format(dataset, source)
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; formats are {list(FORMATS)}.")
+    try:
+        pairs = _collect(FORMATS[format](dataset, seed=seed, **options), format)
+    except ValueError as error:
+        raise ValueError(f"{format} ({_describe(source)}): {error}") from None
+    if max_pairs is not None and max_pairs < len(pairs):
+        pairs = [pairs[index] for index in sorted(random.Random(seed).sample(range(len(pairs)), max_pairs))]
+    if category is not None:
+        pairs = [{**pair, "category": pair["category"] or category} for pair in pairs]
+    return Dataset.from_dict({column: [pair[column] for pair in pairs] for column in PAIR_COLUMNS},
+                             features=PAIR_FEATURES)
+
+
+def _describe(source) -> str:
+    return "in-memory dataset" if isinstance(source, Dataset) else str(source)
+
+
+def _load_source(source, split: str, hub_options: dict) -> Dataset:
+    if isinstance(source, Dataset):
+        return source
+    path = Path(source)
+    if not path.exists():
+        if _builder(path) or str(source).startswith((".", "/", "~")):
+            raise FileNotFoundError(f"dataset: no such file {source}; give an existing local file or a Hub name.")
+        return load_dataset(str(source), split=split, **hub_options)
+    files = sorted(p for p in path.iterdir() if _builder(p)) if path.is_dir() else [path]
+    builders = {_builder(file) for file in files}
+    if len(builders) != 1 or None in builders:
+        raise ValueError(f"{source}: expected json, jsonl, jsonl.gz or parquet file(s) of one kind "
+                         f"({', '.join(LOCAL_BUILDERS)}), found {[file.name for file in files]}.")
+    return load_dataset(builders.pop(), data_files=[str(file) for file in files], split="train")
+
+
+def _builder(path: Path) -> str | None:
+    return next((builder for suffix, builder in LOCAL_BUILDERS.items() if path.name.endswith(suffix)), None)
+
+
+def _detect_format(dataset: Dataset, source) -> str:
+    for name in DETECTION_ORDER:
+        if FORMATS[name].matches(dataset):
+            return name
+    raise ValueError(f"cannot tell the format of {_describe(source)} from its columns {dataset.column_names}; "
+                     f"pass format= one of {list(FORMATS)}.")
+
+
+def _collect(outcomes, format: str) -> list:
+    """The adapter's pairs, less those it skipped or that carry no preference signal (one counted warning each)."""
+    pairs, dropped = [], Counter()
+    for outcome in outcomes:
+        reason = outcome.reason if isinstance(outcome, Skip) else _unusable(outcome)
+        if reason:
+            dropped[reason] += 1
+        else:
+            pairs.append(outcome)
+    for reason, count in dropped.items():
+        warnings.warn(f"{format}: dropped {count} {reason}.", stacklevel=3)
+    return pairs
+
+
+def split_pairs(dataset: Dataset, *, seed: int = 0, validation: float = 0.1, test: float = 0.1,
+                stratify: str | None = "category") -> DatasetDict:
+    """A seeded train/validation/test split, stratified by `stratify`.
+
+    Procedure: pairs are grouped by their `stratify` value (one group when `stratify` is None, the column is absent
+    or all its values are None; otherwise None is a group of its own). Groups are visited in sorted order; the
+    indices of each are shuffled with one `random.Random(seed)` and cut in order: round(n * test) to test,
+    round(n * validation) to validation (halves round up), the rest to train. Each split keeps the dataset's order.
+
+    So the same seed gives the same split, the splits are disjoint and cover the dataset, and each group's count in
+    each split is within one pair of its requested share. Pairs are split independently: pairs expanded from one
+    source record (rpr, helpsteer2, dsp, personal-llm) can land in different splits.
+    """
+    if validation < 0 or test < 0 or validation + test >= 1:
+        raise ValueError(f"validation ({validation}) and test ({test}) must be >= 0 and sum to less than 1.")
+    values = dataset[stratify] if stratify in dataset.column_names else [None] * len(dataset)
+    groups = defaultdict(list)
+    for index, value in enumerate(values):
+        groups[value].append(index)
+    rng = random.Random(seed)
+    splits = {"train": [], "validation": [], "test": []}
+    for value in sorted(groups, key=lambda v: (v is not None, str(v))):
+        indices = groups[value]
+        rng.shuffle(indices)
+        num_test, num_validation = int(len(indices) * test + 0.5), int(len(indices) * validation + 0.5)
+        splits["test"] += indices[:num_test]
+        splits["validation"] += indices[num_test:num_test + num_validation]
+        splits["train"] += indices[num_test + num_validation:]
+    return DatasetDict({name: dataset.select(sorted(indices)) for name, indices in splits.items()})

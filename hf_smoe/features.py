@@ -1,0 +1,180 @@
+"""The embedding cache: every unique (prompt, response) text goes through the frozen backbone once.
+
+The backbone is frozen, so its representations are a pure function of (backbone weights, text, chat template, max
+length, pooling, compute dtype). We compute them once, in length-bucketed batches, and store them as `datasets`
+Arrow shards under a folder named by a fingerprint of exactly those inputs. Training, evaluation, steering,
+adaptation and interpretation then run on cached features; an interrupted run keeps its finished shards and resumes.
+"""
+
+import contextlib
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset, concatenate_datasets, load_from_disk
+from tqdm.auto import tqdm
+
+from .backbones import cache_root
+from .encoding import as_messages, encode_pair
+
+CACHE_FORMAT_VERSION = 1
+PAIR_METADATA = ("category", "attribute", "criterion", "user")
+
+
+def text_key(prompt, response: str) -> str:
+    """Identity of one (prompt, response) text."""
+    payload = json.dumps([as_messages(prompt), response], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A cheap digest of a module's weights: names, shapes and a strided sample of every tensor's values."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        flat = tensor.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // 1024)].float().cpu().numpy()
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(sample.tobytes())
+    return digest.hexdigest()
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the device has fast bf16 matmuls (CUDA); fp32 on CPU, where bf16 is several times slower."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+class EmbeddingCache:
+    """Prompt and response representations of a `SMoERewardModel`'s frozen backbone, computed once per text.
+
+    Args:
+        model: the `SMoERewardModel` whose backbone, pooling and prompt representation define the features.
+        tokenizer: its tokenizer (chat template).
+        cache_dir: root folder; defaults to `$HF_SMOE_CACHE/features` (`~/.cache/hf_smoe/features`).
+        max_length: truncation length for chat-template(x) + y (see `encode_pair`).
+        batch_tokens: padded tokens per batch; texts are sorted by length so batches carry little padding.
+        shard_size: texts per stored shard: the most work an interruption can lose.
+    """
+
+    def __init__(self, model, tokenizer, *, cache_dir=None, max_length=1024, batch_tokens=8192, shard_size=512,
+                 show_progress=True):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_length, self.batch_tokens, self.shard_size = max_length, batch_tokens, shard_size
+        self.show_progress = show_progress
+        self.device = next(model.parameters()).device
+        self.dtype = compute_dtype(self.device)
+        self.directory = Path(cache_dir or cache_root() / "features") / self.fingerprint()
+        self._features = None  # (keys -> row, prompt (N, H), response (N, H)) once loaded
+
+    def fingerprint(self) -> str:
+        config = self.model.config
+        payload = {
+            "version": CACHE_FORMAT_VERSION,
+            "backbone_config": config.backbone_config.to_dict() | {"_name_or_path": None},
+            "backbone_weights": weights_digest(self.model.backbone),
+            "chat_template": getattr(self.tokenizer, "chat_template", None),
+            "tokenizer_vocab": len(self.tokenizer),
+            "max_length": self.max_length,
+            "pooling": config.pooling,
+            "prompt_representation": config.prompt_representation,
+            "dtype": str(self.dtype),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def embed(self, items) -> None:
+        """Makes sure every (prompt, response) in `items` is cached, computing only the missing ones."""
+        done = set(self._load()[0])
+        todo = {}
+        for prompt, response in items:
+            key = text_key(prompt, response)
+            if key not in done and key not in todo:
+                todo[key] = (prompt, response)
+        if not todo:
+            return
+        encodings = [(key, encode_pair(self.tokenizer, p, r, max_length=self.max_length)) for key, (p, r) in
+                     todo.items()]
+        encodings.sort(key=lambda item: len(item[1]["input_ids"]), reverse=True)
+        progress = tqdm(total=sum(len(e["input_ids"]) for _, e in encodings), unit="tok", unit_scale=True,
+                        desc="Embedding", disable=not self.show_progress)
+        shard = []
+        for batch in self._length_buckets(encodings):
+            shard.extend(self._forward(batch))
+            progress.update(sum(len(e["input_ids"]) for _, e in batch))
+            if len(shard) >= self.shard_size:
+                self._write_shard(shard)
+                shard = []
+        if shard:
+            self._write_shard(shard)
+        progress.close()
+        self._features = None
+
+    def lookup(self, items):
+        """(prompt embeddings, response embeddings) as float32 tensors (N, H), in the order of `items`."""
+        self.embed(items)
+        keys, prompts, responses = self._load()
+        rows = torch.tensor([keys[text_key(p, r)] for p, r in items], dtype=torch.long)
+        return prompts[rows], responses[rows]
+
+    def pair_features(self, pairs) -> Dataset:
+        """Per-pair features for a dataset in the common pair schema: `prompt_embedding` (from the chosen
+        response's pass), `chosen_embedding`, `rejected_embedding`, plus the pair metadata columns it has."""
+        chosen_items = list(zip(pairs["prompt"], pairs["chosen"]))
+        rejected_items = list(zip(pairs["prompt"], pairs["rejected"]))
+        self.embed(chosen_items + rejected_items)
+        prompt, chosen = self.lookup(chosen_items)
+        _, rejected = self.lookup(rejected_items)
+        columns = {"prompt_embedding": prompt.numpy(), "chosen_embedding": chosen.numpy(),
+                   "rejected_embedding": rejected.numpy()}
+        columns.update({name: pairs[name] for name in PAIR_METADATA if name in pairs.column_names})
+        return Dataset.from_dict(columns)
+
+    def _length_buckets(self, encodings):
+        """Consecutive runs of the length-sorted texts whose padded size stays within `batch_tokens`."""
+        batch = []
+        for item in encodings:
+            longest = len((batch[0] if batch else item)[1]["input_ids"])
+            if batch and (len(batch) + 1) * longest > self.batch_tokens:
+                yield batch
+                batch = []
+            batch.append(item)
+        if batch:
+            yield batch
+
+    @torch.inference_mode()
+    def _forward(self, batch):
+        self.tokenizer.padding_side = "right"
+        inputs = self.tokenizer.pad([encoding for _, encoding in batch], return_tensors="pt").to(self.device)
+        autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
+                    else contextlib.nullcontext())
+        with autocast:
+            prompts, responses = self.model.embed(**inputs)
+        prompts, responses = prompts.float().cpu().numpy(), responses.float().cpu().numpy()
+        return [(key, prompts[i], responses[i]) for i, (key, _) in enumerate(batch)]
+
+    def _write_shard(self, rows) -> None:
+        """Writes to a temporary folder and renames, so a shard on disk is always complete."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        index = len(list(self.directory.glob("shard-*[0-9]")))
+        target = self.directory / f"shard-{index:05d}"
+        partial = self.directory / f"shard-{index:05d}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        Dataset.from_dict({"key": [r[0] for r in rows], "prompt_embedding": np.stack([r[1] for r in rows]),
+                           "response_embedding": np.stack([r[2] for r in rows])}).save_to_disk(partial)
+        partial.rename(target)
+
+    def _load(self):
+        if self._features is None:
+            shards = sorted(self.directory.glob("shard-*[0-9]")) if self.directory.exists() else []
+            if not shards:
+                hidden = self.model.config.hidden_size
+                self._features = ({}, torch.empty(0, hidden), torch.empty(0, hidden))
+            else:
+                table = concatenate_datasets([load_from_disk(str(s)) for s in shards]).with_format("numpy")
+                self._features = ({key: row for row, key in enumerate(table["key"])},
+                                  torch.from_numpy(np.asarray(table["prompt_embedding"], dtype=np.float32)),
+                                  torch.from_numpy(np.asarray(table["response_embedding"], dtype=np.float32)))
+        return self._features

@@ -1,0 +1,166 @@
+"""Model cards and Hub pushes for trained checkpoints.
+
+`write_model_card` renders `hub_cards/model_card.md` (a Jinja template in `huggingface_hub.ModelCard.from_template`'s
+format) into the checkpoint's README.md, with the evaluation results as `model-index` metadata. `push_checkpoint`
+uploads what `AutoModel.from_pretrained(repo, trust_remote_code=True)` and `AutoTokenizer` need, plus the card, and
+nothing else from the folder (Trainer checkpoints, results, caches stay local).
+"""
+
+import json
+import os
+from pathlib import Path
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .modeling.configuration_smoe import LAMBDA_NAMES, SMoERewardConfig
+
+TAGS = ["reward-model", "mixture-of-experts", "hf-smoe"]
+CARD_TEMPLATE = "model_card.md"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+# What is pushed besides the remote code (the files config.json's auto_map names): weights, config, card and the
+# tokenizer's files, globbed at the top of the folder only (plus extra chat templates).
+UPLOAD_PATTERNS = (
+    "config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", "README.md",
+    "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.*", "vocab.*", "merges.txt", "*.model",
+    "additional_chat_templates/*.jinja",
+)
+
+
+def template_path(name: str = CARD_TEMPLATE) -> Path:
+    """hub_cards/ sits next to hf_smoe/ in the source tree (editable installs); a wheel ships it inside hf_smoe/."""
+    package = Path(__file__).resolve().parent
+    for folder in (package.parent / "hub_cards", package / "hub_cards"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"model card template {name!r} not found in hub_cards/ next to or inside {package}")
+
+
+def read_smoe_config(output_dir: Path) -> dict:
+    """The checkpoint's config.json; a one-line ValueError when the folder is missing or not an hf_smoe checkpoint."""
+    if not output_dir.is_dir():
+        raise ValueError(f"output_dir: {output_dir} does not exist or is not a folder.")
+    config_file = output_dir / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"output_dir: {output_dir} is not an hf_smoe checkpoint (no config.json).")
+    config = json.loads(config_file.read_text())
+    if config.get("model_type") != SMoERewardConfig.model_type:
+        raise ValueError(f"output_dir: {output_dir} is not an hf_smoe checkpoint (config.json model_type is "
+                         f"{config.get('model_type')!r}, expected {SMoERewardConfig.model_type!r}).")
+    return config
+
+
+def remote_code_files(config: dict) -> list:
+    """The .py files config.json's auto_map points at: without them the pushed repo cannot load."""
+    references = [ref for value in config.get("auto_map", {}).values()
+                  for ref in (value if isinstance(value, list) else [value]) if ref]
+    return sorted({ref.split(".")[0] + ".py" for ref in references if "--" not in ref})
+
+
+def checkpoint_files(output_dir: Path, config: dict) -> list:
+    """Paths (relative, POSIX) to upload; a ValueError naming what a loadable checkpoint lacks."""
+    if not any((output_dir / name).is_file() for name in WEIGHT_FILES):
+        raise ValueError(f"output_dir: {output_dir} is not an hf_smoe checkpoint (no model.safetensors); save it "
+                         "with model.save_pretrained(output_dir).")
+    missing = [name for name in remote_code_files(config) if not (output_dir / name).is_file()]
+    if missing:
+        raise ValueError(f"output_dir: {output_dir} lacks the remote code {', '.join(missing)} that config.json's "
+                         "auto_map names; save it with model.save_pretrained(output_dir).")
+    found = {path for pattern in UPLOAD_PATTERNS for path in output_dir.glob(pattern) if path.is_file()}
+    return sorted({path.relative_to(output_dir).as_posix() for path in found} | set(remote_code_files(config)))
+
+
+def check_repo_id(repo_id: str) -> None:
+    """A one-line ValueError for an id the Hub would refuse, before anything is created or uploaded."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"repo_id: {repo_id!r} is not a valid Hub repo id ('namespace/name'): {error}") from None
+
+
+def is_hub_id(name: str | None) -> bool:
+    """'namespace/name' that is not a local path: only those belong in card metadata (base_model, datasets)."""
+    if not name or name.count("/") != 1 or os.path.exists(name):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def eval_results_metadata(eval_results: dict, dataset_name: str) -> list:
+    """One model-index entry per metric, all on `dataset_name` (reward modeling as text classification)."""
+    return [EvalResult(task_type="text-classification", task_name="Reward Modeling", dataset_type=dataset_name,
+                       dataset_name=dataset_name, metric_type=name, metric_name=name, metric_value=float(value))
+            for name, value in eval_results.items()]
+
+
+def split_routing_stats(routing_stats: dict, num_experts: int) -> tuple:
+    """Scalar statistics (routing entropy, ...) and per-expert ones (lists of K values, e.g. expert usage)."""
+    scalars, per_expert = {}, {}
+    for name, value in routing_stats.items():
+        if isinstance(value, (list, tuple)):
+            if len(value) != num_experts:
+                raise ValueError(f"routing_stats: {name!r} has {len(value)} values; expected one per expert "
+                                 f"({num_experts}).")
+            per_expert[name] = [float(v) for v in value]
+        else:
+            scalars[name] = float(value)
+    return scalars, per_expert
+
+
+def write_model_card(output_dir, *, base_model: str, datasets: list, eval_results: dict, routing_stats: dict,
+                     dataset_name: str | None = None, repo_id: str | None = None) -> Path:
+    """Writes README.md into a saved checkpoint: method, K, preset, λ's, routing statistics, usage, citation, and
+    `eval_results` as model-index metadata on `dataset_name` (default: the first of `datasets`). Returns its path.
+
+    `base_model` and `datasets` go into the metadata only when they are Hub ids ('namespace/name', not a local
+    path); the text names them either way. `repo_id` is what the usage snippet loads (default: `output_dir`).
+    """
+    output_dir = Path(output_dir)
+    config = read_smoe_config(output_dir)
+    dataset_name = dataset_name or (datasets[0] if datasets else None)
+    if eval_results and dataset_name is None:
+        raise ValueError("dataset_name: eval_results need the dataset they were measured on; pass dataset_name or "
+                         "datasets.")
+    model_name = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
+    routing_scalars, routing_per_expert = split_routing_stats(routing_stats, config["num_experts"])
+    card_data = ModelCardData(
+        model_name=model_name if eval_results else None, base_model=base_model if is_hub_id(base_model) else None,
+        datasets=[name for name in datasets if is_hub_id(name)] or None, tags=TAGS, library_name="transformers",
+        pipeline_tag="text-classification",
+        eval_results=eval_results_metadata(eval_results, dataset_name) if eval_results else None,
+    )
+    card = ModelCard.from_template(
+        card_data, template_path=str(template_path()), model_name=model_name, load_from=repo_id or str(output_dir),
+        backbone=base_model, training_data=list(datasets), eval_dataset=dataset_name, eval_results=eval_results,
+        num_experts=config["num_experts"], preset=config["preset"],
+        lambdas={name: config[name] for name in LAMBDA_NAMES}, routing_scalars=routing_scalars,
+        routing_per_expert=routing_per_expert,
+    )
+    path = output_dir / "README.md"
+    card.save(path)
+    return path
+
+
+def push_checkpoint(output_dir, repo_id: str, *, token: str | None = None, private: bool = False,
+                    commit_message: str | None = None, revision: str | None = None) -> str:
+    """Uploads a saved checkpoint to the Hub in one commit and returns the commit URL.
+
+    Creates the repo if needed (an existing repo keeps its visibility) and the branch `revision` if given. Uploads
+    config.json, the safetensors weights (as large files: Git LFS, or Xet where enabled), the remote code, the tokenizer files and README.md (see
+    `write_model_card`); everything is checked before any network call.
+    """
+    output_dir = Path(output_dir)
+    config = read_smoe_config(output_dir)
+    files = checkpoint_files(output_dir, config)
+    check_repo_id(repo_id)
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    message = commit_message or f"Upload hf_smoe reward model (preset {config['preset']}, K={config['num_experts']})"
+    commit = api.upload_folder(repo_id=repo_id, folder_path=output_dir, allow_patterns=files, revision=revision,
+                               commit_message=message)
+    return commit.commit_url

@@ -1,0 +1,128 @@
+"""The main job end to end: preference data -> embedding cache -> Trainer -> checkpoint + model card (-> Hub)."""
+
+import json
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoTokenizer
+
+from . import SMoERewardModel, __version__
+from .backbones import DEFAULT_BACKBONE, resolve_backbone
+from .features import EmbeddingCache
+from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE
+from .metrics import category_coverage, expert_category_labels, expert_purity
+from .training import SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics, head_outputs
+
+
+@dataclass
+class TrainJob:
+    """What `smoe train` does, as data: written next to every result so the run can be repeated exactly."""
+
+    dataset: str
+    output_dir: str
+    format: str | None = None
+    backbone: str = DEFAULT_BACKBONE
+    preset: str = "sparse"
+    num_experts: int | None = None
+    max_pairs: int | None = None
+    max_length: int = 1024
+    seed: int = 0
+    epochs: float = 3.0
+    cache_dir: str | None = None
+    push_to_hub: str | None = None
+    config_overrides: dict = field(default_factory=dict)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_backbone_model(backbone: str, preset: str, num_experts, seed: int, **config_overrides):
+    """A fresh SMoE model and tokenizer around `backbone` (the default alias resolves to the converted SmolLM2)."""
+    path = resolve_backbone(backbone)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(seed)
+    model = SMoERewardModel.from_backbone(path, num_experts=num_experts, preset=preset, tokenizer=tokenizer,
+                                          **config_overrides)
+    return model.to(pick_device()), tokenizer
+
+
+def category_metrics(model_head, validation, test) -> dict:
+    """Category coverage and expert purity (App. A): experts are labelled on validation, measured on test."""
+    names = sorted(set(validation["category"]) | set(test["category"]))
+    codes = {name: i for i, name in enumerate(names)}
+    val_categories = torch.tensor([codes[c] for c in validation["category"]])
+    test_categories = torch.tensor([codes[c] for c in test["category"]])
+    val_routing = head_outputs(model_head, as_training_features(validation))["routing_weights"].cpu()
+    test_routing = head_outputs(model_head, as_training_features(test))["routing_weights"].cpu()
+    labels = expert_category_labels(val_routing, val_categories, len(names))
+    return {"category_coverage": category_coverage(labels, len(names)).item(),
+            "expert_purity": expert_purity(test_routing, test_categories, labels).item(),
+            "expert_categories": [names[i] for i in labels.tolist()]}
+
+
+def evaluate_head(model, features) -> dict:
+    """Test metrics of a trained head, with category recovery when the data has categories."""
+    lambdas = {name: getattr(model.config, name) for name in ("lambda_local", "lambda_global", "lambda_div",
+                                                               "lambda_uniform")}
+    metrics = behaviour_metrics(head_outputs(model.head, as_training_features(features["test"])), lambdas)
+    if "category" in features["test"].column_names and None not in features["test"]["category"]:
+        metrics.update(category_metrics(model.head, features["validation"], features["test"]))
+    return metrics
+
+
+def train_head(model, features, output_dir: str, seed: int, epochs: float, **argument_overrides):
+    """Trains `model`'s head on cached train features, evaluating on validation each epoch."""
+    args = SMoETrainingArguments(output_dir=output_dir, seed=seed, num_train_epochs=epochs,
+                                 disable_tqdm=True, **argument_overrides)
+    trainer = SMoETrainer(model, args, train_dataset=features["train"], eval_dataset=features["validation"])
+    trainer.train()
+    return trainer
+
+
+def save_checkpoint(model, tokenizer, output_dir) -> None:
+    """The full model and its tokenizer; a tokenizer without a chat template gets the plain fallback written into
+    it, so `apply_chat_template` (the model card's snippet) reproduces the training encoding."""
+    model.save_pretrained(output_dir)
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    tokenizer.save_pretrained(output_dir)
+
+
+def save_run(output_dir: Path, job, results: dict) -> None:
+    """The exact command, the job and the environment beside the results."""
+    record = {"command": " ".join(sys.argv), "job": job if isinstance(job, dict) else asdict(job),
+              "versions": {"hf_smoe": __version__, "transformers": transformers.__version__,
+                           "torch": torch.__version__, "python": platform.python_version()},
+              "results": results}
+    (output_dir / "results.json").write_text(json.dumps(record, indent=2, default=str))
+
+
+def train_reward_model(job: TrainJob) -> dict:
+    """Runs the main job and returns the test metrics; see `smoe train --help`."""
+    from .data import load_pairs, split_pairs
+    from .hub import push_checkpoint, write_model_card
+
+    pairs = load_pairs(job.dataset, job.format, max_pairs=job.max_pairs, seed=job.seed)
+    splits = split_pairs(pairs, seed=job.seed)
+    model, tokenizer = load_backbone_model(job.backbone, job.preset, job.num_experts, job.seed,
+                                           **job.config_overrides)
+    cache = EmbeddingCache(model, tokenizer, cache_dir=job.cache_dir, max_length=job.max_length)
+    features = {name: cache.pair_features(split) for name, split in splits.items()}
+    output_dir = Path(job.output_dir)
+    train_head(model, features, str(output_dir / "trainer"), job.seed, job.epochs)
+    results = evaluate_head(model, features)
+    save_checkpoint(model, tokenizer, output_dir)
+    routing_keys = ("routing_entropy", "global_entropy", "expert_correlation")
+    write_model_card(output_dir, base_model=job.backbone, datasets=[job.dataset],
+                     eval_results={"accuracy": results["accuracy"]},
+                     routing_stats={key: results[key] for key in routing_keys}, dataset_name=job.dataset,
+                     repo_id=job.push_to_hub)
+    save_run(output_dir, job, results)
+    if job.push_to_hub:
+        results["pushed"] = push_checkpoint(output_dir, job.push_to_hub)
+    return results

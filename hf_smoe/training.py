@@ -1,0 +1,181 @@
+"""Training the router and experts on cached backbone features with a `transformers.Trainer`.
+
+The backbone is frozen, so an epoch needs only the three cached vectors of each pair: the prompt representation
+and the two response representations. `SMoETrainer` computes the paper's objective (Eq. 7, with the preset's
+weights from the model config) on them, logs every loss term, evaluates the paper's model-behaviour metrics and
+saves the *full* model, so the checkpoint loads with `AutoModel.from_pretrained`.
+"""
+
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from .encoding import encode_pair
+from .losses import moe_preference_loss
+from .metrics import expert_correlation, global_entropy, pairwise_accuracy, routing_entropy
+from .modeling.configuration_smoe import LAMBDA_NAMES
+
+FEATURE_COLUMNS = ("prompt_embedding", "chosen_embedding", "rejected_embedding")
+SIDES = ("chosen", "rejected")
+
+
+@dataclass
+class SMoETrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the paper's defaults (App. A): AdamW, lr 2e-3 for the experts and 5e-4 for the
+    router, 5% linear warmup, batch 16, 3 epochs, evaluation every epoch.
+
+    Args:
+        router_learning_rate (`float`, defaults to 5e-4): learning rate of the router (`learning_rate` is the
+            experts').
+        collapse_global_entropy (`float`, defaults to 0.5): an evaluation whose global entropy falls below this
+            warns that routing has collapsed onto few experts (SPEC 7: healthy routing has high global entropy).
+    """
+
+    learning_rate: float = 2e-3
+    router_learning_rate: float = field(default=5e-4, metadata={"help": "Learning rate of the router."})
+    warmup_steps: float = 0.05
+    per_device_train_batch_size: int = 16
+    per_device_eval_batch_size: int = 1024
+    num_train_epochs: float = 3.0
+    eval_strategy: str = "epoch"
+    save_strategy: str = "no"
+    logging_steps: float = 10
+    remove_unused_columns: bool = False
+    dataloader_pin_memory: bool = False  # batches are a few small vectors
+    collapse_global_entropy: float = field(default=0.5, metadata={"help": "Warn below this global entropy."})
+
+
+def tokenize_pairs(pairs, tokenizer, max_length: int = 1024):
+    """Token inputs for the end-to-end path (unfrozen or LoRA backbones, or re-running a frozen one):
+    `{chosen,rejected}_{input_ids,prompt_lengths}` per pair."""
+    def encode(pair):
+        row = {}
+        for side in SIDES:
+            encoded = encode_pair(tokenizer, pair["prompt"], pair[side], max_length=max_length)
+            row[f"{side}_input_ids"], row[f"{side}_prompt_lengths"] = encoded["input_ids"], encoded["prompt_lengths"]
+        return row
+
+    return pairs.map(encode, remove_columns=pairs.column_names)
+
+
+@dataclass
+class PairCollator:
+    """Pads the chosen and the rejected sides of a batch of tokenized pairs separately."""
+
+    tokenizer: object
+
+    def __call__(self, rows):
+        batch = {}
+        for side in SIDES:
+            padded = self.tokenizer.pad([{"input_ids": row[f"{side}_input_ids"]} for row in rows], return_tensors="pt")
+            batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"] = padded["input_ids"], padded["attention_mask"]
+            batch[f"{side}_prompt_lengths"] = torch.tensor([row[f"{side}_prompt_lengths"] for row in rows])
+        return batch
+
+
+def pair_representations(model, inputs):
+    """(g(x), h(x, y_w), h(x, y_l)) of a batch: read from cached features, or computed by the backbone from tokens
+    (the prompt representation then comes from the chosen response's pass, as in the cache)."""
+    if "prompt_embedding" in inputs:
+        return inputs["prompt_embedding"], inputs["chosen_embedding"], inputs["rejected_embedding"]
+    embeddings = [model.embed(inputs[f"{side}_input_ids"], inputs[f"{side}_attention_mask"],
+                              inputs[f"{side}_prompt_lengths"]) for side in SIDES]
+    dtype = model.head.experts.weight.dtype
+    return embeddings[0][0].to(dtype), embeddings[0][1].to(dtype), embeddings[1][1].to(dtype)
+
+
+def as_training_features(features):
+    """The pair-feature columns the trainer reads, as torch tensors."""
+    missing = [name for name in FEATURE_COLUMNS if name not in features.column_names]
+    if missing:
+        raise ValueError(f"train_dataset: missing feature columns {missing}; build it with "
+                         "EmbeddingCache.pair_features.")
+    return features.select_columns(list(FEATURE_COLUMNS)).with_format("torch")
+
+
+@torch.no_grad()
+def head_outputs(head, features) -> dict:
+    """Routing weights and per-expert rewards of every pair in `features`, in eval mode."""
+    was_training = head.training
+    head.eval()
+    device = next(head.parameters()).device
+    everything = features[:]  # one dict of stacked tensors
+    columns = {name: everything[name].to(device) for name in FEATURE_COLUMNS}
+    outputs = {"routing_weights": head.router(columns["prompt_embedding"]),
+               "chosen_expert_rewards": head.experts(columns["chosen_embedding"]),
+               "rejected_expert_rewards": head.experts(columns["rejected_embedding"])}
+    head.train(was_training)
+    return outputs
+
+
+def behaviour_metrics(outputs: dict, lambdas: dict) -> dict:
+    """Every loss term plus accuracy, routing entropy, global entropy and expert correlation, as floats."""
+    routing, chosen, rejected = (outputs["routing_weights"], outputs["chosen_expert_rewards"],
+                                 outputs["rejected_expert_rewards"])
+    terms = moe_preference_loss(routing, chosen, rejected, **lambdas)
+    metrics = {name: value.item() for name, value in terms.items()}
+    metrics.update(
+        accuracy=pairwise_accuracy((routing * chosen).sum(-1), (routing * rejected).sum(-1)).item(),
+        routing_entropy=routing_entropy(routing).item(),
+        global_entropy=global_entropy(routing).item(),
+        expert_correlation=expert_correlation(chosen, rejected).item(),
+    )
+    return metrics
+
+
+class SMoETrainer(Trainer):
+    """A `Trainer` for `SMoERewardModel`s. `train_dataset` holds cached pair features (`EmbeddingCache.pair_features`;
+    the default, fast path for a frozen backbone) or tokenized pairs (`tokenize_pairs`, with
+    `data_collator=PairCollator(tokenizer)`; the end-to-end path). Evaluation always reads cached features."""
+
+    def __init__(self, model, args: SMoETrainingArguments, train_dataset=None, eval_dataset=None, **kwargs):
+        if train_dataset is not None and "chosen_input_ids" not in train_dataset.column_names:
+            train_dataset = as_training_features(train_dataset)
+        eval_dataset = None if eval_dataset is None else as_training_features(eval_dataset)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        self.lambdas = {name: getattr(model.config, name) for name in LAMBDA_NAMES}
+        self._term_sums, self._term_count = defaultdict(float), 0
+
+    def create_optimizer(self, model=None):
+        """AdamW with the experts at `learning_rate` and the router at `router_learning_rate` (App. A)."""
+        if self.optimizer is None:
+            head = (model or self.model).head
+            self.optimizer = torch.optim.AdamW(
+                [{"params": list(head.experts.parameters()), "lr": self.args.learning_rate},
+                 {"params": list(head.router.parameters()), "lr": self.args.router_learning_rate}],
+                weight_decay=self.args.weight_decay)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        head = model.head
+        prompt, chosen, rejected = pair_representations(model, inputs)
+        routing, chosen, rejected = head.router(prompt), head.experts(chosen), head.experts(rejected)
+        terms = moe_preference_loss(routing, chosen, rejected, **self.lambdas)
+        for name, value in terms.items():
+            if name != "loss":
+                self._term_sums[name] += value.item()
+        self._term_count += 1
+        return (terms["loss"], terms) if return_outputs else terms["loss"]
+
+    def log(self, logs, start_time=None):
+        """Adds the mean of each loss term since the last training log."""
+        if "loss" in logs and self._term_count:
+            logs.update({name: total / self._term_count for name, total in self._term_sums.items()})
+            self._term_sums, self._term_count = defaultdict(float), 0
+        super().log(logs, start_time)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """All metrics on the whole evaluation set at once (they are set-level, not per-batch, quantities)."""
+        features = self.eval_dataset if eval_dataset is None else as_training_features(eval_dataset)
+        metrics = behaviour_metrics(head_outputs(self.model.head, features), self.lambdas)
+        if self.model.config.num_experts > 1 and metrics["global_entropy"] < self.args.collapse_global_entropy:
+            warnings.warn(f"Routing collapse: global entropy {metrics['global_entropy']:.3f} < "
+                          f"{self.args.collapse_global_entropy}: most prompts go to the same few experts. Raise "
+                          "lambda_global or check the router learning rate.", stacklevel=2)
+        metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics

@@ -1,0 +1,136 @@
+"""SMoETrainer: the paper's optimiser settings, logged terms, exact resume, token path = cached path."""
+
+import warnings
+
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_smoe import SMoERewardModel
+from hf_smoe.features import EmbeddingCache
+from hf_smoe.training import (PairCollator, SMoETrainer, SMoETrainingArguments, behaviour_metrics, head_outputs,
+                              tokenize_pairs)
+
+WORDS = ["cat", "dog", "sun", "rain", "code", "math", "poem", "story"]
+
+
+def toy_pairs(n=96, seed=0):
+    """Prompt topic decides whether 'kind' or 'short' answers are preferred."""
+    g = torch.Generator().manual_seed(seed)
+    rows = {"prompt": [], "chosen": [], "rejected": [], "category": []}
+    for i in range(n):
+        topic = WORDS[int(torch.randint(len(WORDS), (1,), generator=g))]
+        animal = WORDS.index(topic) < 4
+        good, bad = ("a kind answer", "a rude answer") if animal else ("a short answer", "a long answer")
+        rows["prompt"].append([{"role": "user", "content": f"what is the {topic} ?"}])
+        rows["chosen"].append(good)
+        rows["rejected"].append(bad)
+        rows["category"].append("animals" if animal else "other")
+    return Dataset.from_dict(rows)
+
+
+@pytest.fixture
+def setup(backbone_dirs, tokenizers, tmp_path):
+    tokenizer = tokenizers["llama"]
+
+    def build(**overrides):
+        torch.manual_seed(0)
+        return SMoERewardModel.from_backbone(backbone_dirs["llama"], num_experts=3, tokenizer=tokenizer, **overrides)
+
+    pairs = toy_pairs()
+    cache = EmbeddingCache(build(), tokenizer, cache_dir=tmp_path / "cache", show_progress=False)
+    features = cache.pair_features(pairs)
+    return build, tokenizer, pairs, features.select(range(80)), features.select(range(80, 96))
+
+
+def arguments(tmp_path, **overrides):
+    settings = {"num_train_epochs": 2, "seed": 0, "disable_tqdm": True, "logging_steps": 5, **overrides}
+    return SMoETrainingArguments(output_dir=str(tmp_path), **settings)
+
+
+def head_state(model):
+    return {name: tensor.detach().clone() for name, tensor in model.head.state_dict().items()}
+
+
+def test_defaults_are_the_papers():
+    args = SMoETrainingArguments(output_dir="unused")
+    assert (args.learning_rate, args.router_learning_rate, args.warmup_steps) == (2e-3, 5e-4, 0.05)
+    assert (args.per_device_train_batch_size, args.num_train_epochs) == (16, 3.0)
+
+
+def test_training_updates_only_the_head_with_two_learning_rates(setup, tmp_path):
+    build, _, _, train, valid = setup
+    model = build()
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    trainer = SMoETrainer(model, arguments(tmp_path), train_dataset=train, eval_dataset=valid)
+    trainer.train()
+    for name, tensor in model.backbone.state_dict().items():
+        assert torch.equal(tensor, backbone_before[name]), name  # bit-identical frozen backbone
+    groups = trainer.optimizer.param_groups
+    assert [g["initial_lr"] for g in groups] == [2e-3, 5e-4]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.head.experts.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.head.router.parameters()}
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    assert {"rm", "local_sparsity", "global_balance", "diversity", "uniform_prior"} <= logged
+    assert {"eval_accuracy", "eval_routing_entropy", "eval_global_entropy", "eval_expert_correlation"} <= logged
+
+
+def test_training_learns_the_toy_preference(setup, tmp_path):
+    build, _, _, train, valid = setup
+    model = build(preset="vanilla")
+    before = behaviour_metrics(head_outputs(model.head, valid.with_format("torch")),
+                                                 {"lambda_local": 0, "lambda_global": 0, "lambda_div": 0})
+    args = arguments(tmp_path, num_train_epochs=30, learning_rate=1e-2, router_learning_rate=1e-2, eval_strategy="no")
+    SMoETrainer(model, args, train_dataset=train, eval_dataset=valid).train()
+    after = behaviour_metrics(head_outputs(model.head, valid.with_format("torch")),
+                              {"lambda_local": 0, "lambda_global": 0, "lambda_div": 0})
+    assert after["rm"] < before["rm"] - 0.2 and after["accuracy"] == 1.0, (before, after)
+
+
+def test_resuming_from_a_checkpoint_gives_the_same_final_weights(setup, tmp_path):
+    build, _, _, train, valid = setup
+    uninterrupted = build()
+    SMoETrainer(uninterrupted, arguments(tmp_path / "a"), train_dataset=train, eval_dataset=valid).train()
+    args = arguments(tmp_path / "b", save_strategy="steps", save_steps=4)
+    SMoETrainer(build(), args, train_dataset=train, eval_dataset=valid).train()
+    resumed = build()
+    SMoETrainer(resumed, args, train_dataset=train, eval_dataset=valid).train(
+        resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-4"))
+    first = head_state(uninterrupted)
+    for name, tensor in head_state(resumed).items():
+        assert torch.equal(tensor, first[name]), name
+
+
+def test_token_path_matches_the_cached_path(setup, tmp_path):
+    build, tokenizer, pairs, train, valid = setup
+    cached = build()
+    SMoETrainer(cached, arguments(tmp_path / "c", eval_strategy="no"), train_dataset=train).train()
+    tokens = tokenize_pairs(pairs.select(range(80)), tokenizer)
+    end_to_end = build()
+    SMoETrainer(end_to_end, arguments(tmp_path / "t", eval_strategy="no"), train_dataset=tokens,
+                data_collator=PairCollator(tokenizer)).train()
+    expected = head_state(cached)
+    for name, tensor in head_state(end_to_end).items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-5, rtol=0)
+
+
+def test_routing_collapse_warns(setup, tmp_path):
+    build, _, _, train, valid = setup
+    model = build()
+    with torch.no_grad():
+        model.head.router.output.bias.copy_(torch.tensor([30.0, 0.0, 0.0]))  # every prompt to expert 0
+    trainer = SMoETrainer(model, arguments(tmp_path), train_dataset=train, eval_dataset=valid)
+    with pytest.warns(UserWarning, match="Routing collapse"):
+        metrics = trainer.evaluate()
+    assert metrics["eval_global_entropy"] < 0.01
+    healthy = SMoETrainer(build(), arguments(tmp_path), train_dataset=train, eval_dataset=valid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        healthy.evaluate()
+
+
+def test_bad_dataset_is_named(setup, tmp_path):
+    build, _, pairs, _, _ = setup
+    with pytest.raises(ValueError, match="train_dataset"):
+        SMoETrainer(build(), arguments(tmp_path), train_dataset=pairs.remove_columns("chosen").rename_column(
+            "rejected", "chosen_input").select(range(4)))
