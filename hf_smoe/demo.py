@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from . import SMoERewardModel
-from .backbones import DEFAULT_BACKBONE, default_backbone_path
+from .backbones import DEFAULT_BACKBONE, DEFAULT_BACKBONE_HUB_ID, default_backbone_path
 from .features import EmbeddingCache
 from .pipeline import evaluate_head, pick_device, save_checkpoint, save_run, train_head
 
@@ -45,7 +45,7 @@ def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, n
     tokenizer = AutoTokenizer.from_pretrained(backbone_path)
     backbone = AutoModel.from_pretrained(backbone_path).to(pick_device())
     pairs = generate_preference_set(**({} if num_prompts is None else {"num_prompts": num_prompts}), seed=seed)
-    splits = split_pairs(pairs, seed=seed)
+    splits = split_pairs(pairs, seed=seed, group_by="prompt")  # test prompts are unseen
     print(f"Data: {len(pairs)} synthetic pairs (generated, seed {seed}) in {len(set(pairs['category']))} latent "
           f"categories; split {', '.join(f'{k} {len(v)}' for k, v in splits.items())}")
 
@@ -66,7 +66,7 @@ def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, n
     output = Path(output_dir)
     save_checkpoint(models["sparse"], tokenizer, output)
     sparse = results["sparse"]
-    write_model_card(output, base_model="HuggingFaceTB/SmolLM2-135M-Instruct", datasets=["hf_smoe synthetic demo"],
+    write_model_card(output, base_model=DEFAULT_BACKBONE_HUB_ID, datasets=["hf_smoe synthetic demo"],
                      eval_results={"accuracy": sparse["accuracy"]},
                      routing_stats={k: sparse[k] for k in ("routing_entropy", "global_entropy", "expert_correlation")},
                      dataset_name="hf_smoe synthetic demo (generated)")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets, load_from_disk
+import datasets as datasets_progress  # its progress-bar switches
 from tqdm.auto import tqdm
 
 from .backbones import cache_root
@@ -41,6 +42,24 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def default_batch_tokens(device: torch.device) -> int:
+    """Padded tokens per batch. On CPU small batches stay in cache: for SmolLM2-135M on 2 cores, 1024 tokens ran
+    556 tokens/s against 320 at 8192 (docs/benchmarks.md); a GPU wants large batches."""
+    return 16384 if device.type == "cuda" else 1024
+
+
+@contextlib.contextmanager
+def quiet_datasets_progress():
+    """Hides `datasets`' per-shard progress bars while the cache writes; our own bar reports the work."""
+    was_disabled = datasets_progress.are_progress_bars_disabled()
+    datasets_progress.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets_progress.enable_progress_bars()
+
+
 def compute_dtype(device: torch.device) -> torch.dtype:
     """bf16 where the device has fast bf16 matmuls (CUDA); fp32 on CPU, where bf16 is several times slower."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -56,16 +75,18 @@ class EmbeddingCache:
         tokenizer: its tokenizer (chat template).
         cache_dir: root folder; defaults to `$HF_SMOE_CACHE/features` (`~/.cache/hf_smoe/features`).
         max_length: truncation length for chat-template(x) + y (see `encode_pair`).
-        batch_tokens: padded tokens per batch; texts are sorted by length so batches carry little padding.
+        batch_tokens: padded tokens per batch (default: `default_batch_tokens(device)`); texts are sorted by length
+            so batches carry little padding.
         shard_size: texts per stored shard: the most work an interruption can lose.
     """
 
-    def __init__(self, model, tokenizer, *, cache_dir=None, max_length=1024, batch_tokens=8192, shard_size=512,
+    def __init__(self, model, tokenizer, *, cache_dir=None, max_length=1024, batch_tokens=None, shard_size=512,
                  show_progress=True):
         self.model, self.tokenizer = model, tokenizer
-        self.max_length, self.batch_tokens, self.shard_size = max_length, batch_tokens, shard_size
-        self.show_progress = show_progress
         self.device = next(model.parameters()).device
+        self.max_length, self.shard_size = max_length, shard_size
+        self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
+        self.show_progress = show_progress
         self.dtype = compute_dtype(self.device)
         self.directory = Path(cache_dir or cache_root() / "features") / self.fingerprint()
         self._features = None  # (keys -> row, prompt (N, H), response (N, H)) once loaded
@@ -162,8 +183,9 @@ class EmbeddingCache:
         target = self.directory / f"shard-{index:05d}"
         partial = self.directory / f"shard-{index:05d}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        Dataset.from_dict({"key": [r[0] for r in rows], "prompt_embedding": np.stack([r[1] for r in rows]),
-                           "response_embedding": np.stack([r[2] for r in rows])}).save_to_disk(partial)
+        with quiet_datasets_progress():
+            Dataset.from_dict({"key": [r[0] for r in rows], "prompt_embedding": np.stack([r[1] for r in rows]),
+                               "response_embedding": np.stack([r[2] for r in rows])}).save_to_disk(partial)
         partial.rename(target)
 
     def _load(self):
@@ -173,7 +195,8 @@ class EmbeddingCache:
                 hidden = self.model.config.hidden_size
                 self._features = ({}, torch.empty(0, hidden), torch.empty(0, hidden))
             else:
-                table = concatenate_datasets([load_from_disk(str(s)) for s in shards]).with_format("numpy")
+                with quiet_datasets_progress():
+                    table = concatenate_datasets([load_from_disk(str(s)) for s in shards]).with_format("numpy")
                 self._features = ({key: row for row, key in enumerate(table["key"])},
                                   torch.from_numpy(np.asarray(table["prompt_embedding"], dtype=np.float32)),
                                   torch.from_numpy(np.asarray(table["response_embedding"], dtype=np.float32)))

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PrinterCallback
 
 from . import SMoERewardModel, __version__
-from .backbones import DEFAULT_BACKBONE, resolve_backbone
+from .backbones import DEFAULT_BACKBONE, backbone_hub_id, resolve_backbone
 from .features import EmbeddingCache
 from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE
 from .metrics import category_coverage, expert_category_labels, expert_purity
@@ -80,6 +80,7 @@ def train_head(model, features, output_dir: str, seed: int, epochs: float, **arg
     args = SMoETrainingArguments(output_dir=output_dir, seed=seed, num_train_epochs=epochs,
                                  disable_tqdm=True, **argument_overrides)
     trainer = SMoETrainer(model, args, train_dataset=features["train"], eval_dataset=features["validation"])
+    trainer.remove_callback(PrinterCallback)  # every term stays in trainer.state.log_history; the caller summarises
     trainer.train()
     return trainer
 
@@ -108,7 +109,7 @@ def train_reward_model(job: TrainJob) -> dict:
     from .hub import push_checkpoint, write_model_card
 
     pairs = load_pairs(job.dataset, job.format, max_pairs=job.max_pairs, seed=job.seed)
-    splits = split_pairs(pairs, seed=job.seed)
+    splits = split_pairs(pairs, seed=job.seed, group_by="prompt")  # no prompt in two splits
     model, tokenizer = load_backbone_model(job.backbone, job.preset, job.num_experts, job.seed,
                                            **job.config_overrides)
     cache = EmbeddingCache(model, tokenizer, cache_dir=job.cache_dir, max_length=job.max_length)
@@ -118,7 +119,7 @@ def train_reward_model(job: TrainJob) -> dict:
     results = evaluate_head(model, features)
     save_checkpoint(model, tokenizer, output_dir)
     routing_keys = ("routing_entropy", "global_entropy", "expert_correlation")
-    write_model_card(output_dir, base_model=job.backbone, datasets=[job.dataset],
+    write_model_card(output_dir, base_model=backbone_hub_id(job.backbone), datasets=[job.dataset],
                      eval_results={"accuracy": results["accuracy"]},
                      routing_stats={key: results[key] for key in routing_keys}, dataset_name=job.dataset,
                      repo_id=job.push_to_hub)

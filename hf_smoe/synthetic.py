@@ -19,7 +19,9 @@ docs/synthetic-data.md for the design, the defaults and the validation numbers.
 import itertools
 import random
 
-from datasets import Dataset, Features, List, Value
+from datasets import Dataset
+
+from .data import PAIR_COLUMNS, PAIR_FEATURES
 
 PROPERTIES = ("detailed", "formal", "example", "caveat")
 """Binary response properties: 1 = detailed / formal / has a concrete example / has a safety caveat;
@@ -128,7 +130,8 @@ _TOPICS = {
              "core": "profile the {item} and fix the slowest function first",
              "detail": "Most slowdowns come from one hot spot.",
              "example": "one loop may spend all its time parsing dates."},
-            {"ask": ("How should I write tests for my {item}?", "What's a sensible way to add unit tests to my {item}?"),
+            {"ask": ("How should I write tests for my {item}?",
+                     "What's a sensible way to add unit tests to my {item}?"),
              "core": "write small unit tests for the parts that change most",
              "detail": "They catch regressions on every commit.",
              "example": "test that an empty cart costs zero."},
@@ -216,7 +219,8 @@ _TOPICS = {
              "core": "pack light layers and good walking shoes",
              "detail": "Layers handle changing weather.",
              "example": "a rain jacket and one warm sweater."},
-            {"ask": ("How do I get around {item} without a car?", "Is public transport a good way to get around {item}?"),
+            {"ask": ("How do I get around {item} without a car?",
+                     "Is public transport a good way to get around {item}?"),
              "core": "use buses and trains in {item} with a day pass",
              "detail": "Passes cost less than single tickets.",
              "example": "a three-day pass pays off after six rides."},
@@ -232,7 +236,8 @@ _TOPICS = {
              "core": "plan four or five days in {item}",
              "detail": "That leaves time for one slow day.",
              "example": "two days of sights and one day trip."},
-            {"ask": ("How can I avoid the tourist crowds in {item}?", "Are there quiet spots in {item} away from the crowds?"),
+            {"ask": ("How can I avoid the tourist crowds in {item}?",
+                     "Are there quiet spots in {item} away from the crowds?"),
              "core": "see the famous spots in {item} early in the morning",
              "detail": "Tour groups arrive mid-morning.",
              "example": "be at the main viewpoint by eight."},
@@ -266,7 +271,7 @@ def prompt_capacity(category: str) -> int:
 
 
 def _all_prompts(category: str) -> list:
-    """Every (prompt text, question type) of a category, in a fixed order."""
+    """Every (prompt text, question type, slot filler) of a category, in a fixed order."""
     topic = _TOPICS[category]
     return [(context + ask.format(item=item), question, item)
             for question in topic["questions"] for ask in question["ask"]
@@ -287,17 +292,6 @@ def render_response(category: str, question: dict, item: str, properties, rng: r
     if properties["caveat"]:
         parts.append(rng.choice(CAVEATS))
     return " ".join(parts)
-
-
-FEATURES = Features({
-    "prompt": List({"role": Value("string"), "content": Value("string")}),
-    "chosen": Value("string"),
-    "rejected": Value("string"),
-    "category": Value("string"),
-    "attribute": Value("string"),
-    "criterion": Value("string"),
-    "user": Value("string"),
-})
 
 
 def generate_preference_set(num_prompts: int = 360, *, seed: int = 0, label_noise: float = 0.1,
@@ -340,7 +334,7 @@ def generate_preference_set(num_prompts: int = 360, *, seed: int = 0, label_nois
         rng.shuffle(round_names)
         order.extend((name, drawn[name][round_index]) for name in round_names)
     combos = list(itertools.product((0, 1), repeat=len(PROPERTIES)))
-    rows = {column: [] for column in FEATURES}
+    rows = {column: [] for column in PAIR_COLUMNS}
     for name, (text, question, item) in order:
         drawn_combos = rng.sample(combos, responses_per_prompt)
         while len({preference_score(name, combo) for combo in drawn_combos}) == 1:  # all tied: no pair, redraw
@@ -360,4 +354,4 @@ def generate_preference_set(num_prompts: int = 360, *, seed: int = 0, label_nois
             rows["attribute"].append(None)
             rows["criterion"].append(None)
             rows["user"].append(f"annotator-{name}")
-    return Dataset.from_dict(rows, features=FEATURES)
+    return Dataset.from_dict(rows, features=PAIR_FEATURES)

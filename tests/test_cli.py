@@ -76,8 +76,9 @@ def test_demo_end_to_end_on_the_embedded_defaults(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_train_default_backbone_on_hh(tmp_path):
+    """The issue's acceptance run: `smoe train` on the shared HH folder with the default backbone."""
     output = tmp_path / "hh"
-    assert main(["train", "--dataset", str(HH_HELPFUL), "--max-pairs", "24", "--max-length", "256", "--epochs", "1",
+    assert main(["train", "--dataset", str(HH_HELPFUL.parent), "--max-pairs", "24", "--max-length", "256", "--epochs", "1",
                  "--output-dir", str(output), "--cache-dir", str(tmp_path / "cache")]) == 0
     config = json.loads((output / "config.json").read_text())
     assert config["backbone_config"]["model_type"] == "llama" and config["backbone_config"]["hidden_size"] == 576

@@ -467,3 +467,20 @@ def test_split_without_categories_cuts_the_whole_dataset():
     assert [len(splits[name]) for name in ("train", "validation", "test")] == [80, 10, 10]
     with pytest.raises(ValueError, match="sum to less than 1"):
         split_pairs(pairs, validation=0.5, test=0.5)
+
+
+def test_split_by_prompt_keeps_each_prompt_in_one_split():
+    from hf_smoe.synthetic import generate_preference_set
+
+    pairs = generate_preference_set(80, seed=1)
+    splits = split_pairs(pairs, seed=3, group_by="prompt")
+    prompts = {name: {json.dumps(p) for p in split["prompt"]} for name, split in splits.items()}
+    assert not (prompts["train"] & prompts["test"]) and not (prompts["train"] & prompts["validation"])
+    assert not (prompts["validation"] & prompts["test"])
+    assert sum(len(split) for split in splits.values()) == len(pairs)
+    for category in set(pairs["category"]):  # 20 prompts per category: 2 to test, 2 to validation
+        assert sum(c == category for p, c in {(json.dumps(p), c) for p, c in
+                                              zip(splits["test"]["prompt"], splits["test"]["category"])}) == 2
+    assert split_pairs(pairs, seed=3, group_by="prompt")["test"]["chosen"] == splits["test"]["chosen"]
+    with pytest.raises(ValueError, match="group_by"):
+        split_pairs(pairs, group_by="conversation")

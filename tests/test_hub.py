@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import encode_batch
 from hub_server import hub_server  # noqa: F401  (the fixture)
+from test_remote_code import BLOCK_HF_SMOE
 from huggingface_hub import HfApi, ModelCard, metadata_load
 from huggingface_hub.errors import RepositoryNotFoundError
 
@@ -25,15 +26,8 @@ ROUTING_STATS = {"routing_entropy": 0.2, "global_entropy": 0.97, "expert_correla
 ESSENTIAL_FILES = {"config.json", "model.safetensors", "configuration_smoe.py", "modeling_smoe.py", "README.md",
                    "tokenizer.json", "tokenizer_config.json"}
 
-LOADER = textwrap.dedent("""
-    import importlib.abc, json, re, sys
-
-    class BlockHfSmoe(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "hf_smoe" or name.startswith("hf_smoe."):
-                raise ImportError("hf_smoe is deliberately not importable here")
-
-    sys.meta_path.insert(0, BlockHfSmoe())
+LOADER = BLOCK_HF_SMOE + textwrap.dedent("""
+    import json, re
     import torch
     from huggingface_hub import hf_hub_download
     from transformers import AutoModel, AutoTokenizer

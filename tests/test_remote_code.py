@@ -12,8 +12,9 @@ from conftest import encode_batch
 
 from hf_smoe import SMoERewardModel
 
-LOADER = textwrap.dedent("""
-    import importlib.abc, json, sys
+# Prepended to every script run as "a user without hf_smoe": any import of hf_smoe fails.
+BLOCK_HF_SMOE = textwrap.dedent("""
+    import importlib.abc, sys
 
     class BlockHfSmoe(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -21,6 +22,10 @@ LOADER = textwrap.dedent("""
                 raise ImportError("hf_smoe is deliberately not importable here")
 
     sys.meta_path.insert(0, BlockHfSmoe())
+""")
+
+LOADER = BLOCK_HF_SMOE + textwrap.dedent("""
+    import json
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification
 
