@@ -15,7 +15,7 @@ from transformers import AutoModel, AutoTokenizer
 from . import SMoERewardModel
 from .backbones import DEFAULT_BACKBONE, DEFAULT_BACKBONE_HUB_ID, default_backbone_path
 from .features import EmbeddingCache
-from .pipeline import evaluate_head, pick_device, save_checkpoint, save_run, train_head
+from .pipeline import evaluate_head, pick_device, save_checkpoint, save_run, split_for_training, train_head
 
 PRESETS = ("single", "vanilla", "micro", "sparse")
 COLUMNS = (("accuracy", "accuracy"), ("routing_entropy", "routing H"), ("global_entropy", "global H"),
@@ -35,19 +35,18 @@ def format_table(results: dict) -> str:
 
 def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, num_experts: int = 4,
              epochs: float = 3.0, seed: int = 0, cache_dir: str | None = None) -> dict:
-    from .data import split_pairs
     from .hub import write_model_card
     from .synthetic import generate_preference_set
 
     started = time.time()
+    pairs = generate_preference_set(**({} if num_prompts is None else {"num_prompts": num_prompts}), seed=seed)
+    splits = split_for_training(pairs, seed)  # test prompts are unseen; checked before any model loads
+    print(f"Data: {len(pairs)} synthetic pairs (generated, seed {seed}) in {len(set(pairs['category']))} latent "
+          f"categories; split {', '.join(f'{k} {len(v)}' for k, v in splits.items())}")
     backbone_path = default_backbone_path()
     print(f"Backbone: SmolLM2-135M-Instruct (converted copy at {backbone_path})")
     tokenizer = AutoTokenizer.from_pretrained(backbone_path)
     backbone = AutoModel.from_pretrained(backbone_path).to(pick_device())
-    pairs = generate_preference_set(**({} if num_prompts is None else {"num_prompts": num_prompts}), seed=seed)
-    splits = split_pairs(pairs, seed=seed, group_by="prompt")  # test prompts are unseen
-    print(f"Data: {len(pairs)} synthetic pairs (generated, seed {seed}) in {len(set(pairs['category']))} latent "
-          f"categories; split {', '.join(f'{k} {len(v)}' for k, v in splits.items())}")
 
     results, models = {}, {}
     for preset in PRESETS:

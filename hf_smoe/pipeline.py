@@ -75,6 +75,18 @@ def evaluate_head(model, features) -> dict:
     return metrics
 
 
+def split_for_training(pairs, seed: int):
+    """Train/validation/test split by prompt (no prompt in two splits); every split must hold pairs."""
+    from .data import split_pairs
+
+    splits = split_pairs(pairs, seed=seed, group_by="prompt")
+    empty = [name for name, split in splits.items() if len(split) == 0]
+    if empty:
+        raise ValueError(f"dataset: {len(pairs)} pairs leave the {', '.join(empty)} split(s) empty (10% of each "
+                         "category's prompts, rounded); use more pairs or prompts.")
+    return splits
+
+
 def train_head(model, features, output_dir: str, seed: int, epochs: float, **argument_overrides):
     """Trains `model`'s head on cached train features, evaluating on validation each epoch."""
     args = SMoETrainingArguments(output_dir=output_dir, seed=seed, num_train_epochs=epochs,
@@ -105,11 +117,11 @@ def save_run(output_dir: Path, job, results: dict) -> None:
 
 def train_reward_model(job: TrainJob) -> dict:
     """Runs the main job and returns the test metrics; see `smoe train --help`."""
-    from .data import load_pairs, split_pairs
+    from .data import load_pairs
     from .hub import push_checkpoint, write_model_card
 
     pairs = load_pairs(job.dataset, job.format, max_pairs=job.max_pairs, seed=job.seed)
-    splits = split_pairs(pairs, seed=job.seed, group_by="prompt")  # no prompt in two splits
+    splits = split_for_training(pairs, job.seed)
     model, tokenizer = load_backbone_model(job.backbone, job.preset, job.num_experts, job.seed,
                                            **job.config_overrides)
     cache = EmbeddingCache(model, tokenizer, cache_dir=job.cache_dir, max_length=job.max_length)

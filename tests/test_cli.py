@@ -63,7 +63,7 @@ def test_train_on_real_hh_data_with_a_tiny_backbone(backbone_dirs, tmp_path, cap
 @pytest.mark.slow
 def test_demo_end_to_end_on_the_embedded_defaults(tmp_path, capsys):
     output = tmp_path / "demo"
-    assert main(["demo", "--output-dir", str(output), "--num-prompts", "16", "--epochs", "1",
+    assert main(["demo", "--output-dir", str(output), "--num-prompts", "40", "--epochs", "1",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     printed = capsys.readouterr().out
     table = (output / "demo_table.md").read_text()
@@ -83,6 +83,12 @@ def test_train_default_backbone_on_hh(tmp_path):
     config = json.loads((output / "config.json").read_text())
     assert config["backbone_config"]["model_type"] == "llama" and config["backbone_config"]["hidden_size"] == 576
     check_checkpoint(output, tmp_path)
+
+
+def test_too_small_a_dataset_is_one_clear_line(tmp_path, capsys):
+    assert main(["demo", "--output-dir", str(tmp_path), "--num-prompts", "16", "--cache-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "split(s) empty" in error and "use more pairs or prompts" in error
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
