@@ -18,6 +18,7 @@ import torch
 from .encoding import encode_pair
 from .features import EmbeddingCache, compute_dtype
 from .pipeline import load_backbone_model, pick_device
+from .synthetic import generate_preference_set
 from .training import (PairCollator, SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics,
                        head_outputs, tokenize_pairs)
 
@@ -43,8 +44,6 @@ def matmul_flops_per_second(device: torch.device, dtype: torch.dtype, size: int 
 
 def benchmark_pairs(num_pairs: int, seed: int):
     """The demo's generated set: always available offline, with realistic chat-template lengths."""
-    from .synthetic import generate_preference_set
-
     pairs = generate_preference_set(seed=seed)
     return pairs.shuffle(seed=seed).select(range(min(num_pairs, len(pairs))))
 

@@ -15,7 +15,9 @@ from transformers import AutoModel, AutoTokenizer
 from . import SMoERewardModel
 from .backbones import DEFAULT_BACKBONE, DEFAULT_BACKBONE_HUB_ID, default_backbone_path
 from .features import EmbeddingCache
+from .hub import write_model_card
 from .pipeline import evaluate_head, pick_device, save_checkpoint, save_run, split_for_training, train_head
+from .synthetic import generate_preference_set
 
 PRESETS = ("single", "vanilla", "micro", "sparse")
 COLUMNS = (("accuracy", "accuracy"), ("routing_entropy", "routing H"), ("global_entropy", "global H"),
@@ -35,9 +37,6 @@ def format_table(results: dict) -> str:
 
 def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, num_experts: int = 4,
              epochs: float = 3.0, seed: int = 0, cache_dir: str | None = None) -> dict:
-    from .hub import write_model_card
-    from .synthetic import generate_preference_set
-
     started = time.time()
     pairs = generate_preference_set(**({} if num_prompts is None else {"num_prompts": num_prompts}), seed=seed)
     splits = split_for_training(pairs, seed)  # test prompts are unseen; checked before any model loads

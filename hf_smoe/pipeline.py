@@ -12,10 +12,13 @@ from transformers import AutoTokenizer, PrinterCallback
 
 from . import SMoERewardModel, __version__
 from .backbones import DEFAULT_BACKBONE, backbone_hub_id, resolve_backbone
+from .data import load_pairs, split_pairs
 from .features import EmbeddingCache
-from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE
+from .hub import push_checkpoint, write_model_card
 from .metrics import category_coverage, expert_category_labels, expert_purity
-from .training import SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics, head_outputs
+from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE
+from .training import (SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics, head_outputs,
+                       loss_weights)
 
 
 @dataclass
@@ -67,9 +70,8 @@ def category_metrics(model_head, validation, test) -> dict:
 
 def evaluate_head(model, features) -> dict:
     """Test metrics of a trained head, with category recovery when the data has categories."""
-    lambdas = {name: getattr(model.config, name) for name in ("lambda_local", "lambda_global", "lambda_div",
-                                                               "lambda_uniform")}
-    metrics = behaviour_metrics(head_outputs(model.head, as_training_features(features["test"])), lambdas)
+    test = as_training_features(features["test"])
+    metrics = behaviour_metrics(head_outputs(model.head, test), loss_weights(model.config))
     if "category" in features["test"].column_names and None not in features["test"]["category"]:
         metrics.update(category_metrics(model.head, features["validation"], features["test"]))
     return metrics
@@ -77,8 +79,6 @@ def evaluate_head(model, features) -> dict:
 
 def split_for_training(pairs, seed: int):
     """Train/validation/test split by prompt (no prompt in two splits); every split must hold pairs."""
-    from .data import split_pairs
-
     splits = split_pairs(pairs, seed=seed, group_by="prompt")
     empty = [name for name, split in splits.items() if len(split) == 0]
     if empty:
@@ -117,9 +117,6 @@ def save_run(output_dir: Path, job, results: dict) -> None:
 
 def train_reward_model(job: TrainJob) -> dict:
     """Runs the main job and returns the test metrics; see `smoe train --help`."""
-    from .data import load_pairs
-    from .hub import push_checkpoint, write_model_card
-
     pairs = load_pairs(job.dataset, job.format, max_pairs=job.max_pairs, seed=job.seed)
     splits = split_for_training(pairs, job.seed)
     model, tokenizer = load_backbone_model(job.backbone, job.preset, job.num_experts, job.seed,

@@ -87,6 +87,11 @@ def pair_representations(model, inputs):
     return embeddings[0][0].to(dtype), embeddings[0][1].to(dtype), embeddings[1][1].to(dtype)
 
 
+def loss_weights(config) -> dict:
+    """The objective's weights (lambda_local, lambda_global, lambda_div, lambda_uniform) of a model config."""
+    return {name: getattr(config, name) for name in LAMBDA_NAMES}
+
+
 def as_training_features(features):
     """The pair-feature columns the trainer reads, as torch tensors."""
     missing = [name for name in FEATURE_COLUMNS if name not in features.column_names]
@@ -136,7 +141,7 @@ class SMoETrainer(Trainer):
             train_dataset = as_training_features(train_dataset)
         eval_dataset = None if eval_dataset is None else as_training_features(eval_dataset)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
-        self.lambdas = {name: getattr(model.config, name) for name in LAMBDA_NAMES}
+        self.lambdas = loss_weights(model.config)
         self._term_sums, self._term_count = defaultdict(float), 0
 
     def create_optimizer(self, model=None):
