@@ -7,6 +7,7 @@ works without `trust_remote_code` where hf_smoe is installed (and with it everyw
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
 from .encoding import encode_pair
+from .evaluate_modules import evaluate_module_path
 from .losses import moe_preference_loss
 from .modeling.configuration_smoe import SMoERewardConfig
 from .modeling.modeling_smoe import SMoERewardModel, SMoERewardOutput
@@ -19,4 +20,5 @@ AutoModelForSequenceClassification.register(SMoERewardConfig, SMoERewardModel, e
 SMoERewardConfig.register_for_auto_class()
 SMoERewardModel.register_for_auto_class("AutoModel")
 
-__all__ = ["SMoERewardConfig", "SMoERewardModel", "SMoERewardOutput", "encode_pair", "moe_preference_loss"]
+__all__ = ["SMoERewardConfig", "SMoERewardModel", "SMoERewardOutput", "encode_pair", "evaluate_module_path",
+           "moe_preference_loss"]
