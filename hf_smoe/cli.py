@@ -3,6 +3,7 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONE
 
@@ -48,6 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output-dir", required=True)
     train.add_argument("--push-to-hub", default=None, metavar="ORG/NAME", help="also push checkpoint + card")
 
+    evaluation = commands.add_parser("eval", help="every paper metric the data allows, for a checkpoint",
+                                     description="Accuracy, loss terms, routing entropy, global entropy, expert "
+                                                 "correlation; with categories also coverage, purity and "
+                                                 "specialization. Printed as a table and written as JSON.")
+    evaluation.add_argument("checkpoint", help="a folder written by `smoe train` / `smoe demo`, or a Hub id")
+    evaluation.add_argument("--dataset", required=True, help="Hub dataset name or local file/folder")
+    evaluation.add_argument("--format", default=None)
+    evaluation.add_argument("--split", default="test", help="Hub split to read")
+    evaluation.add_argument("--max-pairs", type=int, default=None)
+    evaluation.add_argument("--max-length", type=int, default=1024)
+    evaluation.add_argument("--cache-dir", default=None)
+    evaluation.add_argument("--output", default=None, help="JSON file (default: CHECKPOINT/eval_results.json)")
+    evaluation.add_argument("--seed", type=int, default=0)
+
     bench = commands.add_parser("bench", help="speed benchmarks, each a ratio against a baseline in the same run",
                                 description="embed: cache tokens/s vs a one-text-at-a-time loop and vs the FLOP "
                                             "bound. train: training on cached features vs re-running the frozen "
@@ -87,6 +102,16 @@ def run(args) -> None:
         results = train_reward_model(job)
         print(json.dumps(results, indent=2, default=str))
         print(f"Checkpoint, model card and results.json written to {args.output_dir}")
+    elif args.command == "eval":
+        from .evaluation import evaluate_checkpoint, write_evaluation
+
+        results = evaluate_checkpoint(args.checkpoint, args.dataset, format=args.format, split=args.split,
+                                      max_pairs=args.max_pairs, seed=args.seed, cache_dir=args.cache_dir,
+                                      max_length=args.max_length)
+        for key, value in results.items():
+            print(f"  {key:<28} {value:.4f}" if isinstance(value, float) else f"  {key:<28} {value}")
+        path = write_evaluation(results, args.output or str(Path(args.checkpoint) / "eval_results.json"))
+        print(f"Written to {path}")
     elif args.command == "bench":
         from .bench import run_bench
 

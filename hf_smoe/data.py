@@ -521,6 +521,18 @@ class Adapter:
         return self.pairs(dataset, **options)
 
 
+def _hf_smoe_pairs(dataset: Dataset) -> Iterator[dict | Skip]:
+    """Pairs already in the common schema (saved from `load_pairs`, or `hf_smoe.synthetic`): validated, kept as is."""
+    metadata = [name for name in PAIR_COLUMNS[3:] if name in dataset.column_names]
+    for index, record in enumerate(dataset):
+        yield _pair(_as_messages(record["prompt"], index, "prompt"), _as_text(record["chosen"], index, "chosen"),
+                    _as_text(record["rejected"], index, "rejected"), **{name: record[name] for name in metadata})
+
+
+def _is_common_schema(record: dict) -> bool:
+    return isinstance(record["prompt"], list) and isinstance(record["chosen"], str)
+
+
 def _is_hh_transcript(record: dict) -> bool:
     return isinstance(record["chosen"], str) and record["chosen"].startswith("\n\nHuman: ")
 
@@ -536,9 +548,10 @@ FORMATS = {
     "personal-llm": Adapter(_personal_llm_pairs, ("prompt", "response_1", "response_2")),
     "dsp": Adapter(_dsp_pairs, ("query", "responses")),
     "webgpt": Adapter(_webgpt_pairs, ("text", "score")),
+    "hf_smoe": Adapter(_hf_smoe_pairs, ("prompt", "chosen", "rejected"), recognizes=_is_common_schema),
 }
 # Most specific first; preference-700k reads like TRL's conversational format and is known by its Hub name.
-DETECTION_ORDER = ("personal-llm", "rpr", "helpsteer2", "shp", "dsp", "webgpt", "hh-rlhf", "trl")
+DETECTION_ORDER = ("personal-llm", "rpr", "helpsteer2", "shp", "dsp", "webgpt", "hf_smoe", "hh-rlhf", "trl")
 LOCAL_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".json.gz": "json", ".jsonl.gz": "json"}
 
 

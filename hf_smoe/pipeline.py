@@ -15,7 +15,8 @@ from .backbones import DEFAULT_BACKBONE, backbone_hub_id, resolve_backbone
 from .data import load_pairs, split_pairs
 from .features import EmbeddingCache
 from .hub import push_checkpoint, write_model_card
-from .metrics import category_coverage, expert_category_labels, expert_purity
+from .metrics import (category_coverage, expert_category_labels, expert_purity, expert_specialization,
+                      expert_specialization_top)
 from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE
 from .training import (SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics, head_outputs,
                        loss_weights)
@@ -55,16 +56,22 @@ def load_backbone_model(backbone: str, preset: str, num_experts, seed: int, **co
 
 
 def category_metrics(model_head, validation, test) -> dict:
-    """Category coverage and expert purity (App. A): experts are labelled on validation, measured on test."""
+    """Category coverage, expert purity and expert specialization (App. A, Eq. 11-12): experts are labelled on
+    validation, measured on test."""
     names = sorted(set(validation["category"]) | set(test["category"]))
     codes = {name: i for i, name in enumerate(names)}
     val_categories = torch.tensor([codes[c] for c in validation["category"]])
     test_categories = torch.tensor([codes[c] for c in test["category"]])
     val_routing = head_outputs(model_head, as_training_features(validation))["routing_weights"].cpu()
-    test_routing = head_outputs(model_head, as_training_features(test))["routing_weights"].cpu()
+    test_outputs = {k: v.cpu() for k, v in head_outputs(model_head, as_training_features(test)).items()}
     labels = expert_category_labels(val_routing, val_categories, len(names))
+    chosen, rejected = test_outputs["chosen_expert_rewards"], test_outputs["rejected_expert_rewards"]
     return {"category_coverage": category_coverage(labels, len(names)).item(),
-            "expert_purity": expert_purity(test_routing, test_categories, labels).item(),
+            "expert_purity": expert_purity(test_outputs["routing_weights"], test_categories, labels).item(),
+            "expert_specialization": expert_specialization(chosen, rejected, test_categories, labels,
+                                                           len(names)).item(),
+            "expert_specialization_top10": expert_specialization_top(chosen, rejected,
+                                                                     test_outputs["routing_weights"]).item(),
             "expert_categories": [names[i] for i in labels.tolist()]}
 
 

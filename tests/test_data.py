@@ -382,7 +382,7 @@ def test_pairs_of_every_format_share_one_schema_and_concatenate(hh_helpful):
     assert all(part.features == PAIR_FEATURES for part in parts)
     assert len(concatenate_datasets(parts)) == 2 + 5 + 4 + 13 + 15 + 5
     assert set(FORMATS) == {"trl", "hh-rlhf", "shp", "rpr", "helpsteer2", "preference-700k", "personal-llm",
-                            "dsp", "webgpt"}
+                            "dsp", "webgpt", "hf_smoe"}
 
 
 # Malformed input: a ValueError naming the record index and the field.

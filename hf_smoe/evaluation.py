@@ -1,0 +1,44 @@
+"""`smoe eval`: every paper metric the data allows, for a saved checkpoint, computed on cached features."""
+
+import json
+from pathlib import Path
+
+from transformers import AutoModel, AutoTokenizer
+
+from .data import load_pairs, split_pairs
+from .features import EmbeddingCache
+from .pipeline import category_metrics, pick_device
+from .training import as_training_features, behaviour_metrics, head_outputs, loss_weights
+
+
+def has_categories(pairs) -> bool:
+    return "category" in pairs.column_names and None not in pairs["category"] and len(set(pairs["category"])) > 1
+
+
+def evaluate_checkpoint(checkpoint, dataset, *, format=None, split="test", max_pairs=None, seed=0, cache_dir=None,
+                        max_length=1024) -> dict:
+    """Accuracy, loss terms, routing entropy, global entropy and expert correlation on all pairs; with categories,
+    also coverage, purity and specialization, labelling experts on half of the prompts and measuring on the other
+    half (the paper labels on validation and measures on test; one dataset is split by prompt, seeded)."""
+    model = AutoModel.from_pretrained(checkpoint).to(pick_device()).eval()
+    if getattr(model.config, "model_type", None) != "smoe_reward":
+        raise ValueError(f"checkpoint: {checkpoint} is not an hf_smoe reward model (model_type "
+                         f"{model.config.model_type!r}); train one with `smoe train`.")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
+    cache = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length)
+    features = cache.pair_features(pairs)
+    results = behaviour_metrics(head_outputs(model.head, as_training_features(features)), loss_weights(model.config))
+    results["pairs"] = len(pairs)
+    if has_categories(pairs):
+        halves = split_pairs(features.add_column("prompt", list(pairs["prompt"])), seed=seed, validation=0.0, test=0.5,
+                             group_by="prompt")
+        results.update(category_metrics(model.head, halves["train"], halves["test"]))
+    return results
+
+
+def write_evaluation(results: dict, output: str) -> Path:
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    return path
