@@ -20,7 +20,7 @@ from .features import EmbeddingCache, compute_dtype
 from .pipeline import load_backbone_model, pick_device
 from .synthetic import generate_preference_set
 from .training import (PairCollator, SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics,
-                       head_outputs, tokenize_pairs)
+                       head_outputs, loss_weights, tokenize_pairs)
 
 
 def machine() -> str:
@@ -99,8 +99,7 @@ def bench_train(backbone: str, num_pairs: int = 192, epochs: float = 3.0, seed: 
 
         evaluation = as_training_features(cache.pair_features(held_out))
         for name, trained in (("cached", model), ("rerun_backbone", reference)):
-            metrics = behaviour_metrics(head_outputs(trained.head, evaluation), {
-                "lambda_local": 0, "lambda_global": 0, "lambda_div": 0})
+            metrics = behaviour_metrics(head_outputs(trained.head, evaluation), loss_weights(trained.config))
             results[f"{name}_accuracy"] = metrics["accuracy"]
         results["max_head_weight_difference"] = max(
             (a - b).abs().max().item() for a, b in zip(model.head.parameters(), reference.head.parameters()))

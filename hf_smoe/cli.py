@@ -108,8 +108,7 @@ def run(args) -> None:
         results = evaluate_checkpoint(args.checkpoint, args.dataset, format=args.format, split=args.split,
                                       max_pairs=args.max_pairs, seed=args.seed, cache_dir=args.cache_dir,
                                       max_length=args.max_length)
-        for key, value in results.items():
-            print(f"  {key:<28} {value:.4f}" if isinstance(value, float) else f"  {key:<28} {value}")
+        print_values(results, "{:.4f}")
         path = write_evaluation(results, args.output or str(Path(args.checkpoint) / "eval_results.json"))
         print(f"Written to {path}")
     elif args.command == "bench":
@@ -119,10 +118,15 @@ def run(args) -> None:
         print_record(run_bench(args.what, args.backbone, args.output_dir, seed=args.seed, **options))
 
 
+def print_values(values: dict, float_format: str) -> None:
+    """One indented `name  value` line per entry; floats in `float_format`."""
+    for key, value in values.items():
+        print(f"  {key:<28} {float_format.format(value) if isinstance(value, float) else value}")
+
+
 def print_record(record: dict) -> None:
     print(f"{record['benchmark']} benchmark on {record['machine']}")
-    for key, value in record["results"].items():
-        print(f"  {key:<28} {value:,.4g}" if isinstance(value, float) else f"  {key:<28} {value}")
+    print_values(record["results"], "{:,.4g}")
 
 
 def main(argv=None) -> int:

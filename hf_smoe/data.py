@@ -49,6 +49,7 @@ PAIR_FEATURES = Features({
     "user": Value("string"),
 })
 PAIR_COLUMNS = tuple(PAIR_FEATURES)
+PAIR_METADATA = PAIR_COLUMNS[3:]  # category, attribute, criterion, user: never training inputs
 
 # How an attribute-conditioned pair shows its criterion to the model (MiCRo and the paper append it to the input).
 CRITERION_TEMPLATE = "{prompt}\n\nCriterion: {criterion}"
@@ -523,7 +524,7 @@ class Adapter:
 
 def _hf_smoe_pairs(dataset: Dataset) -> Iterator[dict | Skip]:
     """Pairs already in the common schema (saved from `load_pairs`, or `hf_smoe.synthetic`): validated, kept as is."""
-    metadata = [name for name in PAIR_COLUMNS[3:] if name in dataset.column_names]
+    metadata = [name for name in PAIR_METADATA if name in dataset.column_names]
     for index, record in enumerate(dataset):
         yield _pair(_as_messages(record["prompt"], index, "prompt"), _as_text(record["chosen"], index, "chosen"),
                     _as_text(record["rejected"], index, "rejected"), **{name: record[name] for name in metadata})

@@ -3,10 +3,11 @@
 import json
 from pathlib import Path
 
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .data import load_pairs, split_pairs
 from .features import EmbeddingCache
+from .modeling.configuration_smoe import SMoERewardConfig
 from .pipeline import category_metrics, pick_device
 from .training import as_training_features, behaviour_metrics, head_outputs, loss_weights
 
@@ -20,10 +21,11 @@ def evaluate_checkpoint(checkpoint, dataset, *, format=None, split="test", max_p
     """Accuracy, loss terms, routing entropy, global entropy and expert correlation on all pairs; with categories,
     also coverage, purity and specialization, labelling experts on half of the prompts and measuring on the other
     half (the paper labels on validation and measures on test; one dataset is split by prompt, seeded)."""
-    model = AutoModel.from_pretrained(checkpoint).to(pick_device()).eval()
-    if getattr(model.config, "model_type", None) != "smoe_reward":
+    config = AutoConfig.from_pretrained(checkpoint)  # refuse a foreign checkpoint before loading any weights
+    if config.model_type != SMoERewardConfig.model_type:
         raise ValueError(f"checkpoint: {checkpoint} is not an hf_smoe reward model (model_type "
-                         f"{model.config.model_type!r}); train one with `smoe train`.")
+                         f"{config.model_type!r}); train one with `smoe train`.")
+    model = AutoModel.from_pretrained(checkpoint, config=config).to(pick_device()).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
     cache = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length)

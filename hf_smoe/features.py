@@ -14,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, concatenate_datasets, load_from_disk
 import datasets as datasets_progress  # its progress-bar switches
+from datasets import Dataset, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
 from .backbones import cache_root
+from .data import PAIR_METADATA
 from .encoding import as_messages, encode_pair
 
 CACHE_FORMAT_VERSION = 1
-PAIR_METADATA = ("category", "attribute", "criterion", "user")
 
 
 def text_key(prompt, response: str) -> str:
