@@ -63,6 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--output", default=None, help="JSON file (default: CHECKPOINT/eval_results.json)")
     evaluation.add_argument("--seed", type=int, default=0)
 
+    reproduce = commands.add_parser(
+        "reproduce", help="the paper's controlled experiments on the shared data (Markdown + JSON + command)",
+        description="table1: category recovery (single, vanilla, micro, sparse; mean ± std over seeds) on HH "
+                    "helpful+harmless, DSP with its criterion, and the demo set, with routing heatmaps. table8: the "
+                    "λ grid of App. C on one dataset with the collapse diagnosis of each row.")
+    reproduce.add_argument("experiment", choices=["table1", "table8"])
+    reproduce.add_argument("--datasets", nargs="+", default=None, choices=["hh", "dsp", "demo"],
+                           help="table1: datasets (default: all); table8: the first one (default: hh)")
+    reproduce.add_argument("--seeds", nargs="+", type=int, default=None,
+                           help="training seeds (default: 0 1 2 for table1, 0 for table8)")
+    reproduce.add_argument("--size", nargs="+", default=[], metavar="DATASET=N",
+                           help="HH pairs per subset / DSP queries / demo prompts (default: hh=700 dsp=150 demo=360)")
+    reproduce.add_argument("--epochs", type=float, default=3.0)
+    reproduce.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    reproduce.add_argument("--data-root", default="../shared/data", help="folder with hh-rlhf/ and dsp/")
+    reproduce.add_argument("--cache-dir", default=None)
+    reproduce.add_argument("--output-dir", default=None, help="default: outputs/reproduce/EXPERIMENT")
+
     bench = commands.add_parser("bench", help="speed benchmarks, each a ratio against a baseline in the same run",
                                 description="embed: cache tokens/s vs a one-text-at-a-time loop and vs the FLOP "
                                             "bound. train: training on cached features vs re-running the frozen "
@@ -111,11 +129,36 @@ def run(args) -> None:
         print_values(results, "{:.4f}")
         path = write_evaluation(results, args.output or str(Path(args.checkpoint) / "eval_results.json"))
         print(f"Written to {path}")
+    elif args.command == "reproduce":
+        from .experiments import reproduce_table1, reproduce_table8
+
+        sizes = parse_sizes(args.size)
+        options = {"backbone": args.backbone, "epochs": args.epochs, "cache_dir": args.cache_dir,
+                   "data_root": Path(args.data_root),
+                   "output_dir": args.output_dir or f"outputs/reproduce/{args.experiment}"}
+        if args.experiment == "table1":
+            reproduce_table1(datasets=tuple(args.datasets or ("hh", "dsp", "demo")),
+                             seeds=tuple(args.seeds or (0, 1, 2)), sizes=sizes, **options)
+        else:
+            dataset = (args.datasets or ["hh"])[0]
+            reproduce_table8(dataset=dataset, seeds=tuple(args.seeds or (0,)), size=sizes.get(dataset), **options)
+        print(f"Written to {options['output_dir']}/")
     elif args.command == "bench":
         from .bench import run_bench
 
         options = {"num_texts": args.num_texts} if args.what == "embed" else {"num_pairs": args.num_pairs}
         print_record(run_bench(args.what, args.backbone, args.output_dir, seed=args.seed, **options))
+
+
+def parse_sizes(items: list) -> dict:
+    """`["hh=700", "dsp=150"]` -> {"hh": 700, "dsp": 150}."""
+    sizes = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in ("hh", "dsp", "demo") or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--size: expected DATASET=N with DATASET one of hh, dsp, demo and N >= 1, got {item!r}.")
+        sizes[name] = int(value)
+    return sizes
 
 
 def print_values(values: dict, float_format: str) -> None:

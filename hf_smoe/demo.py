@@ -9,14 +9,9 @@ whether the router recovered the categories, which are never shown to the model.
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoModel, AutoTokenizer
-
-from . import SMoERewardModel
 from .backbones import DEFAULT_BACKBONE, DEFAULT_BACKBONE_HUB_ID, default_backbone_path
-from .features import EmbeddingCache
 from .hub import write_model_card
-from .pipeline import evaluate_head, pick_device, save_checkpoint, save_run, split_for_training, train_head
+from .pipeline import cached_features, load_frozen_backbone, save_checkpoint, save_run, split_for_training, train_preset
 from .synthetic import generate_preference_set
 
 PRESETS = ("single", "vanilla", "micro", "sparse")
@@ -42,21 +37,14 @@ def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, n
     splits = split_for_training(pairs, seed)  # test prompts are unseen; checked before any model loads
     print(f"Data: {len(pairs)} synthetic pairs (generated, seed {seed}) in {len(set(pairs['category']))} latent "
           f"categories; split {', '.join(f'{k} {len(v)}' for k, v in splits.items())}")
-    backbone_path = default_backbone_path()
-    print(f"Backbone: SmolLM2-135M-Instruct (converted copy at {backbone_path})")
-    tokenizer = AutoTokenizer.from_pretrained(backbone_path)
-    backbone = AutoModel.from_pretrained(backbone_path).to(pick_device())
+    backbone, tokenizer = load_frozen_backbone(DEFAULT_BACKBONE)
+    print(f"Backbone: SmolLM2-135M-Instruct (converted copy at {default_backbone_path()})")
+    features = cached_features(backbone, tokenizer, splits, cache_dir=cache_dir)  # every preset reads these
 
     results, models = {}, {}
     for preset in PRESETS:
-        torch.manual_seed(seed)
-        model = SMoERewardModel.from_backbone(backbone, tokenizer=tokenizer, preset=preset,
-                                              num_experts=None if preset == "single" else num_experts)
-        if preset == PRESETS[0]:  # every preset reads the same frozen features: embed once
-            cache = EmbeddingCache(model, tokenizer, cache_dir=cache_dir)
-            features = {name: cache.pair_features(split) for name, split in splits.items()}
-        train_head(model, features, str(Path(output_dir) / "trainer" / preset), seed, epochs)
-        results[preset], models[preset] = evaluate_head(model, features), model
+        models[preset], results[preset] = train_preset(backbone, tokenizer, features, preset, num_experts, seed,
+                                                       epochs, str(Path(output_dir) / "trainer" / preset))
         print(f"  trained {preset:<8} test accuracy {results[preset]['accuracy']:.3f}")
 
     table = format_table(results)

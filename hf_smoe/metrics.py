@@ -227,3 +227,18 @@ def description_fidelity(judgments: torch.Tensor, routing_weights: torch.Tensor,
                          (group_sum(zc * pc) / denominator).clamp(-1, 1))
     scores = torch.where(counts == 0, torch.full_like(scores, float("nan")), scores).float()
     return scores if per_expert else _nanmean(scores)
+
+
+COLLAPSED_BELOW_GLOBAL_ENTROPY = 0.5
+DENSE_ABOVE_ROUTING_ENTROPY = 0.5
+
+
+def routing_diagnosis(routing_entropy: float, global_entropy: float) -> str:
+    """SPEC 7's collapse diagnosis: healthy routing is sparse per prompt (low routing entropy) *and* spread over the
+    experts (high global entropy). `collapsed`: most prompts go to the same few experts (global entropy < 0.5);
+    `dense`: the router mixes experts near-uniformly (routing entropy > 0.5); otherwise `healthy`."""
+    if global_entropy < COLLAPSED_BELOW_GLOBAL_ENTROPY:
+        return "collapsed"
+    if routing_entropy > DENSE_ABOVE_ROUTING_ENTROPY:
+        return "dense"
+    return "healthy"

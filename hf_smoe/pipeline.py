@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoTokenizer, PrinterCallback
+from transformers import AutoModel, AutoTokenizer, PrinterCallback
 
 from . import SMoERewardModel, __version__
 from .backbones import DEFAULT_BACKBONE, backbone_hub_id, resolve_backbone
@@ -16,7 +16,7 @@ from .data import load_pairs, split_pairs
 from .features import EmbeddingCache
 from .hub import push_checkpoint, write_model_card
 from .metrics import (category_coverage, expert_category_labels, expert_purity, expert_specialization,
-                      expert_specialization_top)
+                      expert_specialization_top, pairwise_accuracy)
 from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE
 from .training import (SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics, head_outputs,
                        loss_weights)
@@ -57,7 +57,7 @@ def load_backbone_model(backbone: str, preset: str, num_experts, seed: int, **co
 
 def category_metrics(model_head, validation, test) -> dict:
     """Category coverage, expert purity and expert specialization (App. A, Eq. 11-12): experts are labelled on
-    validation, measured on test."""
+    validation, measured on test. Also the test accuracy within each category (the paper's Table 9)."""
     names = sorted(set(validation["category"]) | set(test["category"]))
     codes = {name: i for i, name in enumerate(names)}
     val_categories = torch.tensor([codes[c] for c in validation["category"]])
@@ -72,7 +72,16 @@ def category_metrics(model_head, validation, test) -> dict:
                                                            len(names)).item(),
             "expert_specialization_top10": expert_specialization_top(chosen, rejected,
                                                                      test_outputs["routing_weights"]).item(),
-            "expert_categories": [names[i] for i in labels.tolist()]}
+            "expert_categories": [names[i] for i in labels.tolist()],
+            "accuracy_by_category": accuracy_by_category(test_outputs, test_categories, names)}
+
+
+def accuracy_by_category(outputs: dict, categories: torch.Tensor, names: list) -> dict:
+    """Pairwise accuracy of the mixture reward within each category present."""
+    chosen, rejected = ((outputs["routing_weights"] * outputs[f"{side}_expert_rewards"]).sum(-1)
+                        for side in ("chosen", "rejected"))
+    return {name: pairwise_accuracy(chosen[categories == code], rejected[categories == code]).item()
+            for code, name in enumerate(names) if (categories == code).any()}
 
 
 def evaluate_head(model, features) -> dict:
@@ -84,14 +93,39 @@ def evaluate_head(model, features) -> dict:
     return metrics
 
 
-def split_for_training(pairs, seed: int):
-    """Train/validation/test split by prompt (no prompt in two splits); every split must hold pairs."""
-    splits = split_pairs(pairs, seed=seed, group_by="prompt")
+def split_for_training(pairs, seed: int, group_by: str = "prompt", **fractions):
+    """Train/validation/test split by prompt (no prompt in two splits); every split must hold pairs. `fractions`:
+    `validation` and `test` shares (default 0.1 each, see `split_pairs`)."""
+    splits = split_pairs(pairs, seed=seed, group_by=group_by, **fractions)
     empty = [name for name, split in splits.items() if len(split) == 0]
     if empty:
         raise ValueError(f"dataset: {len(pairs)} pairs leave the {', '.join(empty)} split(s) empty (10% of each "
                          "category's prompts, rounded); use more pairs or prompts.")
     return splits
+
+
+def load_frozen_backbone(backbone: str = DEFAULT_BACKBONE):
+    """The backbone and its tokenizer, loaded once and shared by every head trained on its features."""
+    path = resolve_backbone(backbone)
+    return AutoModel.from_pretrained(path).to(pick_device()), AutoTokenizer.from_pretrained(path)
+
+
+def cached_features(backbone, tokenizer, splits: dict, *, cache_dir=None, max_length: int = 1024) -> dict:
+    """Pair features of every split, from the embedding cache (computed once per text; the head's size and preset
+    do not enter the features)."""
+    model = SMoERewardModel.from_backbone(backbone, tokenizer=tokenizer, preset="single")
+    cache = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length)
+    return {name: cache.pair_features(split) for name, split in splits.items()}
+
+
+def train_preset(backbone, tokenizer, features, preset: str, num_experts: int, seed: int, epochs: float,
+                 output_dir: str, **config_overrides):
+    """A fresh head of `preset` (K = 1 for `single`) trained on cached features; returns (model, test metrics)."""
+    torch.manual_seed(seed)
+    model = SMoERewardModel.from_backbone(backbone, tokenizer=tokenizer, preset=preset,
+                                          num_experts=None if preset == "single" else num_experts, **config_overrides)
+    train_head(model, features, output_dir, seed, epochs)
+    return model, evaluate_head(model, features)
 
 
 def train_head(model, features, output_dir: str, seed: int, epochs: float, **argument_overrides):
@@ -113,9 +147,15 @@ def save_checkpoint(model, tokenizer, output_dir) -> None:
     tokenizer.save_pretrained(output_dir)
 
 
-def save_run(output_dir: Path, job, results: dict) -> None:
+def run_command() -> str:
+    """The command line that started this process, as the user typed it (`smoe ...` for the console script)."""
+    program = "smoe" if Path(sys.argv[0]).name == "smoe" else sys.argv[0]
+    return " ".join([program, *sys.argv[1:]])
+
+
+def save_run(output_dir: Path, job, results) -> None:
     """The exact command, the job and the environment beside the results."""
-    record = {"command": " ".join(sys.argv), "job": job if isinstance(job, dict) else asdict(job),
+    record = {"command": run_command(), "job": job if isinstance(job, dict) else asdict(job),
               "versions": {"hf_smoe": __version__, "transformers": transformers.__version__,
                            "torch": torch.__version__, "python": platform.python_version()},
               "results": results}

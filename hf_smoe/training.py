@@ -15,7 +15,8 @@ from transformers import Trainer, TrainingArguments
 
 from .encoding import encode_pair
 from .losses import moe_preference_loss
-from .metrics import expert_correlation, global_entropy, pairwise_accuracy, routing_entropy
+from .metrics import (COLLAPSED_BELOW_GLOBAL_ENTROPY, expert_correlation, global_entropy, pairwise_accuracy,
+                      routing_entropy)
 from .modeling.configuration_smoe import LAMBDA_NAMES
 
 FEATURE_COLUMNS = ("prompt_embedding", "chosen_embedding", "rejected_embedding")
@@ -45,7 +46,8 @@ class SMoETrainingArguments(TrainingArguments):
     logging_steps: float = 10
     remove_unused_columns: bool = False
     dataloader_pin_memory: bool = False  # batches are a few small vectors
-    collapse_global_entropy: float = field(default=0.5, metadata={"help": "Warn below this global entropy."})
+    collapse_global_entropy: float = field(default=COLLAPSED_BELOW_GLOBAL_ENTROPY,
+                                           metadata={"help": "Warn below this global entropy."})
 
 
 def tokenize_pairs(pairs, tokenizer, max_length: int = 1024):

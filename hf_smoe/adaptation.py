@@ -1,0 +1,75 @@
+"""Personalization: adapt the router to a new user or attribute from a few labeled pairs (paper §6.2, SPEC 4).
+
+The experts and the backbone stay frozen: only the routing changes. `hedge_adapt` fine-tunes a copy of the router
+with the Hedge algorithm of MiCRo (Alg. 1); `hyre_weights` is the HyRe baseline's input-independent reweighting.
+Both read cached features (prompt embedding + per-expert rewards), so adapting to 50 pairs takes well under a second.
+"""
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from .training import FEATURE_COLUMNS, as_training_features
+
+
+def expert_losses(chosen_expert_rewards: torch.Tensor, rejected_expert_rewards: torch.Tensor) -> torch.Tensor:
+    """(N, K) L_ik = -log σ(r_k(x_i, y_w) - r_k(x_i, y_l)): each expert's Bradley-Terry loss on each pair."""
+    return -F.logsigmoid(chosen_expert_rewards - rejected_expert_rewards)
+
+
+def hedge_targets(routing_weights: torch.Tensor, losses: torch.Tensor, tau: float) -> torch.Tensor:
+    """Hedge's soft labels (MiCRo Eq. 6): ω_ik ∝ π_k(x_i) exp(-L_ik / τ), normalised over k.
+
+    Computed as softmax(log π - L / τ) in log space, so τ = 1e-3 with losses 50 nats apart gives an exact one-hot
+    instead of 0/0. An expert with π_k = 0 (a softmax that underflowed) keeps ω_k = 0, as in the product form; each
+    row of π sums to 1, so some expert always has π_k > 0."""
+    if not tau > 0:
+        raise ValueError(f"tau: Hedge's temperature must be > 0, got {tau}.")
+    return torch.softmax(torch.log(routing_weights) - losses / tau, dim=-1)
+
+
+def hyre_weights(chosen_expert_rewards: torch.Tensor, rejected_expert_rewards: torch.Tensor) -> torch.Tensor:
+    """HyRe's input-independent ensemble weights (Lee et al. 2024): w_k ∝ exp(-Σ_i L_ik) over the adaptation set,
+    the posterior over heads under a uniform prior with each head's Bradley-Terry likelihood."""
+    return torch.softmax(-expert_losses(chosen_expert_rewards, rejected_expert_rewards).sum(dim=0), dim=-1)
+
+
+@torch.no_grad()
+def expert_rewards_of(head, features) -> tuple:
+    """(prompt embeddings, chosen expert rewards, rejected expert rewards) of cached pair features."""
+    device = next(head.parameters()).device
+    columns = as_training_features(features)[:]
+    prompts, chosen, rejected = (columns[name].to(device) for name in FEATURE_COLUMNS)
+    return prompts, head.experts(chosen), head.experts(rejected)
+
+
+def hedge_adapt(head, features, *, epochs: int = 10, batch_size: int = 32, learning_rate: float = 0.01,
+                tau: float = 1e-3, seed: int = 0) -> torch.nn.Module:
+    """A copy of `head.router` fitted to `features` (cached pair features of the user's labeled pairs) with Hedge
+    (MiCRo Alg. 1): at the start of every epoch the targets ω are recomputed from the current router and the frozen
+    experts; each step minimises the cross-entropy between ω and the router's output (AdamW without weight decay,
+    lr 0.01, batch 32, 10 epochs: the paper's App. B; the router keeps its training-time jitter and dropout). The
+    original router and the experts are not touched."""
+    prompts, chosen, rejected = expert_rewards_of(head, features)
+    losses = expert_losses(chosen, rejected)
+    router = copy.deepcopy(head.router)
+    optimizer = torch.optim.AdamW(router.parameters(), lr=learning_rate, weight_decay=0.0)  # fit ω, nothing else
+    generator = torch.Generator().manual_seed(seed)
+    with torch.enable_grad():  # also when called under torch.no_grad()
+        _fit_hedge(router, optimizer, prompts, losses, epochs, batch_size, tau, generator)
+    return router.eval()
+
+
+def _fit_hedge(router, optimizer, prompts, losses, epochs, batch_size, tau, generator) -> None:
+    for _ in range(epochs):
+        router.eval()
+        with torch.no_grad():
+            targets = hedge_targets(router(prompts), losses, tau)
+        router.train()
+        for batch in torch.randperm(len(prompts), generator=generator).split(batch_size):
+            log_routing = torch.log(router(prompts[batch]).clamp_min(torch.finfo(prompts.dtype).tiny))
+            loss = -(targets[batch] * log_routing).sum(dim=-1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()

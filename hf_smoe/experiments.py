@@ -1,0 +1,286 @@
+"""`smoe reproduce`: the paper's controlled experiments on the preference data we have, on 2 CPU cores.
+
+Table 1 (category recovery, §5.1) and Table 8 (the λ ablation, App. C) are run on three datasets whose latent
+category is known and never shown to the model: HH-RLHF helpful + harmless (two annotator populations whose
+preferences conflict), DSP with the domain's criterion appended to the prompt, and the embedded synthetic demo set.
+Every row reads the same cached backbone features and uses the same Trainer settings; results are written as
+Markdown + JSON beside the exact command that produced them.
+"""
+
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from datasets import concatenate_datasets
+
+from .backbones import DEFAULT_BACKBONE
+from .data import load_pairs
+from .metrics import routing_diagnosis
+from .pipeline import (cached_features, load_frozen_backbone, run_command, save_run, split_for_training,
+                       train_preset)
+from .plots import plot_routing_heatmap
+from .synthetic import generate_preference_set
+from .training import as_training_features, head_outputs
+
+DATA_ROOT = Path("../shared/data")  # the shared data folder beside the project root (see --data-root)
+PRESETS = ("single", "vanilla", "micro", "sparse")
+# Labelling experts on the 50 top validation examples and measuring purity on the 50 top test examples (App. A)
+# needs >= 50 examples of each category in both splits, so the reproductions hold out 20% + 20% of prompts.
+SPLIT_FRACTIONS = {"validation": 0.2, "test": 0.2}
+TABLE1_COLUMNS = (("accuracy", "accuracy", 100), ("routing_entropy", "routing H", 1),
+                  ("global_entropy", "global H", 1), ("expert_correlation", "expert corr", 1),
+                  ("category_coverage", "coverage", 1), ("expert_purity", "purity", 100),
+                  ("expert_specialization", "specialization", 100))
+
+
+@dataclass
+class ReproductionData:
+    """Where a reproduction's pairs come from and how they are read.
+
+    Args:
+        name: short name used in file names and tables.
+        description: one line for the results table.
+        num_experts: K; the paper's rule for SHP (4 categories, K = 5) is one expert more than categories.
+        max_length: truncation length of prompt + response (the embedding budget on 2 CPU cores).
+        group_by: the column whose values never straddle two splits.
+        size: HH pairs per subset / DSP queries / demo prompts; chosen so the cold embedding fits the budget.
+    """
+
+    name: str
+    description: str
+    num_experts: int
+    max_length: int
+    group_by: str
+    size: int
+
+
+DATASETS = {
+    "hh": ReproductionData("hh", "HH-RLHF helpful + harmless test files; category = subset", 3, 256, "prompt", 700),
+    "dsp": ReproductionData("dsp", "DSP with the domain's criterion appended; category = domain", 5, 256, "query",
+                            150),
+    "demo": ReproductionData("demo", "hf_smoe synthetic demo set; category = prompt topic", 5, 1024, "prompt", 360),
+}
+
+
+def hh_mixture(size: int, seed: int = 0, data_root: Path = DATA_ROOT):
+    """`size` random pairs from each of HH helpful-base and harmless-base, with the subset as category."""
+    subsets = [load_pairs(data_root / "hh-rlhf" / f"{subset}-base.test.jsonl.gz", "hh-rlhf", max_pairs=size,
+                          seed=seed, category=subset) for subset in ("helpful", "harmless")]
+    return concatenate_datasets(subsets)
+
+
+def dsp_with_criterion(size: int, seed: int = 0, data_root: Path = DATA_ROOT):
+    """Every pair of `size` random DSP queries, criterion appended, plus a `query` column (the prompt without the
+    criterion) so that a query's four domains stay in one split."""
+    path = data_root / "dsp" / "domain_specific_preference.test.json"
+    queries = [prompt[-1]["content"] for prompt in load_pairs(path, "dsp", append_criterion=False)["prompt"]]
+    kept = set(random.Random(seed).sample(sorted(set(queries)), size))
+    pairs = load_pairs(path, "dsp").select([row for row, query in enumerate(queries) if query in kept])
+    return pairs.add_column("query", [query for query in queries if query in kept])
+
+
+def load_reproduction_pairs(data: ReproductionData, seed: int = 0, data_root: Path = DATA_ROOT):
+    if data.name == "hh":
+        return hh_mixture(data.size, seed, data_root)
+    if data.name == "dsp":
+        return dsp_with_criterion(data.size, seed, data_root)
+    return generate_preference_set(num_prompts=data.size, seed=seed)
+
+
+def prepare(data: ReproductionData, backbone, tokenizer, *, cache_dir=None, data_root: Path = DATA_ROOT):
+    """The dataset's pairs split by `group_by` (seed 0: the split is fixed across seeds, so the spread over seeds
+    is the training's) and the cached features of each split."""
+    pairs = load_reproduction_pairs(data, 0, data_root)
+    splits = split_for_training(pairs, 0, group_by=data.group_by, **SPLIT_FRACTIONS)
+    return splits, cached_features(backbone, tokenizer, splits, cache_dir=cache_dir, max_length=data.max_length)
+
+
+def category_probe(features: dict, steps: int = 300, seed: int = 0) -> dict:
+    """Is the latent category in the router's input at all? A linear probe (multinomial logistic regression on the
+    standardised prompt representations, Adam, weight decay) fitted on train and scored on validation, against the
+    majority-class rate. A low probe accuracy means no router on these features can recover the categories."""
+    names = sorted(set(features["train"]["category"]))
+    inputs, labels = {}, {}
+    for split in ("train", "validation"):
+        inputs[split] = as_training_features(features[split])[:]["prompt_embedding"].float()
+        labels[split] = torch.tensor([names.index(c) for c in features[split]["category"]])
+    mean, scale = inputs["train"].mean(0), inputs["train"].std(0).clamp_min(1e-6)
+    torch.manual_seed(seed)
+    probe = torch.nn.Linear(inputs["train"].shape[1], len(names))
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-2, weight_decay=1e-2)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(probe((inputs["train"] - mean) / scale), labels["train"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        predicted = probe((inputs["validation"] - mean) / scale).argmax(-1)
+    majority = torch.bincount(labels["validation"], minlength=len(names)).max() / len(labels["validation"])
+    return {"probe_accuracy": (predicted == labels["validation"]).float().mean().item(),
+            "majority_rate": majority.item()}
+
+
+def summarize(runs: list) -> dict:
+    """Mean and sample standard deviation over seeds of every numeric metric."""
+    summary = {}
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)):
+            values = [run[key] for run in runs]
+            summary[key] = {"mean": statistics.fmean(values),
+                            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return summary
+
+
+def mean_std_cell(summary: dict, key: str, scale: float) -> str:
+    if key not in summary:
+        return "-"
+    mean, std = summary[key]["mean"] * scale, summary[key]["std"] * scale
+    digits = 1 if scale == 100 else 3
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def table1_markdown(record: dict) -> str:
+    """One Markdown table per dataset; accuracy, purity and specialization in %, as in the paper."""
+    header = "| preset | " + " | ".join(label for _, label, _ in TABLE1_COLUMNS) + " |"
+    lines = []
+    for name, result in record.items():
+        data = result["data"]
+        lines += [f"### {name}: {data['description']}",
+                  f"K = {data['num_experts']}, {result['pairs']} pairs (train/validation/test), max length "
+                  f"{data['max_length']}, {len(result['seeds'])} seeds (mean ± std)", "", header,
+                  "|---" * (len(TABLE1_COLUMNS) + 1) + "|"]
+        for preset, summary in result["summary"].items():
+            cells = [mean_std_cell(summary, key, scale) if preset != "single" or key == "accuracy" else "-"
+                     for key, _, scale in TABLE1_COLUMNS]
+            lines.append(f"| {preset} | " + " | ".join(cells) + " |")
+        probe = result["category_probe"]
+        lines += ["", f"Category probe (linear, on the router's input; train -> validation): accuracy "
+                      f"{100 * probe['probe_accuracy']:.1f}% (majority class {100 * probe['majority_rate']:.1f}%).",
+                  "", "Test accuracy (%) by category, mean over seeds:", ""]
+        categories = sorted(result["runs"]["single"][0]["accuracy_by_category"])
+        lines += ["| preset | " + " | ".join(categories) + " |", "|---" * (len(categories) + 1) + "|"]
+        for preset, runs in result["runs"].items():
+            means = [100 * statistics.fmean(run["accuracy_by_category"][c] for run in runs) for c in categories]
+            lines.append(f"| {preset} | " + " | ".join(f"{mean:.1f}" for mean in means) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def routing_figure(path, name: str, splits, features, models: dict, expert_labels: dict, per_category: int = 3):
+    """The routing heatmap of `models` (seed 0) on test prompts: a few sampled prompts under the first model, and
+    every model's mean routing per category."""
+    test = splits["test"]
+    categories = sorted(set(test["category"]))
+    routing = {preset: head_outputs(model.head, as_training_features(features["test"]))["routing_weights"].cpu()
+               for preset, model in models.items()}
+    first_rows = {}
+    for row, (prompt, category) in enumerate(zip(test["prompt"], test["category"])):
+        first_rows.setdefault(category, {}).setdefault(prompt[-1]["content"], row)
+    rng = random.Random(0)
+    sample = [(category, text, row) for category in categories
+              for text, row in rng.sample(sorted(first_rows[category].items()), per_category)]
+    first = next(iter(models))
+    means = {}
+    for preset, weights in routing.items():
+        rows = [[i for i, c in enumerate(test["category"]) if c == category] for category in categories]
+        means[preset] = (categories, [weights[indices].mean(dim=0).tolist() for indices in rows])
+    return plot_routing_heatmap(path, f"Routing weights on {name} test prompts (categories never seen in training)",
+                                [text for _, text, _ in sample], [c for c, _, _ in sample],
+                                routing[first][[row for _, _, row in sample]].tolist(), means, expert_labels)
+
+
+def reproduce_table1(datasets=tuple(DATASETS), seeds=(0, 1, 2), output_dir="outputs/reproduce/table1",
+                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, cache_dir=None, data_root=DATA_ROOT,
+                     sizes: dict | None = None) -> dict:
+    """Table 1 (category recovery) for `single`, `vanilla`, `micro` and `sparse` on each dataset, mean ± std over
+    `seeds`; experts are labelled on the 50 top validation examples and scored on test (App. A). Writes
+    table1.md, results.json (with the command) and routing_<dataset>.png to `output_dir`."""
+    output = Path(output_dir)
+    backbone_model, tokenizer = load_frozen_backbone(backbone)
+    record = {}
+    for name in datasets:
+        started = time.time()
+        data = replace(DATASETS[name], **({"size": sizes[name]} if sizes and name in sizes else {}))
+        splits, features = prepare(data, backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root)
+        embedded = time.time() - started
+        probe = category_probe(features)
+        runs, first_models = {}, {}
+        for preset in PRESETS:
+            for seed in seeds:
+                model, metrics = train_preset(backbone_model, tokenizer, features, preset, data.num_experts, seed,
+                                              epochs, str(output / "trainer" / name / preset))
+                runs.setdefault(preset, []).append(metrics)
+                if seed == seeds[0] and preset != "single":
+                    first_models[preset] = model
+            print(f"{name}: {preset:<8} accuracy {statistics.fmean(r['accuracy'] for r in runs[preset]):.3f}")
+        figure = routing_figure(output / f"routing_{name}.png", name, splits,
+                                features, dict(reversed(first_models.items())),
+                                {preset: runs[preset][0]["expert_categories"] for preset in first_models})
+        record[name] = {"data": asdict(data), "pairs": "/".join(str(len(s)) for s in splits.values()),
+                        "seeds": list(seeds), "runs": runs, "summary": {p: summarize(r) for p, r in runs.items()},
+                        "category_probe": probe,
+                        "seconds": {"embedding": embedded, "total": time.time() - started}, "figure": figure.name}
+        print(f"{name}: done in {record[name]['seconds']['total']:.0f} s (embedding {embedded:.0f} s)")
+    write_results(output, "table1", table1_markdown(record),
+                  {"experiment": "table1", "datasets": list(datasets), "seeds": list(seeds), "epochs": epochs,
+                   "backbone": backbone, "sizes": sizes}, record)
+    return record
+
+
+LAMBDA_GRID = tuple((local, balance, diversity) for local in (0.0, 0.5, 1.0) for balance in (0.0, 0.5, 1.0)
+                    for diversity in (0.0, 1.0, 2.0))
+TABLE8_COLUMNS = (("accuracy", "accuracy", 100), ("routing_entropy", "routing H", 1),
+                  ("global_entropy", "global H", 1), ("expert_correlation", "expert corr", 1),
+                  ("expert_purity", "purity", 100), ("expert_specialization", "specialization", 100))
+
+
+def table8_markdown(rows: list, dataset: str) -> str:
+    """The λ grid, one row per (λ_ls, λ_gb, λ_div), with the collapse diagnosis; healthy rows in bold (as the
+    paper marks the rows that do not collapse)."""
+    lines = [f"### λ ablation on {dataset} (sparse preset; diagnosis of the mean: collapsed = global H < 0.5, "
+             "dense = routing H > 0.5)", "",
+             "| λ_ls | λ_gb | λ_div | " + " | ".join(label for _, label, _ in TABLE8_COLUMNS) + " | diagnosis |",
+             "|---" * (len(TABLE8_COLUMNS) + 4) + "|"]
+    for row in rows:
+        cells = [f"{value:g}" for value in row["lambdas"]]
+        cells += [mean_std_cell(row["summary"], key, scale) for key, _, scale in TABLE8_COLUMNS]
+        bold = row["diagnosis"] == "healthy"
+        cells.append(f"**{row['diagnosis']}**" if bold else row["diagnosis"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reproduce_table8(dataset: str = "hh", seeds=(0,), output_dir="outputs/reproduce/table8",
+                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, cache_dir=None, data_root=DATA_ROOT,
+                     size: int | None = None, grid=LAMBDA_GRID) -> list:
+    """Table 8 (App. C): the sparse preset for every (λ_ls, λ_gb, λ_div) of `grid`, everything else fixed, with
+    SPEC 7's collapse diagnosis of each row. Writes table8.md and results.json to `output_dir`."""
+    output = Path(output_dir)
+    backbone_model, tokenizer = load_frozen_backbone(backbone)
+    data = replace(DATASETS[dataset], **({"size": size} if size else {}))
+    _, features = prepare(data, backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root)
+    rows = []
+    for lambdas in grid:
+        weights = dict(zip(("lambda_local", "lambda_global", "lambda_div"), lambdas))
+        runs = [train_preset(backbone_model, tokenizer, features, "sparse", data.num_experts, seed, epochs,
+                             str(output / "trainer"), **weights)[1] for seed in seeds]
+        summary = summarize(runs)
+        diagnosis = routing_diagnosis(summary["routing_entropy"]["mean"], summary["global_entropy"]["mean"])
+        rows.append({"lambdas": list(lambdas), "runs": runs, "summary": summary, "diagnosis": diagnosis})
+        print(f"λ = {lambdas}: accuracy {summary['accuracy']['mean']:.3f}, routing H "
+              f"{summary['routing_entropy']['mean']:.3f}, global H {summary['global_entropy']['mean']:.3f} -> "
+              f"{diagnosis}")
+    write_results(output, "table8", table8_markdown(rows, f"{dataset}: {data.description}, K = {data.num_experts}"),
+                  {"experiment": "table8", "dataset": dataset, "seeds": list(seeds), "epochs": epochs,
+                   "backbone": backbone, "size": data.size}, rows)
+    return rows
+
+
+def write_results(output: Path, name: str, markdown: str, job: dict, results) -> None:
+    """`<name>.md` headed by the exact command, and results.json (command, job, versions, every run)."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{name}.md").write_text(f"Command: `{run_command()}`\n\n{markdown}")
+    save_run(output, job, results)

@@ -1,0 +1,49 @@
+"""Figures written next to experiment results (PNG, headless)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on CI machines
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_routing_heatmap(path, title: str, sample_prompts: list, sample_categories: list, sample_weights,
+                         category_means: dict, expert_labels: dict) -> Path:
+    """Routing weights as heatmaps, like the paper's Table 2 and MiCRo's Fig. 3.
+
+    Args:
+        sample_prompts, sample_categories, sample_weights: a few test prompts (rows), their categories and their
+            (n, K) routing weights under the first model of `category_means`.
+        category_means: model name -> (categories, (C, K) mean routing weight of each category's test prompts).
+        expert_labels: model name -> the category label of each expert (from validation).
+    """
+    panels = len(category_means) + 1
+    figure, axes = plt.subplots(1, panels, figsize=(4.2 * panels + 2, 0.32 * len(sample_prompts) + 2.2),
+                                gridspec_kw={"width_ratios": [2.2] + [1] * (panels - 1)})
+    first = next(iter(category_means))
+    rows = [f"[{category}] {prompt[:48]}{'…' if len(prompt) > 48 else ''}"
+            for prompt, category in zip(sample_prompts, sample_categories)]
+    _heatmap(axes[0], sample_weights, rows, expert_labels[first], f"{first}: sample test prompts")
+    for axis, (name, (categories, means)) in zip(axes[1:], category_means.items()):
+        _heatmap(axis, means, categories, expert_labels[name], f"{name}: mean per category")
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _heatmap(axis, weights, row_labels, expert_labels, title) -> None:
+    weights = [[float(value) for value in row] for row in weights]
+    axis.imshow(weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    axis.set_xticks(range(len(expert_labels)),
+                    [f"E{k}\n({label})" for k, label in enumerate(expert_labels)], fontsize=7)
+    axis.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
+    for row, values in enumerate(weights):
+        for column, value in enumerate(values):
+            axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                      color="white" if value > 0.6 else "black")
+    axis.set_title(title, fontsize=9)

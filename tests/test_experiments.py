@@ -1,0 +1,145 @@
+"""`smoe reproduce`: the datasets it builds, its aggregation and the files it writes (tiny backbone, real data)."""
+
+import json
+import re
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_smoe.cli import main
+from hf_smoe.data import CRITERION_TEMPLATE, DSP_CRITERIA, load_pairs
+from hf_smoe.experiments import (DATA_ROOT, SPLIT_FRACTIONS, category_probe, dsp_with_criterion, hh_mixture,
+                                 reproduce_table1, reproduce_table8, summarize)
+from hf_smoe.metrics import routing_diagnosis
+from hf_smoe.pipeline import split_for_training
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_hh_mixture_is_both_subsets_with_the_subset_as_category():
+    pairs = hh_mixture(7, seed=3, data_root=SHARED_DATA)
+    assert pairs["category"] == ["helpful"] * 7 + ["harmless"] * 7
+    helpful = load_pairs(SHARED_DATA / "hh-rlhf" / "helpful-base.test.jsonl.gz", max_pairs=7, seed=3)
+    assert pairs.select(range(7))["chosen"] == helpful["chosen"]
+    assert DATA_ROOT == Path("../shared/data")  # the documented default, relative to the project root
+
+
+def test_dsp_keeps_every_pair_of_the_sampled_queries_and_their_domains_together():
+    pairs = dsp_with_criterion(6, seed=1, data_root=SHARED_DATA)
+    queries = sorted(set(pairs["query"]))
+    assert len(queries) == 6
+    for prompt, query, category in zip(pairs["prompt"], pairs["query"], pairs["category"]):
+        assert prompt[-1]["content"] == CRITERION_TEMPLATE.format(prompt=query, criterion=DSP_CRITERIA[category])
+    # a query has up to 4 domains x 4 rejected responses (pairs with two equal responses are dropped by the loader)
+    counts = [pairs["query"].count(query) for query in queries]
+    assert all(12 <= count <= 16 for count in counts) and sum(counts) == len(pairs)
+    splits = split_for_training(pairs, 0, group_by="query", **SPLIT_FRACTIONS)
+    seen = [set(split["query"]) for split in splits.values()]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+
+
+def probe_features(separable: bool, n=200, hidden=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    categories = torch.randint(2, (n,), generator=generator)
+    prompts = torch.randn(n, hidden, generator=generator)
+    if separable:
+        prompts[:, 0] += 6.0 * categories
+    names = ["cooking", "travel"]
+    return Dataset.from_dict({"prompt_embedding": prompts.numpy(), "chosen_embedding": prompts.numpy(),
+                              "rejected_embedding": prompts.numpy(), "category": [names[c] for c in categories]})
+
+
+def test_category_probe_finds_a_linear_category_and_not_noise():
+    separable = category_probe({"train": probe_features(True), "validation": probe_features(True, seed=1)})
+    assert separable["probe_accuracy"] > 0.97
+    noise = category_probe({"train": probe_features(False), "validation": probe_features(False, seed=1)})
+    assert noise["probe_accuracy"] < 0.65 and 0.4 < noise["majority_rate"] < 0.65
+
+
+def test_summarize_is_mean_and_sample_std():
+    runs = [{"accuracy": 0.5, "routing_entropy": 0.1, "expert_categories": ["a"]},
+            {"accuracy": 0.7, "routing_entropy": 0.3, "expert_categories": ["b"]},
+            {"accuracy": 0.9, "routing_entropy": 0.2, "expert_categories": ["a"]}]
+    summary = summarize(runs)
+    assert set(summary) == {"accuracy", "routing_entropy"}
+    assert summary["accuracy"]["mean"] == pytest.approx(0.7)
+    assert summary["accuracy"]["std"] == pytest.approx(np.std([0.5, 0.7, 0.9], ddof=1))
+    assert summarize(runs[:1])["accuracy"]["std"] == 0.0
+
+
+def test_routing_diagnosis_follows_spec_7():
+    assert routing_diagnosis(0.2, 0.99) == "healthy"
+    assert routing_diagnosis(0.0, 0.0) == "collapsed"  # one expert for every prompt (paper: λ_gb = 0 rows)
+    assert routing_diagnosis(1.0, 1.0) == "dense"  # uniform routing (paper: λ_ls = 0 rows)
+    assert routing_diagnosis(0.142, 0.148) == "collapsed"  # paper Table 8, λ = (1, 0.5, 1)
+
+
+def parse_cell(cell: str) -> tuple:
+    mean, std = re.fullmatch(r"(-?[\d.]+) ± ([\d.]+)", cell.strip()).groups()
+    return float(mean), float(std)
+
+
+def test_table1_writes_the_table_json_command_and_heatmap(backbone_dirs, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["smoe", "reproduce", "table1", "--datasets", "hh"])
+    record = reproduce_table1(datasets=("hh",), seeds=(0, 1), output_dir=tmp_path / "out",
+                              backbone=backbone_dirs["llama"], epochs=1, cache_dir=tmp_path / "cache",
+                              data_root=SHARED_DATA, sizes={"hh": 30})
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["command"] == "smoe reproduce table1 --datasets hh"
+    runs = saved["results"]["hh"]["runs"]
+    assert set(runs) == {"single", "vanilla", "micro", "sparse"} and all(len(r) == 2 for r in runs.values())
+    assert saved["results"]["hh"]["pairs"] == "36/12/12"  # 30 prompts per subset -> 18/6/6 each
+    # every sparse model labels its experts with the two HH subsets only
+    assert {c for run in runs["sparse"] for c in run["expert_categories"]} <= {"helpful", "harmless"}
+
+    table = (tmp_path / "out" / "table1.md").read_text()
+    assert table.startswith("Command: `smoe reproduce table1 --datasets hh`")
+    lines = table.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("| preset | accuracy"))) + 2
+    end = lines.index("", start)
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in lines[start:end]}
+    assert list(rows) == ["single", "vanilla", "micro", "sparse"]
+    for preset, cells in rows.items():
+        accuracies = [run["accuracy"] for run in runs[preset]]
+        mean, std = parse_cell(cells[0])
+        assert mean == pytest.approx(100 * np.mean(accuracies), abs=0.05)
+        assert std == pytest.approx(100 * np.std(accuracies, ddof=1), abs=0.05)
+    assert [cell.strip() for cell in rows["single"][1:]] == ["-"] * 6  # routing metrics do not apply to K = 1
+    purity = parse_cell(rows["sparse"][5])[0]
+    assert purity == pytest.approx(100 * np.mean([run["expert_purity"] for run in runs["sparse"]]), abs=0.05)
+    assert record["hh"]["summary"]["sparse"]["expert_purity"]["mean"] == pytest.approx(purity / 100, abs=5e-4)
+
+    for run in runs["sparse"] + runs["single"]:  # 6 test pairs in each category: overall = mean of the two
+        assert run["accuracy"] == pytest.approx(np.mean(list(run["accuracy_by_category"].values())))
+    assert "Category probe (linear, on the router's input" in table
+
+    image = matplotlib.image.imread(tmp_path / "out" / "routing_hh.png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 400
+
+
+def test_table8_runs_the_grid_with_a_diagnosis_per_row(backbone_dirs, tmp_path):
+    grid = ((0.5, 0.5, 2.0), (0.0, 0.0, 0.0))
+    rows = reproduce_table8("hh", seeds=(0,), output_dir=tmp_path / "out", backbone=backbone_dirs["llama"],
+                            epochs=1, cache_dir=tmp_path / "cache", data_root=SHARED_DATA, size=30, grid=grid)
+    assert [row["lambdas"] for row in rows] == [list(lambdas) for lambdas in grid]
+    for row in rows:
+        summary = row["summary"]
+        assert row["diagnosis"] == routing_diagnosis(summary["routing_entropy"]["mean"],
+                                                     summary["global_entropy"]["mean"])
+        run = row["runs"][0]
+        assert summary["accuracy"]["mean"] == run["accuracy"]
+    table = (tmp_path / "out" / "table8.md").read_text().splitlines()
+    body = [line for line in table if line.startswith("| 0")]
+    assert [line.split("|")[1:4] for line in body] == [[" 0.5 ", " 0.5 ", " 2 "], [" 0 ", " 0 ", " 0 "]]
+    for line, row in zip(body, rows):
+        diagnosis = line.split("|")[-2].strip()
+        assert diagnosis == (f"**{row['diagnosis']}**" if row["diagnosis"] == "healthy" else row["diagnosis"])
+
+
+def test_reproduce_rejects_a_bad_size_in_one_line(capsys):
+    assert main(["reproduce", "table1", "--size", "hh=lots"]) == 2
+    assert "--size: expected DATASET=N" in capsys.readouterr().err
