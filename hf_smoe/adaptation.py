@@ -10,6 +10,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from .metrics import pairwise_accuracy
 from .training import FEATURE_COLUMNS, as_training_features
 
 
@@ -73,3 +74,13 @@ def _fit_hedge(router, optimizer, prompts, losses, epochs, batch_size, tau, gene
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+
+
+@torch.no_grad()
+def routed_accuracy(router, prompts, chosen_expert_rewards, rejected_expert_rewards) -> tuple:
+    """(pairwise accuracy of the mixture reward under `router`, its (K,) mean routing weight) on cached pairs."""
+    was_training = router.training
+    routing = router.eval()(prompts)
+    router.train(was_training)
+    margins = (routing * (chosen_expert_rewards - rejected_expert_rewards)).sum(-1)
+    return pairwise_accuracy(margins, torch.zeros_like(margins)).item(), routing.mean(dim=0)

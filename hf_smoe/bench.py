@@ -4,11 +4,13 @@
   bound 2 x backbone parameters x tokens at the matmul rate measured here.
 - `train`: wall time of training on cached features (embedding included) vs re-running the frozen backbone every
   step (the reference implementation's loop; our Trainer's token path), at equal final accuracy.
+- `users`: scoring pairs for 1 vs 100 users from one backbone pass (per-user routers share the expert rewards), vs
+  a full model forward per user.
 """
 
+import copy
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +19,8 @@ import torch
 
 from .encoding import encode_pair
 from .features import EmbeddingCache, compute_dtype
-from .pipeline import load_backbone_model, pick_device
+from .pipeline import load_backbone_model, pick_device, run_command
+from .routers import score_users
 from .synthetic import generate_preference_set
 from .training import (PairCollator, SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics,
                        head_outputs, loss_weights, tokenize_pairs)
@@ -107,9 +110,43 @@ def bench_train(backbone: str, num_pairs: int = 192, epochs: float = 3.0, seed: 
     return results
 
 
+def bench_users(backbone: str, num_pairs: int = 32, num_users: int = 100, naive_users: int = 3,
+                seed: int = 0) -> dict:
+    """Scoring the same pairs for many users: one backbone pass whose expert rewards every user's router shares
+    (`score_users`), for 1 and for `num_users` users, vs the naive way, a full model forward per user (measured for
+    `naive_users` users; it grows linearly)."""
+    model, tokenizer = load_backbone_model(backbone, "sparse", 5, seed)
+    pairs = benchmark_pairs(num_pairs, seed)
+    encoded = [encode_pair(tokenizer, p, r) for p, r in zip(pairs["prompt"], pairs["chosen"])]
+    batch = tokenizer.pad([{"input_ids": e["input_ids"]} for e in encoded], return_tensors="pt").to(model.device)
+    lengths = torch.tensor([e["prompt_lengths"] for e in encoded], device=model.device)
+    routers = [copy.deepcopy(model.head.router).eval() for _ in range(num_users)]
+    model.embed(**batch, prompt_lengths=lengths)  # warm-up
+
+    def shared(users: int) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            prompts, responses = model.embed(**batch, prompt_lengths=lengths)
+            score_users(model.head, routers[:users], prompts.float(), responses.float())
+        return time.perf_counter() - start
+
+    one, many = shared(1), shared(num_users)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for router in routers[:naive_users]:
+            model.head.router = router
+            model(**batch, prompt_lengths=lengths)
+    naive_per_user = (time.perf_counter() - start) / naive_users
+    return {"pairs": num_pairs, "users": num_users, "shared_pass_1_user_s": one,
+            f"shared_pass_{num_users}_users_s": many, f"cost_ratio_{num_users}_vs_1": many / one,
+            "naive_per_user_s": naive_per_user,
+            f"naive_{num_users}_users_s_linear": naive_per_user * num_users,
+            f"speedup_{num_users}_users_vs_naive": naive_per_user * num_users / many}
+
+
 def run_bench(what: str, backbone: str, output_dir: str, **options) -> dict:
-    results = {"embed": bench_embed, "train": bench_train}[what](backbone, **options)
-    record = {"command": " ".join(sys.argv), "benchmark": what, "options": options, "backbone": backbone,
+    results = {"embed": bench_embed, "train": bench_train, "users": bench_users}[what](backbone, **options)
+    record = {"command": run_command(), "benchmark": what, "options": options, "backbone": backbone,
               "machine": machine(), "results": results}
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)

@@ -76,19 +76,47 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--size", nargs="+", default=[], metavar="DATASET=N",
                            help="HH pairs per subset / DSP queries / demo prompts (default: hh=700 dsp=150 demo=360)")
     reproduce.add_argument("--epochs", type=float, default=3.0)
+    reproduce.add_argument("--measure-on", default="test", choices=["test", "validation"],
+                           help="table1: 'validation' labels experts on train and measures on validation, for "
+                                "diagnosis without reading test")
     reproduce.add_argument("--backbone", default=DEFAULT_BACKBONE)
     reproduce.add_argument("--data-root", default="../shared/data", help="folder with hh-rlhf/ and dsp/")
     reproduce.add_argument("--cache-dir", default=None)
     reproduce.add_argument("--output-dir", default=None, help="default: outputs/reproduce/EXPERIMENT")
 
+    steer = commands.add_parser("steer", help="turn one expert up or down and compare rewards",
+                                description="Scores RESPONSES to PROMPT with the router's own weights and with expert "
+                                            "K set to weight W (the others rescaled to 1 - W).")
+    steer.add_argument("checkpoint")
+    steer.add_argument("--expert", type=int, required=True)
+    steer.add_argument("--weight", type=float, required=True, help="in [0, 1]; 0 removes the expert")
+    steer.add_argument("--prompt", required=True)
+    steer.add_argument("--responses", nargs="+", required=True)
+
+    adapt = commands.add_parser("adapt", help="personalize the router from ~50 labeled pairs",
+                                description="Adapts the router on N pairs of DATA (Hedge or HyRe; experts and "
+                                            "backbone frozen), measures accuracy before/after on the other pairs, "
+                                            "and writes the router file and a bar chart of the weight shift.")
+    adapt.add_argument("checkpoint")
+    adapt.add_argument("--data", required=True, help="the user's labeled pairs (any supported format)")
+    adapt.add_argument("--format", default=None)
+    adapt.add_argument("--n", type=int, default=50, help="pairs to adapt on (the rest measure the change)")
+    adapt.add_argument("--method", default="hedge", choices=["hedge", "hyre"])
+    adapt.add_argument("--output", required=True, metavar="ROUTER", help="router file (.safetensors)")
+    adapt.add_argument("--max-eval-pairs", type=int, default=None)
+    adapt.add_argument("--max-length", type=int, default=1024)
+    adapt.add_argument("--cache-dir", default=None)
+    adapt.add_argument("--seed", type=int, default=0)
+
     bench = commands.add_parser("bench", help="speed benchmarks, each a ratio against a baseline in the same run",
                                 description="embed: cache tokens/s vs a one-text-at-a-time loop and vs the FLOP "
                                             "bound. train: training on cached features vs re-running the frozen "
                                             "backbone every step, at equal final accuracy.")
-    bench.add_argument("what", choices=["embed", "train"])
+    bench.add_argument("what", choices=["embed", "train", "users"])
     bench.add_argument("--backbone", default=DEFAULT_BACKBONE)
     bench.add_argument("--num-texts", type=int, default=64, help="embed: texts to encode")
     bench.add_argument("--num-pairs", type=int, default=192, help="train: pairs (75%% train, 25%% held out)")
+    bench.add_argument("--num-users", type=int, default=100, help="users: routers scored from one pass")
     bench.add_argument("--output-dir", default="outputs/bench")
     bench.add_argument("--seed", type=int, default=0)
     return parser
@@ -138,15 +166,39 @@ def run(args) -> None:
                    "output_dir": args.output_dir or f"outputs/reproduce/{args.experiment}"}
         if args.experiment == "table1":
             reproduce_table1(datasets=tuple(args.datasets or ("hh", "dsp", "demo")),
-                             seeds=tuple(args.seeds or (0, 1, 2)), sizes=sizes, **options)
+                             seeds=tuple(args.seeds or (0, 1, 2)), sizes=sizes, measure_on=args.measure_on,
+                             **options)
         else:
             dataset = (args.datasets or ["hh"])[0]
             reproduce_table8(dataset=dataset, seeds=tuple(args.seeds or (0,)), size=sizes.get(dataset), **options)
         print(f"Written to {options['output_dir']}/")
+    elif args.command == "steer":
+        from .evaluation import load_checkpoint
+        from .steering import steer_responses
+
+        model, tokenizer = load_checkpoint(args.checkpoint)
+        result = steer_responses(model, tokenizer, args.prompt, args.responses, args.expert, args.weight)
+        print("routing before: " + " ".join(f"{w:.3f}" for w in result["routing_before"]))
+        print("routing after:  " + " ".join(f"{w:.3f}" for w in result["routing_after"]))
+        print(f"{'reward before':>14} {'reward after':>13}  response")
+        for response, before, after in zip(args.responses, result["rewards_before"], result["rewards_after"]):
+            print(f"{before:>14.4f} {after:>13.4f}  {response[:70]}")
+    elif args.command == "adapt":
+        from .personalization import adapt_checkpoint
+
+        result = adapt_checkpoint(args.checkpoint, args.data, output=args.output, n=args.n, method=args.method,
+                                  format=args.format, seed=args.seed, max_eval_pairs=args.max_eval_pairs,
+                                  cache_dir=args.cache_dir, max_length=args.max_length)
+        print(f"{result['method']} on {result['n']} pairs; accuracy on the other {result['eval_pairs']} pairs: "
+              f"{result['accuracy_before']:.4f} -> {result['accuracy_after']:.4f}")
+        print("weight shift (mean routing after - before): "
+              + " ".join(f"E{k} {shift:+.3f}" for k, shift in enumerate(result["weight_shift"])))
+        print(f"Router written to {result['router']}; chart {result['chart']}")
     elif args.command == "bench":
         from .bench import run_bench
 
-        options = {"num_texts": args.num_texts} if args.what == "embed" else {"num_pairs": args.num_pairs}
+        options = {"embed": {"num_texts": args.num_texts}, "train": {"num_pairs": args.num_pairs},
+                   "users": {"num_users": args.num_users}}[args.what]
         print_record(run_bench(args.what, args.backbone, args.output_dir, seed=args.seed, **options))
 
 

@@ -16,17 +16,23 @@ def has_categories(pairs) -> bool:
     return "category" in pairs.column_names and None not in pairs["category"] and len(set(pairs["category"])) > 1
 
 
+def load_checkpoint(checkpoint):
+    """(model in eval mode on the best device, tokenizer) of an hf_smoe checkpoint folder or Hub id; a foreign
+    checkpoint is refused from its config, before any weights load."""
+    config = AutoConfig.from_pretrained(checkpoint)
+    if config.model_type != SMoERewardConfig.model_type:
+        raise ValueError(f"checkpoint: {checkpoint} is not an hf_smoe reward model (model_type "
+                         f"{config.model_type!r}); train one with `smoe train`.")
+    model = AutoModel.from_pretrained(checkpoint, config=config).to(pick_device()).eval()
+    return model, AutoTokenizer.from_pretrained(checkpoint)
+
+
 def evaluate_checkpoint(checkpoint, dataset, *, format=None, split="test", max_pairs=None, seed=0, cache_dir=None,
                         max_length=1024) -> dict:
     """Accuracy, loss terms, routing entropy, global entropy and expert correlation on all pairs; with categories,
     also coverage, purity and specialization, labelling experts on half of the prompts and measuring on the other
     half (the paper labels on validation and measures on test; one dataset is split by prompt, seeded)."""
-    config = AutoConfig.from_pretrained(checkpoint)  # refuse a foreign checkpoint before loading any weights
-    if config.model_type != SMoERewardConfig.model_type:
-        raise ValueError(f"checkpoint: {checkpoint} is not an hf_smoe reward model (model_type "
-                         f"{config.model_type!r}); train one with `smoe train`.")
-    model = AutoModel.from_pretrained(checkpoint, config=config).to(pick_device()).eval()
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model, tokenizer = load_checkpoint(checkpoint)
     pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
     cache = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length)
     features = cache.pair_features(pairs)

@@ -124,13 +124,13 @@ def category_probe(features: dict, steps: int = 300, seed: int = 0) -> dict:
 
 
 def summarize(runs: list) -> dict:
-    """Mean and sample standard deviation over seeds of every numeric metric."""
+    """Mean, sample standard deviation and count over seeds of every numeric metric."""
     summary = {}
     for key, value in runs[0].items():
         if isinstance(value, (int, float)):
             values = [run[key] for run in runs]
             summary[key] = {"mean": statistics.fmean(values),
-                            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+                            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
     return summary
 
 
@@ -139,7 +139,7 @@ def mean_std_cell(summary: dict, key: str, scale: float) -> str:
         return "-"
     mean, std = summary[key]["mean"] * scale, summary[key]["std"] * scale
     digits = 1 if scale == 100 else 3
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}" if summary[key]["n"] == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def table1_markdown(record: dict) -> str:
@@ -150,7 +150,8 @@ def table1_markdown(record: dict) -> str:
         data = result["data"]
         lines += [f"### {name}: {data['description']}",
                   f"K = {data['num_experts']}, {result['pairs']} pairs (train/validation/test), max length "
-                  f"{data['max_length']}, {len(result['seeds'])} seeds (mean ± std)", "", header,
+                  f"{data['max_length']}, {len(result['seeds'])} seeds (mean ± std), measured on "
+                  f"{result['measured_on']}", "", header,
                   "|---" * (len(TABLE1_COLUMNS) + 1) + "|"]
         for preset, summary in result["summary"].items():
             cells = [mean_std_cell(summary, key, scale) if preset != "single" or key == "accuracy" else "-"
@@ -159,7 +160,7 @@ def table1_markdown(record: dict) -> str:
         probe = result["category_probe"]
         lines += ["", f"Category probe (linear, on the router's input; train -> validation): accuracy "
                       f"{100 * probe['probe_accuracy']:.1f}% (majority class {100 * probe['majority_rate']:.1f}%).",
-                  "", "Test accuracy (%) by category, mean over seeds:", ""]
+                  "", "Accuracy (%) by category, mean over seeds:", ""]
         categories = sorted(result["runs"]["single"][0]["accuracy_by_category"])
         lines += ["| preset | " + " | ".join(categories) + " |", "|---" * (len(categories) + 1) + "|"]
         for preset, runs in result["runs"].items():
@@ -192,12 +193,22 @@ def routing_figure(path, name: str, splits, features, models: dict, expert_label
                                 routing[first][[row for _, _, row in sample]].tolist(), means, expert_labels)
 
 
+def without_test(splits: dict) -> dict:
+    """Diagnostic splits that never read test: experts labelled on train, measured on validation."""
+    return {"train": splits["train"], "validation": splits["train"], "test": splits["validation"]}
+
+
 def reproduce_table1(datasets=tuple(DATASETS), seeds=(0, 1, 2), output_dir="outputs/reproduce/table1",
                      backbone=DEFAULT_BACKBONE, epochs: float = 3.0, cache_dir=None, data_root=DATA_ROOT,
-                     sizes: dict | None = None) -> dict:
+                     sizes: dict | None = None, measure_on: str = "test") -> dict:
     """Table 1 (category recovery) for `single`, `vanilla`, `micro` and `sparse` on each dataset, mean ± std over
     `seeds`; experts are labelled on the 50 top validation examples and scored on test (App. A). Writes
-    table1.md, results.json (with the command) and routing_<dataset>.png to `output_dir`."""
+    table1.md, results.json (with the command) and routing_<dataset>.png to `output_dir`.
+
+    `measure_on="validation"` is for diagnosis (e.g. of the training length) without touching test: experts are
+    then labelled on train and every metric is measured on validation."""
+    if measure_on not in ("test", "validation"):
+        raise ValueError(f"measure_on: 'test' or 'validation', got {measure_on!r}.")
     output = Path(output_dir)
     backbone_model, tokenizer = load_frozen_backbone(backbone)
     record = {}
@@ -207,6 +218,8 @@ def reproduce_table1(datasets=tuple(DATASETS), seeds=(0, 1, 2), output_dir="outp
         splits, features = prepare(data, backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root)
         embedded = time.time() - started
         probe = category_probe(features)
+        if measure_on == "validation":
+            splits, features = without_test(splits), without_test(features)
         runs, first_models = {}, {}
         for preset in PRESETS:
             for seed in seeds:
@@ -221,12 +234,12 @@ def reproduce_table1(datasets=tuple(DATASETS), seeds=(0, 1, 2), output_dir="outp
                                 {preset: runs[preset][0]["expert_categories"] for preset in first_models})
         record[name] = {"data": asdict(data), "pairs": "/".join(str(len(s)) for s in splits.values()),
                         "seeds": list(seeds), "runs": runs, "summary": {p: summarize(r) for p, r in runs.items()},
-                        "category_probe": probe,
+                        "category_probe": probe, "measured_on": measure_on,
                         "seconds": {"embedding": embedded, "total": time.time() - started}, "figure": figure.name}
         print(f"{name}: done in {record[name]['seconds']['total']:.0f} s (embedding {embedded:.0f} s)")
     write_results(output, "table1", table1_markdown(record),
                   {"experiment": "table1", "datasets": list(datasets), "seeds": list(seeds), "epochs": epochs,
-                   "backbone": backbone, "sizes": sizes}, record)
+                   "backbone": backbone, "sizes": sizes, "measure_on": measure_on}, record)
     return record
 
 

@@ -29,11 +29,7 @@ def plot_routing_heatmap(path, title: str, sample_prompts: list, sample_categori
         _heatmap(axis, means, categories, expert_labels[name], f"{name}: mean per category")
     figure.suptitle(title)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def _heatmap(axis, weights, row_labels, expert_labels, title) -> None:
@@ -47,3 +43,25 @@ def _heatmap(axis, weights, row_labels, expert_labels, title) -> None:
             axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
                       color="white" if value > 0.6 else "black")
     axis.set_title(title, fontsize=9)
+
+
+def plot_weight_shift(path, shift, title: str, expert_labels=None) -> Path:
+    """A bar chart of each expert's mean routing weight after adaptation minus before."""
+    shift = [float(value) for value in shift]
+    labels = expert_labels or [f"E{k}" for k in range(len(shift))]
+    figure, axis = plt.subplots(figsize=(max(4.0, 0.7 * len(shift) + 2), 3.2))
+    axis.bar(range(len(shift)), shift, color=["tab:blue" if value >= 0 else "tab:red" for value in shift])
+    axis.axhline(0.0, color="black", linewidth=0.8)
+    axis.set_xticks(range(len(shift)), labels, fontsize=8)
+    axis.set_ylabel("mean routing weight: after - before")
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _save(figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -7,6 +7,7 @@ issue-3 metrics (`hf_smoe.metrics.flip_rate`, `undesired_flip_rate`).
 
 import torch
 
+from .encoding import encode_pair
 from .metrics import _nanmean, flip_rate, top_examples, undesired_flip_rate
 from .modeling.modeling_smoe import mixture_reward
 
@@ -79,3 +80,18 @@ def random_target_report(routing_weights, chosen_expert_rewards, rejected_expert
                for _ in range(draws)]
     return {key: (sum(r[key] for r in reports) / draws if not isinstance(reports[0][key], dict) else
                   {w: sum(r[key][w] for r in reports) / draws for w in weights}) for key in reports[0]}
+
+
+@torch.no_grad()
+def steer_responses(model, tokenizer, prompt, responses: list, expert: int, weight: float) -> dict:
+    """Rewards of `responses` to `prompt` under the router's own weights and with `expert` set to `weight`."""
+    if not responses:
+        raise ValueError("responses: give at least one response to score.")
+    encoded = [encode_pair(tokenizer, prompt, response) for response in responses]
+    batch = tokenizer.pad([{"input_ids": e["input_ids"]} for e in encoded], return_tensors="pt").to(model.device)
+    lengths = torch.tensor([e["prompt_lengths"] for e in encoded], device=model.device)
+    output = model(**batch, prompt_lengths=lengths)
+    steered = intervene(output.routing_weights, expert, weight)
+    return {"routing_before": output.routing_weights[0].tolist(), "routing_after": steered[0].tolist(),
+            "rewards_before": output.logits.squeeze(-1).tolist(),
+            "rewards_after": mixture_reward(steered, output.expert_rewards).squeeze(-1).tolist()}

@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hf_smoe import SMoERewardModel, encode_pair  # noqa: E402
+from hf_smoe.pipeline import save_checkpoint  # noqa: E402
+from hf_smoe.synthetic import generate_preference_set  # noqa: E402
 from hf_smoe.testing import save_tiny_backbone, word_tokenizer  # noqa: E402
 
 BACKBONES = ("llama", "bert")
@@ -32,6 +34,17 @@ def kind(request):
 def model(kind, backbone_dirs):
     torch.manual_seed(1)
     return SMoERewardModel.from_backbone(backbone_dirs[kind], num_experts=4, preset="sparse")
+
+
+@pytest.fixture
+def checkpoint_and_data(backbone_dirs, tokenizers, tmp_path):
+    """A saved tiny checkpoint (K = 3) and 40 generated pairs with categories written as jsonl beside it."""
+    torch.manual_seed(0)
+    model = SMoERewardModel.from_backbone(backbone_dirs["llama"], num_experts=3)
+    save_checkpoint(model, tokenizers["llama"], tmp_path / "checkpoint")
+    pairs = generate_preference_set(40, seed=2)
+    pairs.to_json(tmp_path / "pairs.jsonl")
+    return model, tokenizers["llama"], pairs, tmp_path
 
 
 PAIRS = [

@@ -5,22 +5,10 @@ import math
 import pytest
 import torch
 
-from hf_smoe import SMoERewardModel, encode_pair
+from hf_smoe import encode_pair
 from hf_smoe.cli import main
 from hf_smoe.data import load_pairs
 from hf_smoe.evaluation import evaluate_checkpoint
-from hf_smoe.pipeline import save_checkpoint
-from hf_smoe.synthetic import generate_preference_set
-
-
-@pytest.fixture
-def checkpoint_and_data(backbone_dirs, tokenizers, tmp_path):
-    torch.manual_seed(0)
-    model = SMoERewardModel.from_backbone(backbone_dirs["llama"], num_experts=3)
-    save_checkpoint(model, tokenizers["llama"], tmp_path / "checkpoint")
-    pairs = generate_preference_set(40, seed=2)
-    pairs.to_json(tmp_path / "pairs.jsonl")
-    return model, tokenizers["llama"], pairs, tmp_path
 
 
 def test_saved_common_schema_loads_back_unchanged(checkpoint_and_data):
