@@ -3,8 +3,8 @@
 Table 1 (category recovery, §5.1) and Table 8 (the λ ablation, App. C) are run on three datasets whose latent
 category is known and never shown to the model: HH-RLHF helpful + harmless (two annotator populations whose
 preferences conflict), DSP with the domain's criterion appended to the prompt, and the embedded synthetic demo set.
-Every row reads the same cached backbone features and uses the same Trainer settings; results are written as
-Markdown + JSON beside the exact command that produced them.
+Fig. 2 (attribute steering, §5.2) reuses the DSP features. Every row reads the same cached backbone features and
+uses the same Trainer settings; results are written as Markdown + JSON beside the exact command that produced them.
 """
 
 import random
@@ -21,7 +21,8 @@ from .data import load_pairs
 from .metrics import routing_diagnosis
 from .pipeline import (cached_features, load_frozen_backbone, run_command, save_run, split_for_training,
                        train_preset)
-from .plots import plot_routing_heatmap
+from .plots import plot_flip_rates, plot_routing_heatmap
+from .steering import STEERING_WEIGHTS, random_target_report, steering_report, target_experts
 from .synthetic import generate_preference_set
 from .training import as_training_features, head_outputs
 
@@ -297,3 +298,68 @@ def write_results(output: Path, name: str, markdown: str, job: dict, results) ->
     output.mkdir(parents=True, exist_ok=True)
     (output / f"{name}.md").write_text(f"Command: `{run_command()}`\n\n{markdown}")
     save_run(output, job, results)
+
+
+def without_criterion(pairs):
+    """DSP pairs as they come at test time in §5.2: the prompt is the bare query, the criterion removed."""
+    return pairs.map(lambda pair: {"prompt": [{"role": "user", "content": pair["query"]}]})
+
+
+def reproduce_fig2(seeds=(0, 1, 2), output_dir="outputs/reproduce/fig2", backbone=DEFAULT_BACKBONE,
+                   epochs: float = 3.0, cache_dir=None, data_root=DATA_ROOT, size: int | None = None) -> dict:
+    """Fig. 2 (attribute steering, §5.2) on DSP: train attribute-conditioned (criterion appended), choose each
+    domain's target expert from the top-100 validation examples, then on test pairs *without* the criterion set the
+    target expert's weight to w and count flips (Eq. 14-18) for vanilla, micro, sparse and sparse with random
+    targets. Writes fig2.md, results.json and fig2.png."""
+    output = Path(output_dir)
+    backbone_model, tokenizer = load_frozen_backbone(backbone)
+    data = replace(DATASETS["dsp"], **({"size": size} if size else {}))
+    splits, features = prepare(data, backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root)
+    plain_test = cached_features(backbone_model, tokenizer, {"test": without_criterion(splits["test"])},
+                                 cache_dir=cache_dir, max_length=data.max_length)["test"]
+    domains = sorted(set(splits["train"]["category"]))
+    codes = {split: torch.tensor([domains.index(c) for c in splits[split]["category"]])
+             for split in ("validation", "test")}
+    runs = {name: [] for name in ("vanilla", "micro", "sparse", "sparse (random target)")}
+    for preset in ("vanilla", "micro", "sparse"):
+        for seed in seeds:
+            model, _ = train_preset(backbone_model, tokenizer, features, preset, data.num_experts, seed, epochs,
+                                    str(output / "trainer"))
+            validation = head_outputs(model.head, as_training_features(features["validation"]))
+            targets = target_experts(validation["routing_weights"].cpu(), codes["validation"], len(domains))
+            test = {k: v.cpu() for k, v in head_outputs(model.head, as_training_features(plain_test)).items()}
+            outputs = (test["routing_weights"], test["chosen_expert_rewards"], test["rejected_expert_rewards"])
+            runs[preset].append(steering_report(*outputs, codes["test"], targets) | {"targets": targets.tolist()})
+            if preset == "sparse":
+                runs["sparse (random target)"].append(random_target_report(
+                    *outputs, codes["test"], data.num_experts, len(domains), seed=seed))
+    summary = {name: summarize_steering(reports) for name, reports in runs.items()}
+    plot_flip_rates(output / "fig2.png", STEERING_WEIGHTS,
+                    {name: ([s["flip_rate_by_weight"][w]["mean"] for w in STEERING_WEIGHTS],
+                            [s["undesired_flip_rate_by_weight"][w]["mean"] for w in STEERING_WEIGHTS])
+                     for name, s in summary.items()},
+                    f"Steering on DSP test prompts without the criterion (K = {data.num_experts})")
+    write_results(output, "fig2", fig2_markdown(summary, data, len(seeds)),
+                  {"experiment": "fig2", "seeds": list(seeds), "epochs": epochs, "backbone": backbone,
+                   "size": data.size}, {"runs": runs, "summary": summary, "domains": domains})
+    return summary
+
+
+def summarize_steering(reports: list) -> dict:
+    """Mean ± std over seeds of the flip rates, overall and per weight."""
+    summary = summarize(reports)
+    for key in ("flip_rate_by_weight", "undesired_flip_rate_by_weight"):
+        summary[key] = {w: summarize([{"value": r[key][w]} for r in reports])["value"] for w in STEERING_WEIGHTS}
+    return summary
+
+
+def fig2_markdown(summary: dict, data: ReproductionData, num_seeds: int) -> str:
+    header = ("| method | " + " | ".join(f"FR w={w:g}" for w in STEERING_WEIGHTS)
+              + " | flip rate (avg) | undesired flip rate (avg) |")
+    lines = [f"### Steering on DSP (K = {data.num_experts}; trained with the criterion, tested without; "
+             f"{num_seeds} seeds, mean ± std; %)", "", header, "|---" * (len(STEERING_WEIGHTS) + 3) + "|"]
+    for name, s in summary.items():
+        cells = [mean_std_cell(s["flip_rate_by_weight"], w, 100) for w in STEERING_WEIGHTS]
+        cells += [mean_std_cell(s, "flip_rate", 100), mean_std_cell(s, "undesired_flip_rate", 100)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -35,8 +35,8 @@ def plot_routing_heatmap(path, title: str, sample_prompts: list, sample_categori
 def _heatmap(axis, weights, row_labels, expert_labels, title) -> None:
     weights = [[float(value) for value in row] for row in weights]
     axis.imshow(weights, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
-    axis.set_xticks(range(len(expert_labels)),
-                    [f"E{k}\n({label})" for k, label in enumerate(expert_labels)], fontsize=7)
+    axis.set_xticks(range(len(expert_labels)), [f"E{k} ({label})" for k, label in enumerate(expert_labels)],
+                    fontsize=7, rotation=40, ha="right", rotation_mode="anchor")
     axis.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
     for row, values in enumerate(weights):
         for column, value in enumerate(values):
@@ -65,3 +65,21 @@ def _save(figure, path) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def plot_flip_rates(path, weights, curves: dict, title: str) -> Path:
+    """Flip rate and undesired flip rate vs the target expert's weight w, one line per method (the paper's Fig. 2
+    and its App. E companion). `curves`: method -> (flip rates, undesired flip rates), one value per weight."""
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, (flips, undesired) in curves.items():
+        axes[0].plot(weights, [100 * v for v in flips], marker="o", label=name)
+        axes[1].plot(weights, [100 * v for v in undesired], marker="o", label=name)
+    for axis, label in zip(axes, ("flip rate (%)", "undesired flip rate (%)")):
+        axis.set_xlabel("target expert weight w")
+        axis.set_ylabel(label)
+        axis.set_xticks(list(weights))
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)

@@ -13,7 +13,7 @@ from datasets import Dataset
 from hf_smoe.cli import main
 from hf_smoe.data import CRITERION_TEMPLATE, DSP_CRITERIA, load_pairs
 from hf_smoe.experiments import (DATA_ROOT, SPLIT_FRACTIONS, category_probe, dsp_with_criterion, hh_mixture,
-                                 reproduce_table1, reproduce_table8, summarize)
+                                 reproduce_fig2, reproduce_table1, reproduce_table8, summarize, without_criterion)
 from hf_smoe.metrics import routing_diagnosis
 from hf_smoe.pipeline import split_for_training
 
@@ -143,3 +143,28 @@ def test_table8_runs_the_grid_with_a_diagnosis_per_row(backbone_dirs, tmp_path):
 def test_reproduce_rejects_a_bad_size_in_one_line(capsys):
     assert main(["reproduce", "table1", "--size", "hh=lots"]) == 2
     assert "--size: expected DATASET=N" in capsys.readouterr().err
+
+
+def test_fig2_steers_on_prompts_without_the_criterion(backbone_dirs, tmp_path):
+    summary = reproduce_fig2(seeds=(0,), output_dir=tmp_path / "out", backbone=backbone_dirs["llama"], epochs=1,
+                             cache_dir=tmp_path / "cache", data_root=SHARED_DATA, size=6)
+    assert list(summary) == ["vanilla", "micro", "sparse", "sparse (random target)"]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert saved["domains"] == sorted(DSP_CRITERIA)
+    for name, reports in saved["runs"].items():
+        report = reports[0]
+        assert summary[name]["flip_rate"]["mean"] == pytest.approx(report["flip_rate"], nan_ok=True)
+        by_weight = [report["flip_rate_by_weight"][str(w)] for w in (0.25, 0.5, 0.75, 1.0)]
+        assert report["flip_rate"] == pytest.approx(np.nanmean(by_weight), nan_ok=True)
+        if name != "sparse (random target)":
+            assert len(report["targets"]) == 4 and all(0 <= t < 5 for t in report["targets"])
+    table = (tmp_path / "out" / "fig2.md").read_text()
+    assert "| sparse (random target) |" in table
+    assert (tmp_path / "out" / "fig2.png").stat().st_size > 1000
+
+
+def test_without_criterion_restores_the_bare_query():
+    pairs = dsp_with_criterion(2, seed=0, data_root=SHARED_DATA)
+    plain = without_criterion(pairs)
+    assert [p[-1]["content"] for p in plain["prompt"]] == pairs["query"]
+    assert plain["chosen"] == pairs["chosen"] and plain["category"] == pairs["category"]
