@@ -68,12 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="table1: category recovery (single, vanilla, micro, sparse; mean ± std over seeds) on HH "
                     "helpful+harmless, DSP with its criterion, and the demo set, with routing heatmaps. table8: the "
                     "λ grid of App. C on one dataset with the collapse diagnosis of each row. fig2: steering flip "
-                    "rates on DSP (trained with the criterion, tested without).")
-    reproduce.add_argument("experiment", choices=["table1", "table8", "fig2"])
+                    "rates on DSP (trained with the criterion, tested without). table5 / fig8: train on HH + "
+                    "WebGPT, adapt the router to each DSP domain from n = 50 (fig8: 5 to 100) pairs.")
+    reproduce.add_argument("experiment", choices=["table1", "table8", "fig2", "table5", "fig8"])
     reproduce.add_argument("--datasets", nargs="+", default=None, choices=["hh", "dsp", "demo"],
                            help="table1: datasets (default: all); table8: the first one (default: hh)")
     reproduce.add_argument("--seeds", nargs="+", type=int, default=None,
-                           help="training seeds (default: 0 for table8, else 0 1 2)")
+                           help="training seeds (default: 0 1 2 for table1 and fig2, else 0)")
     reproduce.add_argument("--size", nargs="+", default=[], metavar="DATASET=N",
                            help="HH pairs per subset / DSP queries / demo prompts (default: hh=700 dsp=150 demo=360)")
     reproduce.add_argument("--epochs", type=float, default=3.0)
@@ -159,7 +160,7 @@ def run(args) -> None:
         path = write_evaluation(results, args.output or str(Path(args.checkpoint) / "eval_results.json"))
         print(f"Written to {path}")
     elif args.command == "reproduce":
-        from .experiments import reproduce_fig2, reproduce_table1, reproduce_table8
+        from .experiments import reproduce_fig2, reproduce_personalization, reproduce_table1, reproduce_table8
 
         sizes = parse_sizes(args.size)
         options = {"backbone": args.backbone, "epochs": args.epochs, "cache_dir": args.cache_dir,
@@ -169,6 +170,10 @@ def run(args) -> None:
             reproduce_table1(datasets=tuple(args.datasets or ("hh", "dsp", "demo")),
                              seeds=tuple(args.seeds or (0, 1, 2)), sizes=sizes, measure_on=args.measure_on,
                              **options)
+        elif args.experiment in ("table5", "fig8"):
+            reproduce_personalization(n_values=(50,) if args.experiment == "table5" else (5, 10, 25, 50, 100),
+                                      seeds=tuple(args.seeds or (0,)), **options,
+                                      **({"dsp_queries": sizes["dsp"]} if "dsp" in sizes else {}))
         elif args.experiment == "fig2":
             reproduce_fig2(seeds=tuple(args.seeds or (0, 1, 2)), size=sizes.get("dsp"), **options)
         else:

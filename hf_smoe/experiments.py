@@ -16,12 +16,14 @@ from pathlib import Path
 import torch
 from datasets import concatenate_datasets
 
+from .adaptation import expert_rewards_of, routed_accuracy
 from .backbones import DEFAULT_BACKBONE
 from .data import load_pairs
 from .metrics import routing_diagnosis
+from .personalization import adapt_router
 from .pipeline import (cached_features, load_frozen_backbone, run_command, save_run, split_for_training,
                        train_preset)
-from .plots import plot_flip_rates, plot_routing_heatmap
+from .plots import plot_flip_rates, plot_gains, plot_routing_heatmap
 from .steering import STEERING_WEIGHTS, random_target_report, steering_report, target_experts
 from .synthetic import generate_preference_set
 from .training import as_training_features, head_outputs
@@ -81,6 +83,14 @@ def dsp_with_criterion(size: int, seed: int = 0, data_root: Path = DATA_ROOT):
     kept = set(random.Random(seed).sample(sorted(set(queries)), size))
     pairs = load_pairs(path, "dsp").select([row for row, query in enumerate(queries) if query in kept])
     return pairs.add_column("query", [query for query in queries if query in kept])
+
+
+def general_mixture(hh_size: int = 700, webgpt_size: int = 300, seed: int = 0, data_root: Path = DATA_ROOT):
+    """The personalization experiments' general training data (Table 5): HH helpful + harmless and WebGPT, each pair
+    with its source as category (never an input)."""
+    webgpt = load_pairs(data_root / "webgpt" / "webgpt.test.json", "webgpt", max_pairs=webgpt_size, seed=seed,
+                        category="webgpt")
+    return concatenate_datasets([hh_mixture(hh_size, seed, data_root), webgpt])
 
 
 def load_reproduction_pairs(data: ReproductionData, seed: int = 0, data_root: Path = DATA_ROOT):
@@ -362,4 +372,138 @@ def fig2_markdown(summary: dict, data: ReproductionData, num_seeds: int) -> str:
         cells = [mean_std_cell(s["flip_rate_by_weight"], w, 100) for w in STEERING_WEIGHTS]
         cells += [mean_std_cell(s, "flip_rate", 100), mean_std_cell(s, "undesired_flip_rate", 100)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# Table 5 rows: (row name, preset trained on the general mixture, adaptation method; None = not adapted)
+PERSONALIZATION_ROWS = (("single", "single", None), ("HyRe", "static", "hyre"), ("vanilla", "vanilla", "hedge"),
+                        ("micro", "micro", "hedge"), ("sparse", "sparse", "hedge"))
+
+
+def personalization_data(backbone, tokenizer, *, cache_dir=None, data_root=DATA_ROOT, dsp_queries: int = 150,
+                         general_sizes: tuple = (700, 300)):
+    """(splits, features) of the general training mixture (split by prompt), and features of DSP without the
+    criterion, split by query: adaptation pairs are drawn from the train + validation queries, accuracy is measured
+    on the test queries."""
+    general = split_for_training(general_mixture(*general_sizes, data_root=data_root), 0)
+    dsp = without_criterion(dsp_with_criterion(dsp_queries, 0, data_root))
+    dsp_splits = split_for_training(dsp, 0, group_by="query", **SPLIT_FRACTIONS)
+    targets = {"pool": concatenate_datasets([dsp_splits["train"], dsp_splits["validation"]]),
+               "test": dsp_splits["test"]}
+    return (general, cached_features(backbone, tokenizer, general, cache_dir=cache_dir, max_length=256),
+            cached_features(backbone, tokenizer, targets, cache_dir=cache_dir, max_length=256))
+
+
+def adapt_per_domain(model, method, targets: dict, n_values, adaptation_sets: int) -> dict:
+    """domain -> n -> {"before", "after" (mean over adaptation sets), "weight_shift" (K,)}; each adaptation set is
+    n pairs of the domain drawn (seeded) from the pool, accuracy is measured on all test pairs of the domain."""
+    results = {}
+    for domain in sorted(set(targets["test"]["category"])):
+        pool = targets["pool"].filter(lambda pair: pair["category"] == domain)
+        held_out = expert_rewards_of(model.head, targets["test"].filter(lambda pair: pair["category"] == domain))
+        before, routing_before = routed_accuracy(model.head.router, *held_out)
+        results[domain] = {}
+        for n in n_values:
+            afters, shifts = [], []
+            for draw in range(adaptation_sets):
+                router = (adapt_router(model, pool.shuffle(seed=draw).select(range(n)), method, seed=draw)
+                          if method else model.head.router)
+                after, routing_after = routed_accuracy(router, *held_out)
+                afters.append(after)
+                shifts.append(routing_after - routing_before)
+            results[domain][n] = {"before": before, "after": statistics.fmean(afters),
+                                  "weight_shift": torch.stack(shifts).mean(0).tolist()}
+    return results
+
+
+def reproduce_personalization(n_values=(50,), seeds=(0,), adaptation_sets: int = 3, num_experts: int = 5,
+                              output_dir="outputs/reproduce/table5", backbone=DEFAULT_BACKBONE, epochs: float = 3.0,
+                              cache_dir=None, data_root=DATA_ROOT, dsp_queries: int = 150,
+                              general_sizes: tuple = (700, 300)) -> dict:
+    """Table 5 / 12 (n = 50) and Fig. 8 (several n): train every row on the general mixture, adapt its router to
+    each DSP domain (criterion removed) from n pairs, 3 sampled adaptation sets, and report accuracy before/after."""
+    output = Path(output_dir)
+    backbone_model, tokenizer = load_frozen_backbone(backbone)
+    general_splits, general, targets = personalization_data(backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root,
+                                            dsp_queries=dsp_queries, general_sizes=general_sizes)
+    rows = {}
+    for name, preset, method in PERSONALIZATION_ROWS:
+        per_seed = []
+        for seed in seeds:
+            model, _ = train_preset(backbone_model, tokenizer, general, preset, num_experts, seed, epochs,
+                                    str(output / "trainer"))
+            per_seed.append(adapt_per_domain(model, method, targets, n_values, adaptation_sets))
+        rows[name] = per_seed
+        if name == "sparse":
+            upweighted = most_upweighted_experts(model, per_seed[-1], general["validation"],
+                                                 general_splits["validation"]["prompt"], max(n_values))
+        print(f"{name}: adapted to {len(per_seed[0])} domains")
+    summary = personalization_summary(rows, n_values)
+    markdown = personalization_markdown(summary, n_values, len(seeds), adaptation_sets, num_experts)
+    markdown += upweighted_markdown(upweighted, max(n_values))
+    if len(n_values) > 1:
+        plot_gains(output / "fig8.png", n_values,
+                   {name: [summary[name][n]["overall"]["change"] for n in n_values] for name in summary},
+                   "Personalization gain on DSP domains vs adaptation set size")
+    name = "table5" if len(n_values) == 1 else "fig8"
+    write_results(output, name, markdown,
+                  {"experiment": name, "n_values": list(n_values), "seeds": list(seeds),
+                   "adaptation_sets": adaptation_sets, "num_experts": num_experts, "epochs": epochs,
+                   "backbone": backbone, "dsp_queries": dsp_queries, "general_sizes": list(general_sizes)},
+                  {"summary": summary, "runs": rows, "most_upweighted": upweighted})
+    return summary
+
+
+def personalization_summary(rows: dict, n_values) -> dict:
+    """row -> n -> domain (and "overall" = mean over domains) -> before / after / change, means over seeds."""
+    summary = {}
+    for name, per_seed in rows.items():
+        summary[name] = {}
+        for n in n_values:
+            table = {domain: {key: statistics.fmean(run[domain][n][key] for run in per_seed)
+                              for key in ("before", "after")} for domain in per_seed[0]}
+            table["overall"] = {key: statistics.fmean(v[key] for v in table.values()) for key in ("before", "after")}
+            for values in table.values():
+                values["change"] = values["after"] - values["before"]
+            summary[name][n] = table
+    return summary
+
+
+def personalization_markdown(summary: dict, n_values, num_seeds: int, adaptation_sets: int, num_experts) -> str:
+    domains = [d for d in next(iter(summary.values()))[n_values[0]] if d != "overall"]
+    lines = []
+    for n in n_values:
+        lines += [f"### Accuracy (%) on DSP test queries after adapting to each domain from n = {n} pairs "
+                  f"(change vs. not adapted; K = {num_experts}, {num_seeds} training seed(s) x {adaptation_sets} "
+                  "adaptation sets)", "", "| method | " + " | ".join(domains) + " | overall |",
+                  "|---" * (len(domains) + 2) + "|"]
+        for name, by_n in summary.items():
+            cells = [f"{100 * by_n[n][d]['after']:.1f} ({100 * by_n[n][d]['change']:+.1f})"
+                     for d in [*domains, "overall"]]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def most_upweighted_experts(model, results: dict, validation, validation_prompts, n: int, top: int = 3) -> dict:
+    """Table 6 analogue: per domain, the expert whose mean routing weight rose most in adaptation, with the
+    general-mixture validation prompts that route to it most (its descriptions until interpretation exists)."""
+    routing = head_outputs(model.head, as_training_features(validation))["routing_weights"].cpu()
+    prompts = [prompt[-1]["content"] for prompt in validation_prompts]
+    upweighted = {}
+    for domain, by_n in results.items():
+        shift = torch.tensor(by_n[n]["weight_shift"])
+        expert = int(shift.argmax())
+        order = torch.sort(routing[:, expert], descending=True, stable=True).indices.tolist()
+        unique = list(dict.fromkeys(prompts[i] for i in order))[:top]
+        upweighted[domain] = {"expert": expert, "shift": shift[expert].item(), "top_prompts": unique}
+    return upweighted
+
+
+def upweighted_markdown(upweighted: dict, n: int) -> str:
+    lines = [f"### Most upweighted expert per domain (sparse, n = {n}; Table 6 analogue)", "",
+             "| domain | expert | weight shift | its top general-mixture prompts |", "|---|---|---|---|"]
+    for domain, entry in upweighted.items():
+        prompts = " / ".join(p[:60].replace("|", " ").replace("\n", " ") for p in entry["top_prompts"])
+        lines.append(f"| {domain} | E{entry['expert']} | {entry['shift']:+.3f} | {prompts} |")
     return "\n".join(lines) + "\n"

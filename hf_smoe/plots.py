@@ -83,3 +83,20 @@ def plot_flip_rates(path, weights, curves: dict, title: str) -> Path:
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def plot_gains(path, n_values, gains: dict, title: str) -> Path:
+    """Accuracy change after adaptation vs the number of adaptation pairs n, one line per method (paper Fig. 8)."""
+    figure, axis = plt.subplots(figsize=(5.5, 3.4))
+    for name, values in gains.items():
+        axis.plot(list(n_values), [100 * v for v in values], marker="o", label=name)
+    axis.set_xscale("log")
+    axis.set_xticks(list(n_values), [str(n) for n in n_values])
+    axis.axhline(0.0, color="black", linewidth=0.8)
+    axis.set_xlabel("adaptation pairs n")
+    axis.set_ylabel("accuracy change (points)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return _save(figure, path)

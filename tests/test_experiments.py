@@ -13,7 +13,8 @@ from datasets import Dataset
 from hf_smoe.cli import main
 from hf_smoe.data import CRITERION_TEMPLATE, DSP_CRITERIA, load_pairs
 from hf_smoe.experiments import (DATA_ROOT, SPLIT_FRACTIONS, category_probe, dsp_with_criterion, hh_mixture,
-                                 reproduce_fig2, reproduce_table1, reproduce_table8, summarize, without_criterion)
+                                 reproduce_fig2, reproduce_personalization, reproduce_table1, reproduce_table8,
+                                 summarize, without_criterion)
 from hf_smoe.metrics import routing_diagnosis
 from hf_smoe.pipeline import split_for_training
 
@@ -168,3 +169,27 @@ def test_without_criterion_restores_the_bare_query():
     plain = without_criterion(pairs)
     assert [p[-1]["content"] for p in plain["prompt"]] == pairs["query"]
     assert plain["chosen"] == pairs["chosen"] and plain["category"] == pairs["category"]
+
+
+def test_personalization_adapts_every_domain_and_reports_the_change(backbone_dirs, tmp_path):
+    summary = reproduce_personalization(n_values=(2, 4), seeds=(0,), adaptation_sets=2, num_experts=3,
+                                        output_dir=tmp_path / "out", backbone=backbone_dirs["llama"], epochs=1,
+                                        cache_dir=tmp_path / "cache", data_root=SHARED_DATA, dsp_queries=8,
+                                        general_sizes=(20, 10))
+    assert list(summary) == ["single", "HyRe", "vanilla", "micro", "sparse"]
+    domains = sorted(DSP_CRITERIA)
+    for name, by_n in summary.items():
+        for n, table in by_n.items():
+            assert list(table) == [*domains, "overall"]
+            for values in table.values():
+                assert values["change"] == pytest.approx(values["after"] - values["before"])
+            assert table["overall"]["after"] == pytest.approx(np.mean([table[d]["after"] for d in domains]))
+    assert all(summary["single"][n]["overall"]["change"] == 0.0 for n in (2, 4))  # nothing to adapt
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    for domain, entry in saved["most_upweighted"].items():
+        shift = saved["runs"]["sparse"][0][domain]["4"]["weight_shift"]
+        assert entry["expert"] == int(np.argmax(shift)) and entry["shift"] == pytest.approx(max(shift))
+    table = (tmp_path / "out" / "fig8.md").read_text()
+    sparse = summary["sparse"][4]["overall"]
+    assert f"{100 * sparse['after']:.1f} ({100 * sparse['change']:+.1f})" in table
+    assert (tmp_path / "out" / "fig8.png").stat().st_size > 1000
