@@ -57,7 +57,9 @@ def hedge_adapt(head, features, *, epochs: int = 10, batch_size: int = 32, learn
     router = copy.deepcopy(head.router)
     optimizer = torch.optim.AdamW(router.parameters(), lr=learning_rate, weight_decay=0.0)  # fit ω, nothing else
     generator = torch.Generator().manual_seed(seed)
-    with torch.enable_grad():  # also when called under torch.no_grad()
+    # the router's jitter and dropout draw from the global generator: seed them too, without disturbing the caller's
+    with torch.random.fork_rng(devices=[prompts.device] if prompts.device.type == "cuda" else []), torch.enable_grad():
+        torch.manual_seed(seed)
         _fit_hedge(router, optimizer, prompts, losses, epochs, batch_size, tau, generator)
     return router.eval()
 

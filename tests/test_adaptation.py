@@ -154,3 +154,14 @@ def test_static_router_file_and_many_users_from_shared_expert_rewards(sparse_mod
     with torch.no_grad():
         expected_static = sparse_model.head.experts(responses) @ weights
     torch.testing.assert_close(rewards[0], expected_static)
+
+
+def test_hedge_is_reproducible_from_its_seed_whatever_ran_before(sparse_model):
+    features = features_of(sparse_model)
+    prompts = features[:]["prompt_embedding"]
+    first = hedge_adapt(sparse_model.head, features, seed=3)
+    torch.rand(100)  # the caller's random state moves on
+    second = hedge_adapt(sparse_model.head, features, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(first(prompts), second(prompts), rtol=0, atol=0)
+        assert not torch.equal(first(prompts), hedge_adapt(sparse_model.head, features, seed=4)(prompts))
