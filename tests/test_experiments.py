@@ -185,6 +185,8 @@ def test_personalization_adapts_every_domain_and_reports_the_change(backbone_dir
                 assert values["change"] == pytest.approx(values["after"] - values["before"])
             assert table["overall"]["after"] == pytest.approx(np.mean([table[d]["after"] for d in domains]))
     assert all(summary["single"][n]["overall"]["change"] == 0.0 for n in (2, 4))  # nothing to adapt
+    # with one expert, the best expert is the model itself
+    assert all(summary["single"][2][d]["best_expert"] == summary["single"][2][d]["before"] for d in domains)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
     for domain, entry in saved["most_upweighted"].items():
         shift = saved["runs"]["sparse"][0][domain]["4"]["weight_shift"]
