@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "helpful+harmless, DSP with its criterion, and the demo set, with routing heatmaps. table8: the "
                     "λ grid of App. C on one dataset with the collapse diagnosis of each row. fig2: steering flip "
                     "rates on DSP (trained with the criterion, tested without). table5 / fig8: train on HH + "
-                    "WebGPT, adapt the router to each DSP domain from n = 50 (fig8: 5 to 100) pairs.")
-    reproduce.add_argument("experiment", choices=["table1", "table8", "fig2", "table5", "fig8"])
+                    "WebGPT, adapt the router to each DSP domain from n = 50 (fig8: 5 to 100) pairs; table13: to 5 "
+                    "Dirichlet(0.3) users over the DSP domains.")
+    reproduce.add_argument("experiment", choices=["table1", "table8", "fig2", "table5", "fig8", "table13"])
     reproduce.add_argument("--datasets", nargs="+", default=None, choices=["hh", "dsp", "demo"],
                            help="table1: datasets (default: all); table8: the first one (default: hh)")
     reproduce.add_argument("--seeds", nargs="+", type=int, default=None,
@@ -170,8 +171,9 @@ def run(args) -> None:
             reproduce_table1(datasets=tuple(args.datasets or ("hh", "dsp", "demo")),
                              seeds=tuple(args.seeds or (0, 1, 2)), sizes=sizes, measure_on=args.measure_on,
                              **options)
-        elif args.experiment in ("table5", "fig8"):
-            reproduce_personalization(n_values=(50,) if args.experiment == "table5" else (5, 10, 25, 50, 100),
+        elif args.experiment in ("table5", "fig8", "table13"):
+            reproduce_personalization(n_values=(5, 10, 25, 50, 100) if args.experiment == "fig8" else (50,),
+                                      num_users=5 if args.experiment == "table13" else None,
                                       seeds=tuple(args.seeds or (0,)), **options,
                                       **({"dsp_queries": sizes["dsp"]} if "dsp" in sizes else {}))
         elif args.experiment == "fig2":

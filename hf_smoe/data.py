@@ -394,15 +394,20 @@ def _unanimous(differences) -> bool:
     return {(difference > 0) - (difference < 0) for difference in differences} in ({1}, {-1})
 
 
-def personal_llm_users(num_users: int = 5, *, alpha: float = 0.3, seed: int = 0) -> dict:
-    """Simulated PersonalLLM users (paper App. H): `{"user_<i>": {reward model: weight}}`, each weight vector a seeded
-    draw from Dirichlet(alpha) over `PERSONAL_LLM_REWARD_MODELS` (normalized Gamma(alpha, 1) draws)."""
+def dirichlet_users(sources, num_users: int = 5, *, alpha: float = 0.3, seed: int = 0) -> dict:
+    """Simulated users (paper App. H): `{"user_<i>": {source: weight}}`, each weight vector a seeded draw from
+    Dirichlet(alpha) over `sources` (normalized Gamma(alpha, 1) draws)."""
     rng = random.Random(seed)
     users = {}
     for number in range(num_users):
-        draws = [rng.gammavariate(alpha, 1.0) for _ in PERSONAL_LLM_REWARD_MODELS]
-        users[f"user_{number}"] = {model: draw / sum(draws) for model, draw in zip(PERSONAL_LLM_REWARD_MODELS, draws)}
+        draws = [rng.gammavariate(alpha, 1.0) for _ in sources]
+        users[f"user_{number}"] = {source: draw / sum(draws) for source, draw in zip(sources, draws)}
     return users
+
+
+def personal_llm_users(num_users: int = 5, *, alpha: float = 0.3, seed: int = 0) -> dict:
+    """Simulated PersonalLLM users: Dirichlet(alpha) weights over `PERSONAL_LLM_REWARD_MODELS` (`dirichlet_users`)."""
+    return dirichlet_users(PERSONAL_LLM_REWARD_MODELS, num_users, alpha=alpha, seed=seed)
 
 
 def _personal_llm_pairs(dataset: Dataset, *, seed: int, num_users: int = 5, alpha: float = 0.3,

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from datasets import concatenate_datasets
+from datasets import Dataset, concatenate_datasets
 
 from .adaptation import expert_rewards_of, routed_accuracy
 from .backbones import DEFAULT_BACKBONE
-from .data import load_pairs
+from .data import DSP_CRITERIA, dirichlet_users, load_pairs
 from .metrics import routing_diagnosis
 from .personalization import adapt_router
 from .pipeline import (cached_features, load_frozen_backbone, run_command, save_run, split_for_training,
@@ -315,6 +315,27 @@ def without_criterion(pairs):
     return pairs.map(lambda pair: {"prompt": [{"role": "user", "content": pair["query"]}]})
 
 
+def dsp_user_pairs(pairs, users: dict):
+    """DSP pairs (criterion removed) relabelled by simulated users (the Table 13 analogue): a user with weights w over
+    the domains scores the response written for domain d by w_d and the `normal` one by 0, and prefers the higher
+    score; ties are dropped, each unordered response pair of a query is kept once, category = user = the user."""
+    domain_of = {(query, chosen): domain for query, chosen, domain in
+                 zip(pairs["query"], pairs["chosen"], pairs["category"])}
+    rows, seen = [], set()
+    for pair in pairs:
+        key = (pair["query"], frozenset((pair["chosen"], pair["rejected"])))
+        if key in seen:
+            continue
+        seen.add(key)
+        for user, weights in users.items():
+            scores = [weights.get(domain_of.get((pair["query"], pair[side])), 0.0) for side in ("chosen", "rejected")]
+            if scores[0] != scores[1]:
+                chosen, rejected = ((pair["chosen"], pair["rejected"]) if scores[0] > scores[1]
+                                    else (pair["rejected"], pair["chosen"]))
+                rows.append({**pair, "chosen": chosen, "rejected": rejected, "category": user, "user": user})
+    return Dataset.from_list(rows, features=pairs.features)
+
+
 def reproduce_fig2(seeds=(0, 1, 2), output_dir="outputs/reproduce/fig2", backbone=DEFAULT_BACKBONE,
                    epochs: float = 3.0, cache_dir=None, data_root=DATA_ROOT, size: int | None = None) -> dict:
     """Fig. 2 (attribute steering, §5.2) on DSP: train attribute-conditioned (criterion appended), choose each
@@ -381,15 +402,17 @@ PERSONALIZATION_ROWS = (("single", "single", None), ("HyRe", "static", "hyre"), 
 
 
 def personalization_data(backbone, tokenizer, *, cache_dir=None, data_root=DATA_ROOT, dsp_queries: int = 150,
-                         general_sizes: tuple = (700, 300)):
+                         general_sizes: tuple = (700, 300), users: dict | None = None):
     """(splits, features) of the general training mixture (split by prompt), and features of DSP without the
     criterion, split by query: adaptation pairs are drawn from the train + validation queries, accuracy is measured
-    on the test queries."""
+    on the test queries. With `users`, the DSP pairs are relabelled by each user (`dsp_user_pairs`)."""
     general = split_for_training(general_mixture(*general_sizes, data_root=data_root), 0)
     dsp = without_criterion(dsp_with_criterion(dsp_queries, 0, data_root))
     dsp_splits = split_for_training(dsp, 0, group_by="query", **SPLIT_FRACTIONS)
     targets = {"pool": concatenate_datasets([dsp_splits["train"], dsp_splits["validation"]]),
                "test": dsp_splits["test"]}
+    if users:
+        targets = {name: dsp_user_pairs(split, users) for name, split in targets.items()}
     return (general, cached_features(backbone, tokenizer, general, cache_dir=cache_dir, max_length=256),
             cached_features(backbone, tokenizer, targets, cache_dir=cache_dir, max_length=256))
 
@@ -421,14 +444,18 @@ def adapt_per_domain(model, method, targets: dict, n_values, adaptation_sets: in
 def reproduce_personalization(n_values=(50,), seeds=(0,), adaptation_sets: int = 3, num_experts: int = 5,
                               output_dir="outputs/reproduce/table5", backbone=DEFAULT_BACKBONE, epochs: float = 3.0,
                               cache_dir=None, data_root=DATA_ROOT, dsp_queries: int = 150,
-                              general_sizes: tuple = (700, 300)) -> dict:
+                              general_sizes: tuple = (700, 300), num_users: int | None = None,
+                              alpha: float = 0.3) -> dict:
     """Table 5 / 12 (n = 50) and Fig. 8 (several n): train every row on the general mixture, adapt its router to
-    each DSP domain (criterion removed) from n pairs, 3 sampled adaptation sets, and report accuracy before/after."""
+    each DSP domain (criterion removed) from n pairs, 3 sampled adaptation sets, and report accuracy before/after.
+    With `num_users`, Table 13's analogue: users drawn from Dirichlet(alpha) over the DSP domains replace the
+    domains (App. H)."""
     output = Path(output_dir)
     backbone_model, tokenizer = load_frozen_backbone(backbone)
+    users = dirichlet_users(sorted(DSP_CRITERIA), num_users, alpha=alpha) if num_users else None
     general_splits, general, targets = personalization_data(
         backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root, dsp_queries=dsp_queries,
-        general_sizes=general_sizes)
+        general_sizes=general_sizes, users=users)
     rows = {}
     for name, preset, method in PERSONALIZATION_ROWS:
         per_seed = []
@@ -448,11 +475,16 @@ def reproduce_personalization(n_values=(50,), seeds=(0,), adaptation_sets: int =
         plot_gains(output / "fig8.png", n_values,
                    {name: [summary[name][n]["overall"]["change"] for n in n_values] for name in summary},
                    "Personalization gain on DSP domains vs adaptation set size")
-    name = "table5" if len(n_values) == 1 else "fig8"
+    name = "table13" if users else "table5" if len(n_values) == 1 else "fig8"
+    if users:
+        markdown += "\nUsers (Dirichlet(%g) weights over the domains): " % alpha + "; ".join(
+            f"{user} " + ", ".join(f"{d} {w:.2f}" for d, w in weights.items()) for user, weights in users.items())
+        markdown += "\n"
     write_results(output, name, markdown,
                   {"experiment": name, "n_values": list(n_values), "seeds": list(seeds),
                    "adaptation_sets": adaptation_sets, "num_experts": num_experts, "epochs": epochs,
-                   "backbone": backbone, "dsp_queries": dsp_queries, "general_sizes": list(general_sizes)},
+                   "backbone": backbone, "dsp_queries": dsp_queries, "general_sizes": list(general_sizes),
+                   "users": users},
                   {"summary": summary, "runs": rows, "most_upweighted": upweighted})
     return summary
 
@@ -480,7 +512,7 @@ def personalization_markdown(summary: dict, n_values, num_seeds: int, adaptation
     domains = [d for d in next(iter(summary.values()))[n_values[0]] if d != "overall"]
     lines = []
     for n in n_values:
-        lines += [f"### Accuracy (%) on DSP test queries after adapting to each domain from n = {n} pairs "
+        lines += [f"### Accuracy (%) on DSP test queries after adapting to each domain or user from n = {n} pairs "
                   f"(change vs. not adapted; K = {num_experts}, {num_seeds} training seed(s) x {adaptation_sets} "
                   "adaptation sets)", "", "| method | " + " | ".join(domains) + " | overall |",
                   "|---" * (len(domains) + 2) + "|"]
@@ -499,7 +531,7 @@ def personalization_markdown(summary: dict, n_values, num_seeds: int, adaptation
 
 
 def most_upweighted_experts(model, results: dict, validation, validation_prompts, n: int, top: int = 3) -> dict:
-    """Table 6 analogue: per domain, the expert whose mean routing weight rose most in adaptation, with the
+    """Table 6 analogue: per domain (or user), the expert whose mean routing weight rose most in adaptation, with the
     general-mixture validation prompts that route to it most (its descriptions until interpretation exists)."""
     routing = head_outputs(model.head, as_training_features(validation))["routing_weights"].cpu()
     prompts = [prompt[-1]["content"] for prompt in validation_prompts]
@@ -514,7 +546,7 @@ def most_upweighted_experts(model, results: dict, validation, validation_prompts
 
 
 def upweighted_markdown(upweighted: dict, n: int) -> str:
-    lines = [f"### Most upweighted expert per domain (sparse, n = {n}; Table 6 analogue)", "",
+    lines = [f"### Most upweighted expert per domain or user (sparse, n = {n}; Table 6 analogue)", "",
              "| domain | expert | weight shift | its top general-mixture prompts |", "|---|---|---|---|"]
     for domain, entry in upweighted.items():
         prompts = " / ".join(p[:60].replace("|", " ").replace("\n", " ") for p in entry["top_prompts"])

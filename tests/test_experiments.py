@@ -8,13 +8,13 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
+from datasets import Dataset, Value
 
 from hf_smoe.cli import main
 from hf_smoe.data import CRITERION_TEMPLATE, DSP_CRITERIA, load_pairs
 from hf_smoe.experiments import (DATA_ROOT, SPLIT_FRACTIONS, category_probe, dsp_with_criterion, hh_mixture,
                                  reproduce_fig2, reproduce_personalization, reproduce_table1, reproduce_table8,
-                                 summarize, without_criterion)
+                                 dsp_user_pairs, summarize, without_criterion)
 from hf_smoe.metrics import routing_diagnosis
 from hf_smoe.pipeline import split_for_training
 
@@ -195,3 +195,31 @@ def test_personalization_adapts_every_domain_and_reports_the_change(backbone_dir
     sparse = summary["sparse"][4]["overall"]
     assert f"{100 * sparse['after']:.1f} ({100 * sparse['change']:+.1f})" in table
     assert (tmp_path / "out" / "fig8.png").stat().st_size > 1000
+
+
+def test_dsp_users_relabel_pairs_by_their_domain_weights():
+    prompt = [{"role": "user", "content": "q"}]
+    rows = [("academy", "A", "B"), ("academy", "A", "N"), ("business", "B", "A"), ("business", "B", "N")]
+    pairs = Dataset.from_dict({"prompt": [prompt] * 4, "chosen": [r[1] for r in rows],
+                               "rejected": [r[2] for r in rows], "category": [r[0] for r in rows],
+                               "query": ["q"] * 4, "user": [None] * 4}).cast_column("user", Value("string"))
+    users = {"u0": {"academy": 0.7, "business": 0.3}, "u1": {"academy": 0.0, "business": 1.0}}
+    relabelled = dsp_user_pairs(pairs, users)
+    got = sorted(zip(relabelled["user"], relabelled["chosen"], relabelled["rejected"]))
+    # u0: A > B > N (the B-vs-A duplicate kept once); u1: B > A = N (the A-vs-N tie dropped)
+    assert got == [("u0", "A", "B"), ("u0", "A", "N"), ("u0", "B", "N"), ("u1", "B", "A"), ("u1", "B", "N")]
+    assert relabelled["category"] == relabelled["user"]
+
+
+def test_table13_adapts_to_dirichlet_users(backbone_dirs, tmp_path):
+    summary = reproduce_personalization(n_values=(3,), seeds=(0,), adaptation_sets=1, num_experts=3,
+                                        output_dir=tmp_path / "out", backbone=backbone_dirs["llama"], epochs=1,
+                                        cache_dir=tmp_path / "cache", data_root=SHARED_DATA, dsp_queries=8,
+                                        general_sizes=(20, 10), num_users=3)
+    assert list(summary["sparse"][3]) == ["user_0", "user_1", "user_2", "overall"]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    users = saved["job"]["users"]
+    assert list(users) == ["user_0", "user_1", "user_2"]
+    assert all(sorted(weights) == sorted(DSP_CRITERIA) and abs(sum(weights.values()) - 1) < 1e-9
+               for weights in users.values())
+    assert "Users (Dirichlet(0.3)" in (tmp_path / "out" / "table13.md").read_text()
