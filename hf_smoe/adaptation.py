@@ -8,15 +8,11 @@ Both read cached features (prompt embedding + per-expert rewards), so adapting t
 import copy
 
 import torch
-import torch.nn.functional as F
 
+from .losses import expert_losses
 from .metrics import pairwise_accuracy
+from .modeling.modeling_smoe import mixture_reward
 from .training import FEATURE_COLUMNS, as_training_features
-
-
-def expert_losses(chosen_expert_rewards: torch.Tensor, rejected_expert_rewards: torch.Tensor) -> torch.Tensor:
-    """(N, K) L_ik = -log σ(r_k(x_i, y_w) - r_k(x_i, y_l)): each expert's Bradley-Terry loss on each pair."""
-    return -F.logsigmoid(chosen_expert_rewards - rejected_expert_rewards)
 
 
 def hedge_targets(routing_weights: torch.Tensor, losses: torch.Tensor, tau: float) -> torch.Tensor:
@@ -84,5 +80,6 @@ def routed_accuracy(router, prompts, chosen_expert_rewards, rejected_expert_rewa
     was_training = router.training
     routing = router.eval()(prompts)
     router.train(was_training)
-    margins = (routing * (chosen_expert_rewards - rejected_expert_rewards)).sum(-1)
-    return pairwise_accuracy(margins, torch.zeros_like(margins)).item(), routing.mean(dim=0)
+    accuracy = pairwise_accuracy(mixture_reward(routing, chosen_expert_rewards),
+                                 mixture_reward(routing, rejected_expert_rewards))
+    return accuracy.item(), routing.mean(dim=0)

@@ -195,10 +195,9 @@ def routing_figure(path, name: str, splits, features, models: dict, expert_label
     sample = [(category, text, row) for category in categories
               for text, row in rng.sample(sorted(first_rows[category].items()), per_category)]
     first = next(iter(models))
-    means = {}
-    for preset, weights in routing.items():
-        rows = [[i for i, c in enumerate(test["category"]) if c == category] for category in categories]
-        means[preset] = (categories, [weights[indices].mean(dim=0).tolist() for indices in rows])
+    rows = [[i for i, c in enumerate(test["category"]) if c == category] for category in categories]
+    means = {preset: (categories, [weights[indices].mean(dim=0).tolist() for indices in rows])
+             for preset, weights in routing.items()}
     return plot_routing_heatmap(path, f"Routing weights on {name} test prompts (categories never seen in training)",
                                 [text for _, text, _ in sample], [c for c, _, _ in sample],
                                 routing[first][[row for _, _, row in sample]].tolist(), means, expert_labels)

@@ -22,11 +22,17 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -_xlogx(p).sum(dim=-1)
 
 
+def expert_losses(chosen_rewards, rejected_rewards) -> torch.Tensor:
+    """(B, K) L_k = -log sigma(r_k(x, y_w) - r_k(x, y_l)): each expert's Bradley-Terry loss on each pair (also
+    Hedge's and HyRe's per-expert loss)."""
+    return -F.logsigmoid(chosen_rewards - rejected_rewards)
+
+
 def mixture_nll(routing_weights, chosen_rewards, rejected_rewards) -> torch.Tensor:
-    """Eq. 3: -mean log sum_k pi_k(x) sigma(r_k(x, y_w) - r_k(x, y_l)), as logsumexp(log pi + logsigmoid(Delta)).
+    """Eq. 3: -mean log sum_k pi_k(x) sigma(r_k(x, y_w) - r_k(x, y_l)), as logsumexp(log pi - L_k).
     With K = 1 this is the Bradley-Terry loss."""
     log_pi = routing_weights.clamp_min(torch.finfo(routing_weights.dtype).tiny).log()
-    return -torch.logsumexp(log_pi + F.logsigmoid(chosen_rewards - rejected_rewards), dim=-1).mean()
+    return -torch.logsumexp(log_pi - expert_losses(chosen_rewards, rejected_rewards), dim=-1).mean()
 
 
 def local_sparsity(routing_weights) -> torch.Tensor:

@@ -28,23 +28,26 @@ def adaptation_split(pairs, n: int, seed: int = 0) -> tuple:
     return pairs.select(chosen), pairs.select(rest)
 
 
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method: unknown adaptation method {method!r}; choose one of {METHODS}.")
+
+
 def adapt_router(model, features, method: str, seed: int = 0):
     """The router `method` fits to `features` for `model`'s frozen experts: Hedge fine-tunes a copy of the router;
     HyRe returns a static router with its input-independent weights."""
+    check_method(method)
     if method == "hedge":
         return hedge_adapt(model.head, features, seed=seed)
-    if method == "hyre":
-        _, chosen, rejected = expert_rewards_of(model.head, features)
-        return static_router(model.config, hyre_weights(chosen, rejected)).to(chosen.device)
-    raise ValueError(f"method: unknown adaptation method {method!r}; choose one of {METHODS}.")
+    _, chosen, rejected = expert_rewards_of(model.head, features)
+    return static_router(model.config, hyre_weights(chosen, rejected)).to(chosen.device)
 
 
 def adapt_checkpoint(checkpoint, data, *, output, n: int = 50, method: str = "hedge", format=None, seed: int = 0,
                      max_eval_pairs: int | None = None, cache_dir=None, max_length: int = 1024) -> dict:
     """Adapts `checkpoint`'s router on n pairs of `data`, writes the router file to `output` and the shift chart
     beside it (`<output stem>.png`); returns before/after accuracy on the remaining pairs and the weight shift."""
-    if method not in METHODS:
-        raise ValueError(f"method: unknown adaptation method {method!r}; choose one of {METHODS}.")
+    check_method(method)  # before any model loads
     model, tokenizer = load_checkpoint(checkpoint)
     adapt_pairs, eval_pairs = adaptation_split(load_pairs(data, format, seed=seed), n, seed)
     if max_eval_pairs is not None and max_eval_pairs < len(eval_pairs):

@@ -17,7 +17,7 @@ from .features import EmbeddingCache
 from .hub import push_checkpoint, write_model_card
 from .metrics import (category_coverage, expert_category_labels, expert_purity, expert_specialization,
                       expert_specialization_top, pairwise_accuracy)
-from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE
+from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE, mixture_reward
 from .training import (SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics, head_outputs,
                        loss_weights)
 
@@ -78,7 +78,7 @@ def category_metrics(model_head, validation, test) -> dict:
 
 def accuracy_by_category(outputs: dict, categories: torch.Tensor, names: list) -> dict:
     """Pairwise accuracy of the mixture reward within each category present."""
-    chosen, rejected = ((outputs["routing_weights"] * outputs[f"{side}_expert_rewards"]).sum(-1)
+    chosen, rejected = (mixture_reward(outputs["routing_weights"], outputs[f"{side}_expert_rewards"]).squeeze(-1)
                         for side in ("chosen", "rejected"))
     return {name: pairwise_accuracy(chosen[categories == code], rejected[categories == code]).item()
             for code, name in enumerate(names) if (categories == code).any()}

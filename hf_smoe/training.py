@@ -18,6 +18,7 @@ from .losses import moe_preference_loss
 from .metrics import (COLLAPSED_BELOW_GLOBAL_ENTROPY, expert_correlation, global_entropy, pairwise_accuracy,
                       routing_entropy)
 from .modeling.configuration_smoe import LAMBDA_NAMES
+from .modeling.modeling_smoe import mixture_reward
 
 FEATURE_COLUMNS = ("prompt_embedding", "chosen_embedding", "rejected_embedding")
 SIDES = ("chosen", "rejected")
@@ -125,7 +126,7 @@ def behaviour_metrics(outputs: dict, lambdas: dict) -> dict:
     terms = moe_preference_loss(routing, chosen, rejected, **lambdas)
     metrics = {name: value.item() for name, value in terms.items()}
     metrics.update(
-        accuracy=pairwise_accuracy((routing * chosen).sum(-1), (routing * rejected).sum(-1)).item(),
+        accuracy=pairwise_accuracy(mixture_reward(routing, chosen), mixture_reward(routing, rejected)).item(),
         routing_entropy=routing_entropy(routing).item(),
         global_entropy=global_entropy(routing).item(),
         expert_correlation=expert_correlation(chosen, rejected).item(),
