@@ -75,10 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--datasets", nargs="+", default=None, choices=["hh", "dsp", "demo"],
                            help="table1: datasets (default: all); table8: the first one (default: hh)")
     reproduce.add_argument("--seeds", nargs="+", type=int, default=None,
-                           help="training seeds (default: 0 1 2 for table1 and fig2, else 0)")
+                           help="training seeds (default: 0 1 2; table8: 0)")
     reproduce.add_argument("--size", nargs="+", default=[], metavar="DATASET=N",
                            help="HH pairs per subset / DSP queries / demo prompts (default: hh=700 dsp=150 demo=360)")
     reproduce.add_argument("--epochs", type=float, default=3.0)
+    reproduce.add_argument("--num-experts", type=int, default=None, metavar="K",
+                           help="fig2, table5, fig8, table13: K (default: the paper's, 10 for fig2 (§5.2) and 20 for "
+                                "the personalization experiments (§6))")
     reproduce.add_argument("--measure-on", default="test", choices=["test", "validation"],
                            help="table1: 'validation' labels experts on train and measures on validation, for "
                                 "diagnosis without reading test")
@@ -174,10 +177,12 @@ def run(args) -> None:
         elif args.experiment in ("table5", "fig8", "table13"):
             reproduce_personalization(n_values=(5, 10, 25, 50, 100) if args.experiment == "fig8" else (50,),
                                       num_users=5 if args.experiment == "table13" else None,
-                                      seeds=tuple(args.seeds or (0,)), **options,
+                                      seeds=tuple(args.seeds or (0, 1, 2)), **options,
+                                      **({"num_experts": args.num_experts} if args.num_experts else {}),
                                       **({"dsp_queries": sizes["dsp"]} if "dsp" in sizes else {}))
         elif args.experiment == "fig2":
-            reproduce_fig2(seeds=tuple(args.seeds or (0, 1, 2)), size=sizes.get("dsp"), **options)
+            reproduce_fig2(seeds=tuple(args.seeds or (0, 1, 2)), size=sizes.get("dsp"), **options,
+                           **({"num_experts": args.num_experts} if args.num_experts else {}))
         else:
             dataset = (args.datasets or ["hh"])[0]
             reproduce_table8(dataset=dataset, seeds=tuple(args.seeds or (0,)), size=sizes.get(dataset), **options)

@@ -21,8 +21,8 @@ from .backbones import DEFAULT_BACKBONE
 from .data import DSP_CRITERIA, dirichlet_users, load_pairs
 from .metrics import routing_diagnosis
 from .personalization import adapt_router
-from .pipeline import (cached_features, load_frozen_backbone, run_command, save_run, split_for_training,
-                       train_preset)
+from .pipeline import (cached_features, load_frozen_backbone, run_command, save_checkpoint, save_run,
+                       split_for_training, train_preset)
 from .plots import plot_flip_rates, plot_gains, plot_routing_heatmap
 from .steering import STEERING_WEIGHTS, random_target_report, steering_report, target_experts
 from .synthetic import generate_preference_set
@@ -336,14 +336,15 @@ def dsp_user_pairs(pairs, users: dict):
 
 
 def reproduce_fig2(seeds=(0, 1, 2), output_dir="outputs/reproduce/fig2", backbone=DEFAULT_BACKBONE,
-                   epochs: float = 3.0, cache_dir=None, data_root=DATA_ROOT, size: int | None = None) -> dict:
+                   epochs: float = 3.0, cache_dir=None, data_root=DATA_ROOT, size: int | None = None,
+                   num_experts: int = 10) -> dict:
     """Fig. 2 (attribute steering, §5.2) on DSP: train attribute-conditioned (criterion appended), choose each
     domain's target expert from the top-100 validation examples, then on test pairs *without* the criterion set the
     target expert's weight to w and count flips (Eq. 14-18) for vanilla, micro, sparse and sparse with random
-    targets. Writes fig2.md, results.json and fig2.png."""
+    targets. K = 10 is the paper's steering setting (§5.2). Writes fig2.md, results.json and fig2.png."""
     output = Path(output_dir)
     backbone_model, tokenizer = load_frozen_backbone(backbone)
-    data = replace(DATASETS["dsp"], **({"size": size} if size else {}))
+    data = replace(DATASETS["dsp"], num_experts=num_experts, **({"size": size} if size else {}))
     splits, features = prepare(data, backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root)
     plain_test = cached_features(backbone_model, tokenizer, {"test": without_criterion(splits["test"])},
                                  cache_dir=cache_dir, max_length=data.max_length)["test"]
@@ -353,13 +354,14 @@ def reproduce_fig2(seeds=(0, 1, 2), output_dir="outputs/reproduce/fig2", backbon
     runs = {name: [] for name in ("vanilla", "micro", "sparse", "sparse (random target)")}
     for preset in ("vanilla", "micro", "sparse"):
         for seed in seeds:
-            model, _ = train_preset(backbone_model, tokenizer, features, preset, data.num_experts, seed, epochs,
-                                    str(output / "trainer"))
+            model, metrics = train_preset(backbone_model, tokenizer, features, preset, data.num_experts, seed,
+                                          epochs, str(output / "trainer"))
             validation = head_outputs(model.head, as_training_features(features["validation"]))
             targets = target_experts(validation["routing_weights"].cpu(), codes["validation"], len(domains))
             test = {k: v.cpu() for k, v in head_outputs(model.head, as_training_features(plain_test)).items()}
             outputs = (test["routing_weights"], test["chosen_expert_rewards"], test["rejected_expert_rewards"])
-            runs[preset].append(steering_report(*outputs, codes["test"], targets) | {"targets": targets.tolist()})
+            runs[preset].append(steering_report(*outputs, codes["test"], targets)
+                                | {"targets": targets.tolist(), "accuracy": metrics["accuracy"]})
             if preset == "sparse":
                 runs["sparse (random target)"].append(random_target_report(
                     *outputs, codes["test"], data.num_experts, len(domains), seed=seed))
@@ -371,7 +373,7 @@ def reproduce_fig2(seeds=(0, 1, 2), output_dir="outputs/reproduce/fig2", backbon
                     f"Steering on DSP test prompts without the criterion (K = {data.num_experts})")
     write_results(output, "fig2", fig2_markdown(summary, data, len(seeds)),
                   {"experiment": "fig2", "seeds": list(seeds), "epochs": epochs, "backbone": backbone,
-                   "size": data.size}, {"runs": runs, "summary": summary, "domains": domains})
+                   "size": data.size, "num_experts": data.num_experts}, {"runs": runs, "summary": summary, "domains": domains})
     return summary
 
 
@@ -385,19 +387,22 @@ def summarize_steering(reports: list) -> dict:
 
 def fig2_markdown(summary: dict, data: ReproductionData, num_seeds: int) -> str:
     header = ("| method | " + " | ".join(f"FR w={w:g}" for w in STEERING_WEIGHTS)
-              + " | flip rate (avg) | undesired flip rate (avg) |")
+              + " | flip rate (avg) | undesired flip rate (avg) | accuracy with the criterion |")
     lines = [f"### Steering on DSP (K = {data.num_experts}; trained with the criterion, tested without; "
-             f"{num_seeds} seeds, mean ± std; %)", "", header, "|---" * (len(STEERING_WEIGHTS) + 3) + "|"]
+             f"{num_seeds} seeds, mean ± std; %)", "", header, "|---" * (len(STEERING_WEIGHTS) + 4) + "|"]
     for name, s in summary.items():
         cells = [mean_std_cell(s["flip_rate_by_weight"], w, 100) for w in STEERING_WEIGHTS]
-        cells += [mean_std_cell(s, "flip_rate", 100), mean_std_cell(s, "undesired_flip_rate", 100)]
+        cells += [mean_std_cell(s, key, 100) for key in ("flip_rate", "undesired_flip_rate", "accuracy")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-# Table 5 rows: (row name, preset trained on the general mixture, adaptation method; None = not adapted)
-PERSONALIZATION_ROWS = (("single", "single", None), ("HyRe", "static", "hyre"), ("vanilla", "vanilla", "hedge"),
-                        ("micro", "micro", "hedge"), ("sparse", "sparse", "hedge"))
+# Table 5 rows: (row name, preset trained on the general mixture, adaptation method (None = not adapted), config
+# overrides). The paper's real-world setting (§6): K = 20 and λ_gb = 1.0 for sparse, against routing collapse.
+PERSONALIZATION_ROWS = (("single", "single", None, {}), ("HyRe", "static", "hyre", {}),
+                        ("vanilla", "vanilla", "hedge", {}), ("micro", "micro", "hedge", {}),
+                        ("sparse", "sparse", "hedge", {"lambda_global": 1.0}))
+PERSONALIZATION_EXPERTS = 20
 
 
 def personalization_data(backbone, tokenizer, *, cache_dir=None, data_root=DATA_ROOT, dsp_queries: int = 150,
@@ -440,7 +445,8 @@ def adapt_per_domain(model, method, targets: dict, n_values, adaptation_sets: in
     return results
 
 
-def reproduce_personalization(n_values=(50,), seeds=(0,), adaptation_sets: int = 3, num_experts: int = 5,
+def reproduce_personalization(n_values=(50,), seeds=(0,), adaptation_sets: int = 3,
+                              num_experts: int = PERSONALIZATION_EXPERTS,
                               output_dir="outputs/reproduce/table5", backbone=DEFAULT_BACKBONE, epochs: float = 3.0,
                               cache_dir=None, data_root=DATA_ROOT, dsp_queries: int = 150,
                               general_sizes: tuple = (700, 300), num_users: int | None = None,
@@ -456,16 +462,17 @@ def reproduce_personalization(n_values=(50,), seeds=(0,), adaptation_sets: int =
         backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root, dsp_queries=dsp_queries,
         general_sizes=general_sizes, users=users)
     rows = {}
-    for name, preset, method in PERSONALIZATION_ROWS:
+    for name, preset, method, overrides in PERSONALIZATION_ROWS:
         per_seed = []
         for seed in seeds:
             model, _ = train_preset(backbone_model, tokenizer, general, preset, num_experts, seed, epochs,
-                                    str(output / "trainer"))
+                                    str(output / "trainer"), **overrides)
             per_seed.append(adapt_per_domain(model, method, targets, n_values, adaptation_sets))
         rows[name] = per_seed
         if name == "sparse":
             upweighted = most_upweighted_experts(model, per_seed[-1], general["validation"],
                                                  general_splits["validation"]["prompt"], max(n_values))
+            save_checkpoint(model, tokenizer, output / "sparse")  # for `smoe adapt` on data of one's own
         print(f"{name}: adapted to {len(per_seed[0])} domains")
     summary = personalization_summary(rows, n_values)
     markdown = personalization_markdown(summary, n_values, len(seeds), adaptation_sets, num_experts)
@@ -482,6 +489,7 @@ def reproduce_personalization(n_values=(50,), seeds=(0,), adaptation_sets: int =
     write_results(output, name, markdown,
                   {"experiment": name, "n_values": list(n_values), "seeds": list(seeds),
                    "adaptation_sets": adaptation_sets, "num_experts": num_experts, "epochs": epochs,
+                   "config_overrides": {name: overrides for name, _, _, overrides in PERSONALIZATION_ROWS},
                    "backbone": backbone, "dsp_queries": dsp_queries, "general_sizes": list(general_sizes),
                    "users": users},
                   {"summary": summary, "runs": rows, "most_upweighted": upweighted})

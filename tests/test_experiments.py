@@ -12,6 +12,7 @@ from datasets import Dataset, Value
 
 from hf_smoe.cli import main
 from hf_smoe.data import CRITERION_TEMPLATE, DSP_CRITERIA, load_pairs
+from hf_smoe.evaluation import load_checkpoint
 from hf_smoe.experiments import (DATA_ROOT, SPLIT_FRACTIONS, category_probe, dsp_with_criterion, hh_mixture,
                                  reproduce_fig2, reproduce_personalization, reproduce_table1, reproduce_table8,
                                  dsp_user_pairs, summarize, without_criterion)
@@ -148,7 +149,7 @@ def test_reproduce_rejects_a_bad_size_in_one_line(capsys):
 
 def test_fig2_steers_on_prompts_without_the_criterion(backbone_dirs, tmp_path):
     summary = reproduce_fig2(seeds=(0,), output_dir=tmp_path / "out", backbone=backbone_dirs["llama"], epochs=1,
-                             cache_dir=tmp_path / "cache", data_root=SHARED_DATA, size=6)
+                             cache_dir=tmp_path / "cache", data_root=SHARED_DATA, size=6, num_experts=3)
     assert list(summary) == ["vanilla", "micro", "sparse", "sparse (random target)"]
     saved = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
     assert saved["domains"] == sorted(DSP_CRITERIA)
@@ -158,9 +159,12 @@ def test_fig2_steers_on_prompts_without_the_criterion(backbone_dirs, tmp_path):
         by_weight = [report["flip_rate_by_weight"][str(w)] for w in (0.25, 0.5, 0.75, 1.0)]
         assert report["flip_rate"] == pytest.approx(np.nanmean(by_weight), nan_ok=True)
         if name != "sparse (random target)":
-            assert len(report["targets"]) == 4 and all(0 <= t < 5 for t in report["targets"])
+            assert len(report["targets"]) == 4 and all(0 <= t < 3 for t in report["targets"])
     table = (tmp_path / "out" / "fig2.md").read_text()
-    assert "| sparse (random target) |" in table
+    assert "| sparse (random target) |" in table and "(K = 3;" in table
+    sparse = summary["sparse"]["accuracy"]["mean"]  # each trained model's test accuracy, criterion appended
+    sparse_row = next(line for line in table.splitlines() if line.startswith("| sparse |"))
+    assert 0.0 <= sparse <= 1.0 and sparse_row.endswith(f"| {100 * sparse:.1f} |")
     assert (tmp_path / "out" / "fig2.png").stat().st_size > 1000
 
 
@@ -195,6 +199,12 @@ def test_personalization_adapts_every_domain_and_reports_the_change(backbone_dir
     sparse = summary["sparse"][4]["overall"]
     assert f"{100 * sparse['after']:.1f} ({100 * sparse['change']:+.1f})" in table
     assert (tmp_path / "out" / "fig8.png").stat().st_size > 1000
+    # the sparse row is trained with the paper's real-world λ_gb = 1.0 and saved for `smoe adapt`
+    checkpoint, _ = load_checkpoint(tmp_path / "out" / "sparse")
+    assert checkpoint.config.num_experts == 3 and checkpoint.config.lambda_global == 1.0
+    assert checkpoint.config.lambda_local == 0.5 and checkpoint.config.lambda_div == 2.0
+    job = json.loads((tmp_path / "out" / "results.json").read_text())["job"]
+    assert job["config_overrides"]["sparse"] == {"lambda_global": 1.0} and job["config_overrides"]["vanilla"] == {}
 
 
 def test_dsp_users_relabel_pairs_by_their_domain_weights():
