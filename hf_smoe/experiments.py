@@ -373,7 +373,8 @@ def reproduce_fig2(seeds=(0, 1, 2), output_dir="outputs/reproduce/fig2", backbon
                     f"Steering on DSP test prompts without the criterion (K = {data.num_experts})")
     write_results(output, "fig2", fig2_markdown(summary, data, len(seeds)),
                   {"experiment": "fig2", "seeds": list(seeds), "epochs": epochs, "backbone": backbone,
-                   "size": data.size, "num_experts": data.num_experts}, {"runs": runs, "summary": summary, "domains": domains})
+                   "size": data.size, "num_experts": data.num_experts},
+                  {"runs": runs, "summary": summary, "domains": domains})
     return summary
 
 
