@@ -49,7 +49,7 @@ def plot_weight_shift(path, shift, title: str, expert_labels=None) -> Path:
     """A bar chart of each expert's mean routing weight after adaptation minus before."""
     shift = [float(value) for value in shift]
     labels = expert_labels or [f"E{k}" for k in range(len(shift))]
-    figure, axis = plt.subplots(figsize=(max(4.0, 0.7 * len(shift) + 2), 3.2))
+    figure, axis = plt.subplots(figsize=(min(max(4.0, 0.7 * len(shift) + 2), 10.0), 3.6))  # 20 experts fit
     axis.bar(range(len(shift)), shift, color=["tab:blue" if value >= 0 else "tab:red" for value in shift])
     axis.axhline(0.0, color="black", linewidth=0.8)
     axis.set_xticks(range(len(shift)), labels, fontsize=8)
