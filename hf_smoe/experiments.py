@@ -446,7 +446,7 @@ def adapt_per_domain(model, method, targets: dict, n_values, adaptation_sets: in
     return results
 
 
-def reproduce_personalization(n_values=(50,), seeds=(0,), adaptation_sets: int = 3,
+def reproduce_personalization(n_values=(50,), seeds=(0, 1, 2), adaptation_sets: int = 3,
                               num_experts: int = PERSONALIZATION_EXPERTS,
                               output_dir="outputs/reproduce/table5", backbone=DEFAULT_BACKBONE, epochs: float = 3.0,
                               cache_dir=None, data_root=DATA_ROOT, dsp_queries: int = 150,
