@@ -341,7 +341,8 @@ def reproduce_fig2(seeds=(0, 1, 2), output_dir="outputs/reproduce/fig2", backbon
     """Fig. 2 (attribute steering, §5.2) on DSP: train attribute-conditioned (criterion appended), choose each
     domain's target expert from the top-100 validation examples, then on test pairs *without* the criterion set the
     target expert's weight to w and count flips (Eq. 14-18) for vanilla, micro, sparse and sparse with random
-    targets. K = 10 is the paper's steering setting (§5.2). Writes fig2.md, results.json and fig2.png."""
+    targets. K = 10 is the paper's steering setting (§5.2). Writes fig2.md, results.json, fig2.png and the last
+    seed's sparse checkpoint (sparse/)."""
     output = Path(output_dir)
     backbone_model, tokenizer = load_frozen_backbone(backbone)
     data = replace(DATASETS["dsp"], num_experts=num_experts, **({"size": size} if size else {}))
@@ -365,6 +366,8 @@ def reproduce_fig2(seeds=(0, 1, 2), output_dir="outputs/reproduce/fig2", backbon
             if preset == "sparse":
                 runs["sparse (random target)"].append(random_target_report(
                     *outputs, codes["test"], data.num_experts, len(domains), seed=seed))
+            if preset == "sparse" and seed == seeds[-1]:
+                save_checkpoint(model, tokenizer, output / "sparse")  # for `smoe steer`
     summary = {name: summarize_steering(reports) for name, reports in runs.items()}
     plot_flip_rates(output / "fig2.png", STEERING_WEIGHTS,
                     {name: ([s["flip_rate_by_weight"][w]["mean"] for w in STEERING_WEIGHTS],

@@ -166,6 +166,8 @@ def test_fig2_steers_on_prompts_without_the_criterion(backbone_dirs, tmp_path):
     sparse_row = next(line for line in table.splitlines() if line.startswith("| sparse |"))
     assert 0.0 <= sparse <= 1.0 and sparse_row.endswith(f"| {100 * sparse:.1f} |")
     assert (tmp_path / "out" / "fig2.png").stat().st_size > 1000
+    steerable, _ = load_checkpoint(tmp_path / "out" / "sparse")  # for `smoe steer`
+    assert steerable.config.preset == "sparse" and steerable.config.num_experts == 3
 
 
 def test_without_criterion_restores_the_bare_query():
