@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .encoding import encode_pair
+from .encoding import encode_batch, encode_pair
 from .features import EmbeddingCache, compute_dtype
 from .pipeline import load_backbone_model, pick_device, run_command
 from .routers import score_users
@@ -117,16 +117,14 @@ def bench_users(backbone: str, num_pairs: int = 32, num_users: int = 100, naive_
     `naive_users` users; it grows linearly)."""
     model, tokenizer = load_backbone_model(backbone, "sparse", 5, seed)
     pairs = benchmark_pairs(num_pairs, seed)
-    encoded = [encode_pair(tokenizer, p, r) for p, r in zip(pairs["prompt"], pairs["chosen"])]
-    batch = tokenizer.pad([{"input_ids": e["input_ids"]} for e in encoded], return_tensors="pt").to(model.device)
-    lengths = torch.tensor([e["prompt_lengths"] for e in encoded], device=model.device)
+    batch = encode_batch(tokenizer, pairs["prompt"], pairs["chosen"], model.device)
     routers = [copy.deepcopy(model.head.router).eval() for _ in range(num_users)]
-    model.embed(**batch, prompt_lengths=lengths)  # warm-up
+    model.embed(**batch)  # warm-up
 
     def shared(users: int) -> float:
         start = time.perf_counter()
         with torch.inference_mode():
-            prompts, responses = model.embed(**batch, prompt_lengths=lengths)
+            prompts, responses = model.embed(**batch)
             score_users(model.head, routers[:users], prompts.float(), responses.float())
         return time.perf_counter() - start
 
@@ -135,7 +133,7 @@ def bench_users(backbone: str, num_pairs: int = 32, num_users: int = 100, naive_
     with torch.inference_mode():
         for router in routers[:naive_users]:
             model.head.router = router
-            model(**batch, prompt_lengths=lengths)
+            model(**batch)
     naive_per_user = (time.perf_counter() - start) / naive_users
     return {"pairs": num_pairs, "users": num_users, "shared_pass_1_user_s": one,
             f"shared_pass_{num_users}_users_s": many, f"cost_ratio_{num_users}_vs_1": many / one,

@@ -1,5 +1,7 @@
 """Turning (prompt, response) into model inputs: the chat-template rendering the model's prompt boundary relies on."""
 
+import torch
+
 from .modeling.modeling_smoe import render_ids
 
 
@@ -38,6 +40,15 @@ def encode_pair(tokenizer, prompt, response: str, max_length: int | None = None)
         prompt_ids, response_ids = _truncate(tokenizer, messages, prompt_ids, response_ids, max_length)
     input_ids = prompt_ids + response_ids
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "prompt_lengths": len(prompt_ids)}
+
+
+def encode_batch(tokenizer, prompts, responses, device=None) -> dict:
+    """Model inputs (`input_ids`, `attention_mask`, `prompt_lengths` tensors) of (prompt, response) pairs, padded
+    into one batch on `device`: what `SMoERewardModel.forward` and `.embed` take."""
+    encoded = [encode_pair(tokenizer, prompt, response) for prompt, response in zip(prompts, responses)]
+    batch = tokenizer.pad([{"input_ids": e["input_ids"]} for e in encoded], return_tensors="pt")
+    batch["prompt_lengths"] = torch.tensor([e["prompt_lengths"] for e in encoded])
+    return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
 def _truncate(tokenizer, messages, prompt_ids, response_ids, max_length):

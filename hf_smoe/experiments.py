@@ -1,10 +1,12 @@
-"""`smoe reproduce`: the paper's controlled experiments on the preference data we have, on 2 CPU cores.
+"""`smoe reproduce`: the paper's experiments on the preference data we have, on 2 CPU cores.
 
 Table 1 (category recovery, §5.1) and Table 8 (the λ ablation, App. C) are run on three datasets whose latent
 category is known and never shown to the model: HH-RLHF helpful + harmless (two annotator populations whose
 preferences conflict), DSP with the domain's criterion appended to the prompt, and the embedded synthetic demo set.
-Fig. 2 (attribute steering, §5.2) reuses the DSP features. Every row reads the same cached backbone features and
-uses the same Trainer settings; results are written as Markdown + JSON beside the exact command that produced them.
+Fig. 2 (attribute steering, §5.2) reuses the DSP features. Table 5 / Fig. 8 / Table 13 (personalization, §6.2 and
+App. H) train on a general mixture (HH + WebGPT) and adapt the router to each DSP domain or simulated user. Every
+row reads the same cached backbone features and uses the same Trainer settings; results are written as Markdown +
+JSON beside the exact command that produced them.
 """
 
 import random
@@ -66,6 +68,11 @@ DATASETS = {
                             150),
     "demo": ReproductionData("demo", "hf_smoe synthetic demo set; category = prompt topic", 5, 1024, "prompt", 360),
 }
+
+
+def reproduction_data(name: str, size: int | None = None, **changes) -> ReproductionData:
+    """`DATASETS[name]`, with another size when one is given (`--size`) and any other field `changes`."""
+    return replace(DATASETS[name], **({"size": size} if size else {}), **changes)
 
 
 def hh_mixture(size: int, seed: int = 0, data_root: Path = DATA_ROOT):
@@ -224,7 +231,7 @@ def reproduce_table1(datasets=tuple(DATASETS), seeds=(0, 1, 2), output_dir="outp
     record = {}
     for name in datasets:
         started = time.time()
-        data = replace(DATASETS[name], **({"size": sizes[name]} if sizes and name in sizes else {}))
+        data = reproduction_data(name, (sizes or {}).get(name))
         splits, features = prepare(data, backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root)
         embedded = time.time() - started
         probe = category_probe(features)
@@ -283,7 +290,7 @@ def reproduce_table8(dataset: str = "hh", seeds=(0,), output_dir="outputs/reprod
     SPEC 7's collapse diagnosis of each row. Writes table8.md and results.json to `output_dir`."""
     output = Path(output_dir)
     backbone_model, tokenizer = load_frozen_backbone(backbone)
-    data = replace(DATASETS[dataset], **({"size": size} if size else {}))
+    data = reproduction_data(dataset, size)
     _, features = prepare(data, backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root)
     rows = []
     for lambdas in grid:
@@ -345,7 +352,7 @@ def reproduce_fig2(seeds=(0, 1, 2), output_dir="outputs/reproduce/fig2", backbon
     seed's sparse checkpoint (sparse/)."""
     output = Path(output_dir)
     backbone_model, tokenizer = load_frozen_backbone(backbone)
-    data = replace(DATASETS["dsp"], num_experts=num_experts, **({"size": size} if size else {}))
+    data = reproduction_data("dsp", size, num_experts=num_experts)
     splits, features = prepare(data, backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root)
     plain_test = cached_features(backbone_model, tokenizer, {"test": without_criterion(splits["test"])},
                                  cache_dir=cache_dir, max_length=data.max_length)["test"]
@@ -366,8 +373,8 @@ def reproduce_fig2(seeds=(0, 1, 2), output_dir="outputs/reproduce/fig2", backbon
             if preset == "sparse":
                 runs["sparse (random target)"].append(random_target_report(
                     *outputs, codes["test"], data.num_experts, len(domains), seed=seed))
-            if preset == "sparse" and seed == seeds[-1]:
-                save_checkpoint(model, tokenizer, output / "sparse")  # for `smoe steer`
+                if seed == seeds[-1]:
+                    save_checkpoint(model, tokenizer, output / "sparse")  # for `smoe steer`
     summary = {name: summarize_steering(reports) for name, reports in runs.items()}
     plot_flip_rates(output / "fig2.png", STEERING_WEIGHTS,
                     {name: ([s["flip_rate_by_weight"][w]["mean"] for w in STEERING_WEIGHTS],
@@ -421,8 +428,9 @@ def personalization_data(backbone, tokenizer, *, cache_dir=None, data_root=DATA_
                "test": dsp_splits["test"]}
     if users:
         targets = {name: dsp_user_pairs(split, users) for name, split in targets.items()}
-    return (general, cached_features(backbone, tokenizer, general, cache_dir=cache_dir, max_length=256),
-            cached_features(backbone, tokenizer, targets, cache_dir=cache_dir, max_length=256))
+    max_length = DATASETS["dsp"].max_length  # HH and DSP share it (Table 1): their features are reused here
+    return (general, cached_features(backbone, tokenizer, general, cache_dir=cache_dir, max_length=max_length),
+            cached_features(backbone, tokenizer, targets, cache_dir=cache_dir, max_length=max_length))
 
 
 def adapt_per_domain(model, method, targets: dict, n_values, adaptation_sets: int) -> dict:

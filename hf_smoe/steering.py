@@ -7,7 +7,7 @@ issue-3 metrics (`hf_smoe.metrics.flip_rate`, `undesired_flip_rate`).
 
 import torch
 
-from .encoding import encode_pair
+from .encoding import encode_batch
 from .metrics import _nanmean, flip_rate, top_examples, undesired_flip_rate
 from .modeling.modeling_smoe import mixture_reward
 
@@ -87,10 +87,7 @@ def steer_responses(model, tokenizer, prompt, responses: list, expert: int, weig
     """Rewards of `responses` to `prompt` under the router's own weights and with `expert` set to `weight`."""
     if not responses:
         raise ValueError("responses: give at least one response to score.")
-    encoded = [encode_pair(tokenizer, prompt, response) for response in responses]
-    batch = tokenizer.pad([{"input_ids": e["input_ids"]} for e in encoded], return_tensors="pt").to(model.device)
-    lengths = torch.tensor([e["prompt_lengths"] for e in encoded], device=model.device)
-    output = model(**batch, prompt_lengths=lengths)
+    output = model(**encode_batch(tokenizer, [prompt] * len(responses), responses, model.device))
     steered = intervene(output.routing_weights, expert, weight)
     return {"routing_before": output.routing_weights[0].tolist(), "routing_after": steered[0].tolist(),
             "rewards_before": output.logits.squeeze(-1).tolist(),

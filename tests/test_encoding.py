@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hf_smoe import encode_pair
+from hf_smoe.encoding import encode_batch
 from hf_smoe.modeling.modeling_smoe import assistant_turn_pattern, find_prompt_lengths
 from hf_smoe.testing import word_tokenizer
 
@@ -26,6 +27,19 @@ def test_chat_template_encoding():
         "good", "thanks", "<|im_end|>"]
     assert encoded["prompt_lengths"] == 9 and encoded["attention_mask"] == [1] * 12
     assert tokens(tokenizer, assistant_turn_pattern(tokenizer)) == ["<|im_end|>", "<|im_start|>", "assistant"]
+
+
+def test_encode_batch_pads_each_pair_as_encode_pair_encodes_it():
+    tokenizer = word_tokenizer("chatml")
+    prompts, responses = ["hello how are you", "hello"], ["good thanks", "good"]
+    batch = encode_batch(tokenizer, prompts, responses)
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 12)
+    for row, (prompt, response) in enumerate(zip(prompts, responses)):
+        alone = encode_pair(tokenizer, prompt, response)
+        kept = batch["attention_mask"][row].bool()
+        assert batch["input_ids"][row][kept].tolist() == alone["input_ids"]
+        assert batch["prompt_lengths"][row].item() == alone["prompt_lengths"]
+    assert batch["attention_mask"][1].sum().item() == 8  # 3 prompt words and 1 response word fewer
 
 
 def test_plain_text_fallback_for_tokenizers_without_a_template():
