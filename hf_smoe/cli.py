@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONE
+from .endpoint import EndpointError
 
 
 def add_data_arguments(parser) -> None:
@@ -17,6 +18,18 @@ def add_data_arguments(parser) -> None:
     parser.add_argument("--max-length", type=int, default=1024, help="truncation length of prompt + response")
     parser.add_argument("--cache-dir", default=None, help="embedding cache root (default: $HF_SMOE_CACHE/features)")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def add_checkpoint_data_arguments(parser) -> None:
+    """A checkpoint and the data it is measured on (`smoe eval`, `smoe interpret`)."""
+    parser.add_argument("checkpoint", help="a folder written by `smoe train` / `smoe demo`, or a Hub id")
+    parser.add_argument("--dataset", required=True, help="Hub dataset name or local file/folder")
+    parser.add_argument("--format", default=None, help="data format (default: detected); see hf_smoe.data.FORMATS")
+    parser.add_argument("--split", default="test", help="Hub split to read")
+    parser.add_argument("--max-pairs", type=int, default=None, help="keep a seeded random subset of this size")
+    parser.add_argument("--max-length", type=int, default=1024, help="truncation length of prompt + response")
+    parser.add_argument("--cache-dir", default=None, help="embedding cache root (default: $HF_SMOE_CACHE/features)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subset and of the split into halves")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,15 +66,30 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Accuracy, loss terms, routing entropy, global entropy, expert "
                                                  "correlation; with categories also coverage, purity and "
                                                  "specialization. Printed as a table and written as JSON.")
-    evaluation.add_argument("checkpoint", help="a folder written by `smoe train` / `smoe demo`, or a Hub id")
-    evaluation.add_argument("--dataset", required=True, help="Hub dataset name or local file/folder")
-    evaluation.add_argument("--format", default=None)
-    evaluation.add_argument("--split", default="test", help="Hub split to read")
-    evaluation.add_argument("--max-pairs", type=int, default=None)
-    evaluation.add_argument("--max-length", type=int, default=1024)
-    evaluation.add_argument("--cache-dir", default=None)
+    add_checkpoint_data_arguments(evaluation)
     evaluation.add_argument("--output", default=None, help="JSON file (default: CHECKPOINT/eval_results.json)")
-    evaluation.add_argument("--seed", type=int, default=0)
+
+    interpret = commands.add_parser(
+        "interpret", help="describe each expert in one line and check the descriptions (paper §6.1)",
+        description="Splits DATA by prompt into two halves; an LLM describes each expert from its 20 top-routed "
+                    "prompts of the first half (Fig. 4), an LLM judge answers YES/NO for a stratified sample of the "
+                    "second half (Fig. 5: 100 prompts from the expert's top 10%, 100 from the rest), and description "
+                    "fidelity (Eq. 19-20) is their correlation with the routing, beside the random baseline "
+                    "(shuffled prompts, router fixed) and top-10% expert specialization (Eq. 12). Writes "
+                    "interpretation.json and interpretation.md and adds the table to the checkpoint's model card. "
+                    "Every answer is cached, so a rerun or an interrupted run resumes for free.")
+    add_checkpoint_data_arguments(interpret)
+    interpret.add_argument("--generator", default="local", metavar="local|MODEL|URL",
+                           help="the describer: 'local' (the embedded SmolLM2-135M-Instruct), a folder or Hub id of "
+                                "any causal LM, or the URL of an OpenAI-compatible server (vLLM, TGI, transformers "
+                                "serve, hosted APIs)")
+    interpret.add_argument("--generator-model", default=None, help="the model name an endpoint should use")
+    interpret.add_argument("--judge", default=None, metavar="local|MODEL|URL", help="the judge (default: the describer)")
+    interpret.add_argument("--judge-model", default=None, help="the model name the judge's endpoint should use")
+    interpret.add_argument("--no-random-baseline", action="store_true", help="skip the random baseline (half the calls)")
+    interpret.add_argument("--generation-cache", default=None,
+                           help="folder of cached answers (default: $HF_SMOE_CACHE/generations)")
+    interpret.add_argument("--output-dir", default=None, help="default: the checkpoint folder")
 
     reproduce = commands.add_parser(
         "reproduce", help="the paper's controlled experiments on the shared data (Markdown + JSON + command)",
@@ -163,6 +191,16 @@ def run(args) -> None:
         print_values(results, "{:.4f}")
         path = write_evaluation(results, args.output or str(Path(args.checkpoint) / "eval_results.json"))
         print(f"Written to {path}")
+    elif args.command == "interpret":
+        from .interpret import expert_table_markdown, interpret_checkpoint
+
+        result = interpret_checkpoint(
+            args.checkpoint, args.dataset, generator=args.generator, generator_model=args.generator_model,
+            judge=args.judge, judge_model=args.judge_model, format=args.format, split=args.split,
+            max_pairs=args.max_pairs, seed=args.seed, cache_dir=args.cache_dir, generation_cache=args.generation_cache,
+            max_length=args.max_length, random_baseline=not args.no_random_baseline, output_dir=args.output_dir)
+        print(expert_table_markdown(result))
+        print(f"Written to {Path(args.output_dir or args.checkpoint) / 'interpretation.json'} and interpretation.md")
     elif args.command == "reproduce":
         from .experiments import reproduce_fig2, reproduce_personalization, reproduce_table1, reproduce_table8
 
@@ -247,7 +285,7 @@ def main(argv=None) -> int:
         return 0
     try:
         run(args)
-    except (ValueError, FileNotFoundError) as error:  # bad input: one clear line, no traceback
+    except (ValueError, FileNotFoundError, EndpointError) as error:  # bad input: one clear line, no traceback
         print(f"smoe {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -39,10 +39,17 @@ def evaluate_checkpoint(checkpoint, dataset, *, format=None, split="test", max_p
     results = behaviour_metrics(head_outputs(model.head, as_training_features(features)), loss_weights(model.config))
     results["pairs"] = len(pairs)
     if has_categories(pairs):
-        halves = split_pairs(features.add_column("prompt", list(pairs["prompt"])), seed=seed, validation=0.0, test=0.5,
-                             group_by="prompt")
-        results.update(category_metrics(model.head, halves["train"], halves["test"]))
+        results.update(category_metrics(model.head, *prompt_halves(features, pairs, seed)))
     return results
+
+
+def prompt_halves(features, pairs, seed: int = 0) -> tuple:
+    """(labelling, measuring): `features` with the pairs' `prompt` column, split by prompt into two seeded halves.
+    One dataset stands in for the paper's validation split (experts are labelled or described on it) and test split
+    (they are measured on it); no prompt is in both."""
+    halves = split_pairs(features.add_column("prompt", list(pairs["prompt"])), seed=seed, validation=0.0, test=0.5,
+                         group_by="prompt")
+    return halves["train"], halves["test"]
 
 
 def write_evaluation(results: dict, output: str) -> Path:

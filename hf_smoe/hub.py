@@ -16,6 +16,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from .modeling.configuration_smoe import LAMBDA_NAMES, SMoERewardConfig
 
 TAGS = ["reward-model", "mixture-of-experts", "hf-smoe"]
+# The card's expert table lives between these markers, so `smoe interpret` can replace it in place.
+EXPERTS_START, EXPERTS_END = "<!-- hf_smoe:experts -->", "<!-- /hf_smoe:experts -->"
 CARD_TEMPLATE = "model_card.md"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 # What is pushed besides the remote code (the files config.json's auto_map names): weights, config, card and the
@@ -137,11 +139,38 @@ def write_model_card(output_dir, *, base_model: str, datasets: list, eval_result
         backbone=base_model, training_data=list(datasets), eval_dataset=dataset_name, eval_results=eval_results,
         num_experts=config["num_experts"], preset=config["preset"],
         lambdas={name: config[name] for name in LAMBDA_NAMES}, routing_scalars=routing_scalars,
-        routing_per_expert=routing_per_expert,
+        routing_per_expert=routing_per_expert, experts_start=EXPERTS_START, experts_end=EXPERTS_END,
     )
     path = output_dir / "README.md"
     card.save(path)
     return path
+
+
+def write_expert_table(output_dir, table: str, interpreted_on: str) -> Path:
+    """Puts `smoe interpret`'s expert table (descriptions, fidelity, specialization) into the checkpoint's card,
+    between the card's expert markers (replacing an earlier table), so a pushed model tells its readers what each
+    expert does. A folder without a card gets one first; a card without the markers gets an Experts section."""
+    output_dir = Path(output_dir)
+    path = output_dir / "README.md"
+    if not path.is_file():
+        write_model_card(output_dir, base_model=backbone_name(read_smoe_config(output_dir)), datasets=[],
+                         eval_results={}, routing_stats={})
+    card = path.read_text(encoding="utf-8")
+    section = (f"{EXPERTS_START}\nEach expert described in one line by an LLM from its top-routed prompts, and checked "
+               f"on held-out prompts of {interpreted_on} (`smoe interpret`; paper §6.1, Table 3):\n\n{table}{EXPERTS_END}")
+    if EXPERTS_START in card and EXPERTS_END in card:
+        before, rest = card.split(EXPERTS_START, 1)
+        card = before + section + rest.split(EXPERTS_END, 1)[1]
+    else:
+        added = f"## Experts\n\n{section}\n\n"
+        card = card.replace("## Usage", added + "## Usage", 1) if "## Usage" in card else f"{card}\n{added}"
+    path.write_text(card, encoding="utf-8")
+    return path
+
+
+def backbone_name(config: dict) -> str:
+    """The backbone a checkpoint's config names (its `_name_or_path`), for a card written after the fact."""
+    return (config.get("backbone_config") or {}).get("_name_or_path") or "not recorded"
 
 
 def push_checkpoint(output_dir, repo_id: str, *, token: str | None = None, private: bool = False,

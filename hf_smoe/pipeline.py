@@ -153,13 +153,13 @@ def run_command() -> str:
     return " ".join([program, *sys.argv[1:]])
 
 
-def save_run(output_dir: Path, job, results) -> None:
-    """The exact command, the job and the environment beside the results."""
+def save_run(output_dir: Path, job, results, filename: str = "results.json") -> None:
+    """The exact command, the job and the environment beside the results (`output_dir/filename`)."""
     record = {"command": run_command(), "job": job if isinstance(job, dict) else asdict(job),
               "versions": {"hf_smoe": __version__, "transformers": transformers.__version__,
                            "torch": torch.__version__, "python": platform.python_version()},
               "results": results}
-    (output_dir / "results.json").write_text(json.dumps(record, indent=2, default=str))
+    (output_dir / filename).write_text(json.dumps(record, indent=2, default=str))
 
 
 def train_reward_model(job: TrainJob) -> dict:

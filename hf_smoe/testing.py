@@ -73,3 +73,21 @@ def save_tiny_backbone(directory, kind: str = "llama", hidden_size: int = 32, se
     build(tokenizer, hidden_size=hidden_size, seed=seed).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return os.fspath(directory)
+
+
+def save_tiny_causal_lm(directory, lm_head: bool = True, seed: int = 0) -> str:
+    """Writes a tiny Llama causal LM (or, with `lm_head=False`, the same model without its head: a base model that
+    cannot generate) and a ChatML word tokenizer that knows the judge's answers YES/NO/Yes/No. Its init is wide, so
+    its answers depend on the prompt (at transformers' 0.02 every prompt gets the same first token)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tokenizer = word_tokenizer("chatml", extra_words=("YES", "NO", "Yes", "No"))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         initializer_range=0.5, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    (LlamaForCausalLM if lm_head else LlamaModel)(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return os.fspath(directory)

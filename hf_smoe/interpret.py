@@ -1,0 +1,349 @@
+"""Reading the experts (§6.1, App. A, Fig. 4-5): describe each expert in one line, then check the description.
+
+For each expert, an LLM (the *describer*) reads the expert's 20 highest-routing-weight validation prompts and names
+their common feature (Fig. 4's prompt). An LLM *judge* then answers, for test prompts, whether each one shows that
+feature (Fig. 5's prompt); description fidelity is the Pearson correlation between those YES/NO judgments and the
+expert's routing weights (Eq. 19-20) on a stratified sample: 100 prompts from the top 10% of the expert's weights and
+100 from the other 90% (App. A). The random baseline describes each expert from shuffled prompts with the router
+kept fixed. Everything runs on cached features: the router needs only the prompt representations.
+
+The unit here is a distinct prompt: routing depends only on the prompt, so a prompt shared by several pairs counts
+once, both among the top examples and in the fidelity sample.
+"""
+
+import re
+from pathlib import Path
+
+import torch
+
+from .data import load_pairs
+from .encoding import as_messages
+from .evaluation import load_checkpoint, prompt_halves
+from .features import EmbeddingCache
+from .generators import TextGenerator, load_generator
+from .hub import is_hub_id, write_expert_table
+from .metrics import (description_fidelity, expert_specialization_top, pairwise_accuracy, top_examples,
+                      top_percent_count)
+from .modeling.modeling_smoe import mixture_reward
+from .pipeline import run_command, save_run
+from .training import as_training_features, head_outputs
+
+# Fig. 4, word for word; the paper prints it as running text, the line breaks here restore its sections.
+DESCRIBER_PROMPT = """Task Overview
+You are a machine learning researcher analyzing a sparse mixture-of-experts reward model. The model contains a \
+router that assigns each input prompt to one or more experts. You are trying to understand what feature of the input \
+prompt causes a specific expert to receive high routing weight. Each dataset example consists only of a user prompt. \
+These prompts were selected because this expert was strongly activated for them, meaning the router assigned this \
+expert a high weight. Your goal is to identify the common feature shared by these prompts, and to describe this \
+feature as a concise, natural language concept.
+
+Instructions
+First, inspect each prompt and consider what concrete property it has.
+Then, synthesize the single feature that is most consistently shared across the prompts.
+The feature should describe the input prompt itself, not the model, the router, or the expert.
+For example, the common feature might be:
+"asks for emotionally supportive advice"
+"requests factual explanation of a technical concept"
+"asks for creative writing or brainstorming"
+"contains a safety-sensitive or potentially harmful request"
+"asks for evaluation of competing options"
+If the prompts do not share a clear topic, focus on the type of user intent, task format, reasoning style, domain, \
+constraint, or interaction pattern that best explains why the expert fires.
+
+Additional Rules
+Rules about the feature you identify:
+The feature should be objective and concrete.
+Err on the side of being concise.
+The feature should be an attribute that could be present in an individual prompt.
+Do not refer to "the expert", "the router", "activation", or "these examples" in the final answer.
+Do not use vague descriptions such as "is helpful", "is complex", or "is high quality".
+Avoid overly broad concepts such as "general question" unless no more specific feature is apparent.
+If the shared feature is a negation, describe it directly, e.g., "does not specify a concrete task or goal".
+
+Prompts
+----------------
+{examples}
+----------------
+
+Output
+Do not output anything besides the feature.
+Output exactly one description, starting with "-" and surrounded by quotes.
+Your response is:-\""""
+
+# Fig. 5, word for word.
+JUDGE_PROMPT = """You are a binary classifier. Task:
+Determine whether the input text expresses the feature described below.
+Feature description:
+{description}
+Input text:
+{input_text}
+Decision rule:
+Answer YES if the input text clearly matches or expresses the feature description.
+Answer NO otherwise.
+Output format:
+Return exactly one token: YES or NO.
+Answer:"""
+
+TOP_EXAMPLES = 20  # validation prompts shown to the describer (§6.1)
+SAMPLES_PER_STRATUM = 100  # test prompts judged from the top 10% and from the rest (App. A)
+TOP_FRACTION = 0.1
+DESCRIPTION_TOKENS = 48
+# Character budgets of one prompt (its beginning and end are kept): 20 examples must fit a small describer's context.
+DESCRIBER_EXAMPLE_CHARS = 600
+JUDGE_EXAMPLE_CHARS = 1500
+
+
+def prompt_text(prompt) -> str:
+    """A prompt as the LLMs read it: a single user message as its text, a conversation as `Role: text` lines."""
+    messages = as_messages(prompt)
+    if len(messages) == 1:
+        return messages[0]["content"].strip()
+    return "\n".join(f"{message['role'].capitalize()}: {message['content'].strip()}" for message in messages)
+
+
+def shorten(text: str, max_chars: int) -> str:
+    """`text` within `max_chars`, keeping its beginning and its end (a conversation's last turn matters most)."""
+    if len(text) <= max_chars:
+        return text
+    half = (max_chars - 5) // 2
+    return text[:half].rstrip() + " ... " + text[len(text) - half:].lstrip()
+
+
+def distinct_prompts(prompts) -> tuple[list, list]:
+    """(texts, rows): each distinct prompt's text once, with the row of its first pair."""
+    first = {}
+    for row, prompt in enumerate(prompts):
+        first.setdefault(prompt_text(prompt), row)
+    return list(first), list(first.values())
+
+
+def describer_prompt(examples) -> str:
+    """Fig. 4 filled with `examples` (prompt texts), numbered."""
+    listed = "\n\n".join(f"Prompt {i}:\n{shorten(text, DESCRIBER_EXAMPLE_CHARS)}"
+                         for i, text in enumerate(examples, start=1))
+    return DESCRIBER_PROMPT.replace("{examples}", listed)
+
+
+def judge_prompt(description: str, text: str) -> str:
+    """Fig. 5 for one (description, prompt)."""
+    return JUDGE_PROMPT.replace("{description}", description).replace(
+        "{input_text}", shorten(text, JUDGE_EXAMPLE_CHARS))
+
+
+_LABEL = re.compile(r"^(the\s+)?(common\s+|shared\s+)?(feature|description|answer|response)(\s+is)?\s*:\s*",
+                    re.IGNORECASE)
+
+
+def parse_description(raw: str) -> tuple[str, bool]:
+    """(description, followed_format) from a describer's answer.
+
+    Fig. 4 ends inside the answer format (`-"`), so a model that follows it writes `feature"`, or repeats `-"feature"`.
+    On the first non-empty line: `-"..."` anywhere wins; an odd number of quotes means the first one closes the
+    prompt's opening quote (`feature" ...`); two or more, the first quoted span. Models that ignore the format write a
+    sentence, a labelled answer or a list: that line is taken, without list markers, a `Feature:`-style label,
+    surrounding quotes and a final period.
+    """
+    line = next((line for line in raw.strip().splitlines() if line.strip(" -*\"'")), "")
+    quoted = re.search(r'-\s*"([^"]+)"', line)
+    if quoted:
+        return _clean(quoted.group(1)), True
+    parts = line.split('"')
+    if len(parts) > 1:
+        closing = len(parts) % 2 == 0  # odd number of quotes
+        return _clean(parts[0] if closing and parts[0].strip(" -") else parts[1]), True
+    return _clean(line), False
+
+
+def _clean(text: str) -> str:
+    text = _LABEL.sub("", text.strip().lstrip("-*• ").strip())
+    return " ".join(text.strip("\"'*` ").rstrip(".").split())
+
+
+def fidelity_sample(weights: torch.Tensor, generator: torch.Generator, per_stratum: int = SAMPLES_PER_STRATUM,
+                    top_fraction: float = TOP_FRACTION) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, from_top) of App. A's stratified sample for one expert: `per_stratum` prompts drawn without
+    replacement from the top `top_fraction` of its routing weights (ceil, ties to the lower index as in
+    `metrics.top_examples`) and as many from the rest; a stratum with fewer prompts is taken whole."""
+    order = torch.sort(weights, descending=True, stable=True).indices
+    num_top = top_percent_count(len(weights), 100 * top_fraction)
+    strata = (order[:num_top], order[num_top:])
+    picked = [stratum[torch.randperm(len(stratum), generator=generator)[:per_stratum]] for stratum in strata]
+    return torch.cat(picked), torch.cat([torch.ones(len(picked[0]), dtype=torch.bool),
+                                         torch.zeros(len(picked[1]), dtype=torch.bool)])
+
+
+def describe_experts(describer: TextGenerator, routing: torch.Tensor, texts: list,
+                     top_n: int = TOP_EXAMPLES) -> list[dict]:
+    """Per expert: its top-n prompts (by routing weight over distinct prompts), the describer's raw answer and the
+    parsed description. routing (M, K) over the M distinct `texts`."""
+    top = top_examples(routing, top_n).tolist()  # (K, n)
+    raw = describer.generate([describer_prompt([texts[i] for i in rows]) for rows in top],
+                             max_new_tokens=DESCRIPTION_TOKENS)
+    experts = []
+    for rows, answer in zip(top, raw):
+        description, followed = parse_description(answer)
+        experts.append({"description": description, "followed_format": followed, "raw_output": answer,
+                        "top_examples": [texts[i] for i in rows]})
+    return experts
+
+
+def score_descriptions(judge: TextGenerator, descriptions: list, routing: torch.Tensor, texts: list,
+                       seed: int = 0, per_stratum: int = SAMPLES_PER_STRATUM) -> list[dict]:
+    """Per expert: description fidelity (Eq. 19) of its description on its stratified sample of the distinct test
+    `texts` (routing (M, K)), with the judgments. One expert's prompts are judged together, so a local judge runs the
+    shared description once per batch."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = [fidelity_sample(routing[:, k], generator, per_stratum) for k in range(routing.shape[1])]
+    judgments = judge.judge([judge_prompt(description, texts[i]) for description, (rows, _) in
+                             zip(descriptions, samples) for i in rows.tolist()])
+    experts = torch.cat([torch.full((len(rows),), k) for k, (rows, _) in enumerate(samples)])
+    weights = torch.cat([routing[rows, k] for k, (rows, _) in enumerate(samples)])
+    answers = torch.tensor([j.answer for j in judgments], dtype=torch.float64)
+    fidelity = description_fidelity(answers, weights, experts, routing.shape[1], per_expert=True)
+    scored, start = [], 0
+    for k, (rows, from_top) in enumerate(samples):
+        own = judgments[start:start + len(rows)]
+        start += len(rows)
+        scored.append({"description_fidelity": fidelity[k].item(), "sample": rows.tolist(),
+                       "sample_from_top": from_top.tolist(), "judgments": [j.answer for j in own],
+                       "yes_probabilities": [j.probability for j in own],
+                       "yes_rate_top": _mean([j.answer for j, top in zip(own, from_top) if top]),
+                       "yes_rate_rest": _mean([j.answer for j, top in zip(own, from_top) if not top])})
+    return scored
+
+
+def _mean(values) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def interpret_experts(describer: TextGenerator, judge: TextGenerator, describe_routing: torch.Tensor,
+                      describe_texts: list, measure_routing: torch.Tensor, measure_texts: list, *, seed: int = 0,
+                      random_baseline: bool = True, top_n: int = TOP_EXAMPLES,
+                      per_stratum: int = SAMPLES_PER_STRATUM) -> dict:
+    """Descriptions from the describing prompts (validation), fidelity on the measuring prompts (test), and the random
+    baseline: the describer sees the describing prompts shuffled (seeded) while the router's weights stay as they
+    are, so each expert is described from prompts unrelated to it. Routing (M, K) over distinct prompt texts.
+
+    Returns {"experts": [...], "description_fidelity": mean over experts (Eq. 20), "routing_share": mean routing
+    weight of each expert over the measuring prompts, "random_baseline": {...} (when asked), "notes": [...] (what
+    a small set could not give)}.
+    """
+    experts = describe_experts(describer, describe_routing, describe_texts, top_n)
+    scores = score_descriptions(judge, [e["description"] for e in experts], measure_routing, measure_texts, seed,
+                                per_stratum)
+    share = measure_routing.float().mean(dim=0).tolist()
+    for k, (expert, score) in enumerate(zip(experts, scores)):
+        expert.update(score, expert=k, routing_share=share[k])
+    result = {"experts": experts, "description_fidelity": _mean([e["description_fidelity"] for e in experts]),
+              "routing_share": share, "notes": sample_notes(len(describe_texts), len(measure_texts), top_n,
+                                                            per_stratum)}
+    if random_baseline:
+        shuffled = torch.randperm(len(describe_texts), generator=torch.Generator().manual_seed(seed)).tolist()
+        baseline = describe_experts(describer, describe_routing, [describe_texts[i] for i in shuffled], top_n)
+        baseline_scores = score_descriptions(judge, [e["description"] for e in baseline], measure_routing,
+                                             measure_texts, seed, per_stratum)
+        for expert, score in zip(baseline, baseline_scores):
+            expert.update(score)
+        result["random_baseline"] = {"experts": baseline, "description_fidelity": _mean(
+            [e["description_fidelity"] for e in baseline])}
+    return result
+
+
+def sample_notes(num_describe: int, num_measure: int, top_n: int, per_stratum: int) -> list[str]:
+    """What a small set changes in the protocol, in words (an empty list when the set is large enough)."""
+    notes = []
+    if num_describe < top_n:
+        notes.append(f"only {num_describe} distinct describing prompts: each expert is described from all of them, "
+                     f"ranked (the paper shows {top_n}).")
+    num_top = top_percent_count(num_measure, 100 * TOP_FRACTION)
+    if num_top < per_stratum or num_measure - num_top < per_stratum:
+        notes.append(f"only {num_measure} distinct measuring prompts: each fidelity sample holds "
+                     f"{min(num_top, per_stratum)} from the top 10% and {min(num_measure - num_top, per_stratum)} from "
+                     f"the rest (the paper draws {per_stratum} + {per_stratum}).")
+    return notes
+
+
+def expert_table_markdown(interpretation: dict) -> str:
+    """The paper's Table 3 / Table 11 form: one row per expert (description, fidelity, specialization, routing
+    share), then the mean fidelity and the random baseline's."""
+    lines = ["| ID | Natural Language Description | Description Fidelity (↑) | Expert Specialization (↑) | "
+             "Routing share |", "|---|---|---|---|---|"]
+    for expert in interpretation["experts"]:
+        description = expert["description"].replace("|", "/") or "(no description)"
+        specialization = expert.get("expert_specialization")
+        lines.append(f"| {expert['expert']} | {description} | {expert['description_fidelity']:.2f} | "
+                     f"{'-' if specialization is None else f'{100 * specialization:.2f}'} | "
+                     f"{100 * expert['routing_share']:.1f}% |")
+    summary = f"\nMean description fidelity {interpretation['description_fidelity']:.3f}"
+    if "random_baseline" in interpretation:
+        summary += (f"; random baseline (describer shown shuffled prompts, router fixed) "
+                    f"{interpretation['random_baseline']['description_fidelity']:.3f}")
+    lines.append(summary + ".")
+    lines += [f"Note: {note}" for note in interpretation["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def routing_by_prompt(head, features) -> tuple[torch.Tensor, list]:
+    """(routing (M, K), texts) of the distinct prompts of `features` (pair features with a `prompt` column)."""
+    texts, rows = distinct_prompts(features["prompt"])
+    outputs = head_outputs(head, as_training_features(features.select(rows)))
+    return outputs["routing_weights"].float().cpu(), texts
+
+
+def interpret_head(head, describing, measuring, describer: TextGenerator, judge: TextGenerator, *, seed: int = 0,
+                   random_baseline: bool = True, top_n: int = TOP_EXAMPLES,
+                   per_stratum: int = SAMPLES_PER_STRATUM) -> dict:
+    """`interpret_experts` for a trained head on two sets of pair features with a `prompt` column: experts are
+    described from `describing` (validation) and measured on `measuring` (test), where each expert's top-10% expert
+    specialization (Eq. 12, on the measuring pairs) is added beside its fidelity."""
+    result = interpret_experts(describer, judge, *routing_by_prompt(head, describing),
+                               *routing_by_prompt(head, measuring), seed=seed, random_baseline=random_baseline, top_n=top_n, per_stratum=per_stratum)
+    outputs = {k: v.cpu() for k, v in head_outputs(head, as_training_features(measuring)).items()}
+    specialization = expert_specialization_top(outputs["chosen_expert_rewards"], outputs["rejected_expert_rewards"],
+                                               outputs["routing_weights"], per_expert=True)
+    for expert, value in zip(result["experts"], specialization.tolist()):
+        expert["expert_specialization"] = value
+    result["expert_specialization"] = specialization.nanmean().item()
+    result["accuracy"] = pairwise_accuracy(*(mixture_reward(outputs["routing_weights"], outputs[f"{side}_expert_rewards"])
+                                            for side in ("chosen", "rejected"))).item()
+    return result
+
+
+def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", generator_model: str | None = None,
+                         judge: str | None = None, judge_model: str | None = None, format=None, split="test",
+                         max_pairs=None, seed: int = 0, cache_dir=None, generation_cache=None, max_length: int = 1024,
+                         random_baseline: bool = True, output_dir=None) -> dict:
+    """`smoe interpret`: describes and checks every expert of `checkpoint` on `dataset` (split by prompt into a
+    describing and a measuring half, as `smoe eval` labels and measures), writes interpretation.json (with the
+    command) and interpretation.md to `output_dir` (default: the checkpoint folder), and puts the expert table into
+    the checkpoint's model card when the checkpoint is a local folder. The judge defaults to the describer."""
+    local = Path(checkpoint).is_dir()
+    if output_dir is None and not local:
+        raise ValueError(f"output_dir: {checkpoint} is not a local folder; pass --output-dir for the results.")
+    model, tokenizer = load_checkpoint(checkpoint)
+    pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
+    features = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length).pair_features(pairs)
+    describer = load_generator(generator, model=generator_model, cache_dir=generation_cache)
+    same_judge = (judge or generator) == generator and (judge_model or generator_model) == generator_model
+    judging = describer if same_judge else load_generator(judge, model=judge_model or generator_model,
+                                                          cache_dir=generation_cache)
+    result = interpret_head(model.head, *prompt_halves(features, pairs, seed), describer, judging, seed=seed,
+                            random_baseline=random_baseline)
+    result.update(describer=describer.identity, judge=judging.identity, pairs=len(pairs))
+    output = Path(output_dir or checkpoint)
+    output.mkdir(parents=True, exist_ok=True)
+    table = expert_table_markdown(result)
+    (output / "interpretation.md").write_text(f"`{run_command()}`\n\n{table}", encoding="utf-8")
+    job = {"checkpoint": str(checkpoint), "dataset": str(dataset), "format": format, "split": split,
+           "max_pairs": max_pairs, "seed": seed, "max_length": max_length, "generator": generator,
+           "generator_model": generator_model, "judge": judge, "judge_model": judge_model,
+           "random_baseline": random_baseline}
+    save_run(output, job, result, "interpretation.json")
+    if local:
+        write_expert_table(checkpoint, table, dataset_label(dataset))
+    return result
+
+
+def dataset_label(dataset) -> str:
+    """How a card names the data: a Hub id as is, a local file by its name only (no local paths in a card)."""
+    return f"`{dataset}`" if is_hub_id(str(dataset)) else f"`{Path(dataset).name}`"
