@@ -98,21 +98,36 @@ def build_parser() -> argparse.ArgumentParser:
                     "λ grid of App. C on one dataset with the collapse diagnosis of each row. fig2: steering flip "
                     "rates on DSP (trained with the criterion, tested without). table5 / fig8: train on HH + "
                     "WebGPT, adapt the router to each DSP domain from n = 50 (fig8: 5 to 100) pairs; table13: to 5 "
-                    "Dirichlet(0.3) users over the DSP domains.")
-    reproduce.add_argument("experiment", choices=["table1", "table8", "fig2", "table5", "fig8", "table13"])
-    reproduce.add_argument("--datasets", nargs="+", default=None, choices=["hh", "dsp", "demo"],
-                           help="table1: datasets (default: all); table8: the first one (default: hh)")
+                    "Dirichlet(0.3) users over the DSP domains. table4: describe and judge the experts of single, "
+                    "vanilla, micro, sparse and the random baseline (general mixture K = 20; DSP with the criterion "
+                    "K = 5). fig6: fidelity and specialization of sparse against K on the general mixture.")
+    reproduce.add_argument("experiment", choices=["table1", "table8", "fig2", "table5", "fig8", "table13", "table4",
+                                                  "fig6"])
+    reproduce.add_argument("--datasets", nargs="+", default=None, choices=["hh", "dsp", "demo", "general"],
+                           help="table1: datasets (default: hh dsp demo); table8: the first one (default: hh); "
+                                "table4: general and/or dsp (default: both)")
     reproduce.add_argument("--seeds", nargs="+", type=int, default=None,
-                           help="training seeds (default: 0 1 2; table8: 0)")
+                           help="training seeds (default: 0 1 2; table8, fig6: 0)")
     reproduce.add_argument("--size", nargs="+", default=[], metavar="DATASET=N",
                            help="HH pairs per subset / DSP queries / demo prompts (default: hh=700 dsp=150 demo=360)")
     reproduce.add_argument("--epochs", type=float, default=3.0)
     reproduce.add_argument("--num-experts", type=int, default=None, metavar="K",
-                           help="fig2, table5, fig8, table13: K (default: the paper's, 10 for fig2 (§5.2) and 20 for "
-                                "the personalization experiments (§6))")
+                           help="fig2, table5, fig8, table13, table4: K (default: the paper's, 10 for fig2 (§5.2) and 20 "
+                                "for the personalization and interpretation experiments (§6); table4 on DSP: 5)")
     reproduce.add_argument("--measure-on", default="test", choices=["test", "validation"],
                            help="table1: 'validation' labels experts on train and measures on validation, for "
                                 "diagnosis without reading test")
+    reproduce.add_argument("--k-values", nargs="+", type=int, default=None, metavar="K",
+                           help="fig6: the numbers of experts (default: 10 20 30 40 50)")
+    reproduce.add_argument("--generator", default="local", metavar="local|MODEL|URL",
+                           help="table4, fig6: the describer (see `smoe interpret`)")
+    reproduce.add_argument("--generator-model", default=None)
+    reproduce.add_argument("--judge", default=None, metavar="local|MODEL|URL", help="default: the describer")
+    reproduce.add_argument("--judge-model", default=None)
+    reproduce.add_argument("--samples-per-stratum", type=int, default=100,
+                           help="table4, fig6: test prompts judged per expert from its top 10%% and from the rest "
+                                "(App. A: 100)")
+    reproduce.add_argument("--generation-cache", default=None)
     reproduce.add_argument("--backbone", default=DEFAULT_BACKBONE)
     reproduce.add_argument("--data-root", default="../shared/data", help="folder with hh-rlhf/ and dsp/")
     reproduce.add_argument("--cache-dir", default=None)
@@ -209,6 +224,8 @@ def run(args) -> None:
                    "data_root": Path(args.data_root),
                    "output_dir": args.output_dir or f"outputs/reproduce/{args.experiment}"}
         if args.experiment == "table1":
+            if "general" in (args.datasets or ()):
+                raise ValueError("--datasets: 'general' has no categories for Table 1; choose from hh, dsp, demo.")
             reproduce_table1(datasets=tuple(args.datasets or ("hh", "dsp", "demo")),
                              seeds=tuple(args.seeds or (0, 1, 2)), sizes=sizes, measure_on=args.measure_on,
                              **options)
@@ -218,6 +235,19 @@ def run(args) -> None:
                                       seeds=tuple(args.seeds or (0, 1, 2)), **options,
                                       **({"num_experts": args.num_experts} if args.num_experts else {}),
                                       **({"dsp_queries": sizes["dsp"]} if "dsp" in sizes else {}))
+        elif args.experiment in ("table4", "fig6"):
+            from .experiments import reproduce_fig6, reproduce_table4
+
+            readers = {"generator": args.generator, "generator_model": args.generator_model, "judge": args.judge,
+                       "judge_model": args.judge_model, "generation_cache": args.generation_cache,
+                       "per_stratum": args.samples_per_stratum}
+            if args.experiment == "table4":
+                reproduce_table4(datasets=tuple(args.datasets or ("general", "dsp")),
+                                 seeds=tuple(args.seeds or (0, 1, 2)), dsp_queries=sizes.get("dsp"),
+                                 num_experts=args.num_experts, **readers, **options)
+            else:
+                reproduce_fig6(k_values=tuple(args.k_values or (10, 20, 30, 40, 50)), seeds=tuple(args.seeds or (0,)),
+                               **readers, **options)
         elif args.experiment == "fig2":
             reproduce_fig2(seeds=tuple(args.seeds or (0, 1, 2)), size=sizes.get("dsp"), **options,
                            **({"num_experts": args.num_experts} if args.num_experts else {}))

@@ -283,3 +283,13 @@ def load_generator(spec: str = "local", *, model: str | None = None, cache_dir=N
         generator = LocalGenerator(str(default_generator_path()) if spec in ("local", "default") else spec,
                                    device=device)
     return CachedGenerator(generator, cache_dir=cache_dir, show_progress=show_progress)
+
+
+def load_describer_and_judge(generator: str = "local", generator_model: str | None = None, judge: str | None = None,
+                             judge_model: str | None = None, cache_dir=None) -> tuple:
+    """The cached describer and judge of a command line; the judge defaults to the describer itself (one model
+    loaded once)."""
+    describer = load_generator(generator, model=generator_model, cache_dir=cache_dir)
+    if (judge or generator) == generator and (judge_model or generator_model) == generator_model:
+        return describer, describer
+    return describer, load_generator(judge, model=judge_model or generator_model, cache_dir=cache_dir)

@@ -20,7 +20,7 @@ from .data import load_pairs
 from .encoding import as_messages
 from .evaluation import load_checkpoint, prompt_halves
 from .features import EmbeddingCache
-from .generators import TextGenerator, load_generator
+from .generators import TextGenerator, load_describer_and_judge
 from .hub import is_hub_id, write_expert_table
 from .metrics import (description_fidelity, expert_specialization_top, pairwise_accuracy, top_examples,
                       top_percent_count)
@@ -295,15 +295,22 @@ def interpret_head(head, describing, measuring, describer: TextGenerator, judge:
                    per_stratum: int = SAMPLES_PER_STRATUM) -> dict:
     """`interpret_experts` for a trained head on two sets of pair features with a `prompt` column: experts are
     described from `describing` (validation) and measured on `measuring` (test), where each expert's top-10% expert
-    specialization (Eq. 12, on the measuring pairs) is added beside its fidelity."""
+    specialization (Eq. 12, on the measuring pairs) is added beside its fidelity, and the mixture's accuracy. The
+    random baseline's specialization shuffles the measuring pairs against the fixed routing weights, as its
+    describer sees shuffled prompts (the paper's Table 4 reports both for its random row)."""
     result = interpret_experts(describer, judge, *routing_by_prompt(head, describing),
                                *routing_by_prompt(head, measuring), seed=seed, random_baseline=random_baseline, top_n=top_n, per_stratum=per_stratum)
     outputs = {k: v.cpu() for k, v in head_outputs(head, as_training_features(measuring)).items()}
-    specialization = expert_specialization_top(outputs["chosen_expert_rewards"], outputs["rejected_expert_rewards"],
-                                               outputs["routing_weights"], per_expert=True)
+    chosen, rejected, routing = (outputs["chosen_expert_rewards"], outputs["rejected_expert_rewards"],
+                                 outputs["routing_weights"])
+    specialization = expert_specialization_top(chosen, rejected, routing, per_expert=True)
     for expert, value in zip(result["experts"], specialization.tolist()):
         expert["expert_specialization"] = value
     result["expert_specialization"] = specialization.nanmean().item()
+    if random_baseline:  # the same shuffle for specialization: each routing row meets another pair's rewards
+        shuffled = torch.randperm(len(routing), generator=torch.Generator().manual_seed(seed))
+        result["random_baseline"]["expert_specialization"] = expert_specialization_top(
+            chosen[shuffled], rejected[shuffled], routing).item()
     result["accuracy"] = pairwise_accuracy(*(mixture_reward(outputs["routing_weights"], outputs[f"{side}_expert_rewards"])
                                             for side in ("chosen", "rejected"))).item()
     return result
@@ -323,10 +330,7 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
     model, tokenizer = load_checkpoint(checkpoint)
     pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
     features = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length).pair_features(pairs)
-    describer = load_generator(generator, model=generator_model, cache_dir=generation_cache)
-    same_judge = (judge or generator) == generator and (judge_model or generator_model) == generator_model
-    judging = describer if same_judge else load_generator(judge, model=judge_model or generator_model,
-                                                          cache_dir=generation_cache)
+    describer, judging = load_describer_and_judge(generator, generator_model, judge, judge_model, generation_cache)
     result = interpret_head(model.head, *prompt_halves(features, pairs, seed), describer, judging, seed=seed,
                             random_baseline=random_baseline)
     result.update(describer=describer.identity, judge=judging.identity, pairs=len(pairs))
@@ -347,3 +351,21 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
 def dataset_label(dataset) -> str:
     """How a card names the data: a Hub id as is, a local file by its name only (no local paths in a card)."""
     return f"`{dataset}`" if is_hub_id(str(dataset)) else f"`{Path(dataset).name}`"
+
+
+def judge_agreement(judge: TextGenerator, texts: list, categories: list, descriptions: dict) -> dict:
+    """How well the judge itself reads a known feature: each category's hand-written `descriptions[category]`
+    against every prompt of `texts` (categories known). Returns the YES rate of each description on each category
+    and `ideal_fidelity`: the description fidelity (Eq. 19-20) an ideal router would get with this judge, one expert
+    per category routing exactly its category's prompts (weight 1, else 0). 1.0 means the judge says YES to exactly
+    the right prompts; the gap below 1 is what the judge alone costs every model's fidelity."""
+    names = sorted(descriptions)
+    judgments = judge.judge([judge_prompt(descriptions[name], text) for name in names for text in texts])
+    answers = torch.tensor([j.answer for j in judgments], dtype=torch.float64).view(len(names), len(texts))
+    membership = torch.tensor([[category == name for category in categories] for name in names], dtype=torch.float64)
+    experts = torch.arange(len(names)).repeat_interleave(len(texts))
+    fidelity = description_fidelity(answers.flatten(), membership.flatten(), experts, len(names), per_expert=True)
+    yes_rates = {name: {category: _mean(answers[i, [c == category for c in categories]].tolist())
+                        for category in sorted(set(categories))} for i, name in enumerate(names)}
+    return {"descriptions": descriptions, "yes_rates": yes_rates, "ideal_fidelity": fidelity.mean().item(),
+            "ideal_fidelity_per_category": dict(zip(names, fidelity.tolist())), "prompts": len(texts)}

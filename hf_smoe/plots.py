@@ -100,3 +100,21 @@ def plot_gains(path, n_values, gains: dict, title: str) -> Path:
     axis.set_title(title, fontsize=9)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def plot_interpretability_vs_experts(path, k_values, fidelity, specialization, title: str) -> Path:
+    """Description fidelity and expert specialization against the number of experts K (the paper's Fig. 6);
+    `fidelity`, `specialization`: (means, stds) over seeds, one value per K."""
+    figure, axes = plt.subplots(1, 2, figsize=(8.5, 3.2))
+    for axis, (means, stds), label in zip(axes, (fidelity, specialization),
+                                          ("description fidelity", "expert specialization (%)")):
+        scale = 100 if "%" in label else 1
+        axis.errorbar(list(k_values), [scale * m for m in means], yerr=[scale * s for s in stds], marker="o",
+                      capsize=3)
+        axis.set_xlabel("number of experts K")
+        axis.set_ylabel(label)
+        axis.set_xticks(list(k_values))
+        axis.grid(alpha=0.3)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)

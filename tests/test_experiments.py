@@ -14,10 +14,11 @@ from hf_smoe.cli import main
 from hf_smoe.data import CRITERION_TEMPLATE, DSP_CRITERIA, load_pairs
 from hf_smoe.evaluation import load_checkpoint
 from hf_smoe.experiments import (DATA_ROOT, SPLIT_FRACTIONS, category_probe, dsp_with_criterion, hh_mixture,
-                                 reproduce_fig2, reproduce_personalization, reproduce_table1, reproduce_table8,
-                                 dsp_user_pairs, summarize, without_criterion)
+                                 reproduce_fig2, reproduce_fig6, reproduce_personalization, reproduce_table1,
+                                 reproduce_table4, reproduce_table8, dsp_user_pairs, summarize, without_criterion)
 from hf_smoe.metrics import routing_diagnosis
 from hf_smoe.pipeline import split_for_training
+from hf_smoe.testing import save_tiny_causal_lm
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -235,3 +236,40 @@ def test_table13_adapts_to_dirichlet_users(backbone_dirs, tmp_path):
     assert all(sorted(weights) == sorted(DSP_CRITERIA) and abs(sum(weights.values()) - 1) < 1e-9
                for weights in users.values())
     assert "Users (Dirichlet(0.3)" in (tmp_path / "out" / "table13.md").read_text()
+
+
+def test_table4_describes_and_judges_every_row_and_measures_the_judge(backbone_dirs, tmp_path):
+    lm = save_tiny_causal_lm(tmp_path / "tiny-lm")
+    record = reproduce_table4(datasets=("dsp",), seeds=(0, 1), generator=lm, output_dir=tmp_path / "out",
+                              backbone=backbone_dirs["llama"], epochs=1, cache_dir=tmp_path / "cache",
+                              data_root=SHARED_DATA, generation_cache=tmp_path / "generations", dsp_queries=10,
+                              num_experts=3, per_stratum=10)
+    dsp = record["dsp"]
+    assert set(dsp["runs"]) == {"single", "vanilla", "micro", "random", "sparse"}
+    for row in ("vanilla", "micro", "sparse"):
+        for run in dsp["runs"][row]:
+            experts = run["interpretation"]["experts"]
+            assert len(experts) == 3 and run["description_fidelity"] == pytest.approx(
+                np.mean([e["description_fidelity"] for e in experts]))
+            assert run["expert_specialization"] == pytest.approx(
+                np.nanmean([e["expert_specialization"] for e in experts]))
+        values = [run["description_fidelity"] for run in dsp["runs"][row]]
+        assert dsp["summary"][row]["description_fidelity"]["mean"] == pytest.approx(np.mean(values))
+    assert [r["description_fidelity"] for r in dsp["runs"]["random"]] == [
+        r["interpretation"]["random_baseline"]["description_fidelity"] for r in dsp["runs"]["sparse"]]
+    check = dsp["judge_check"]
+    assert set(check["yes_rates"]) == set(DSP_CRITERIA) and -1 <= check["ideal_fidelity"] <= 1
+    markdown = (tmp_path / "out" / "table4.md").read_text()
+    assert markdown.startswith("Command: `") and "| random |" in markdown and "ideal router" in markdown
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["job"]["generator"] == lm
+
+
+def test_fig6_plots_fidelity_and_specialization_against_k(backbone_dirs, tmp_path):
+    lm = save_tiny_causal_lm(tmp_path / "tiny-lm")
+    summary = reproduce_fig6(k_values=(2, 4), seeds=(0,), generator=lm, output_dir=tmp_path / "out",
+                             backbone=backbone_dirs["llama"], epochs=1, cache_dir=tmp_path / "cache",
+                             data_root=SHARED_DATA, generation_cache=tmp_path / "generations",
+                             general_sizes=(20, 10), per_stratum=5)
+    assert set(summary) == {2, 4}
+    assert (tmp_path / "out" / "fig6.png").stat().st_size > 1000
+    assert "| 4 |" in (tmp_path / "out" / "fig6.md").read_text()

@@ -15,7 +15,7 @@ from hf_smoe.cli import main
 from hf_smoe.data import split_pairs
 from hf_smoe.generators import CachedGenerator, Judgment, LocalGenerator, TextGenerator, as_chat
 from hf_smoe.interpret import (DESCRIBER_PROMPT, JUDGE_PROMPT, describer_prompt, distinct_prompts, fidelity_sample,
-                               interpret_experts, parse_description)
+                               interpret_experts, judge_agreement, parse_description)
 from hf_smoe.testing import save_tiny_causal_lm
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "papers" / "sparse-moe-reward-models.txt"
@@ -237,3 +237,22 @@ def test_smoe_interpret_end_to_end_on_a_tiny_checkpoint(checkpoint_and_data, tin
     assert main(["interpret", str(checkpoint), "--dataset", str(tmp_path / "pairs.jsonl"), "--generator", tiny_lm,
                  "--cache-dir", str(tmp_path / "cache"), "--generation-cache", str(tmp_path / "generations")]) == 0
     assert (checkpoint / "README.md").read_text().count("| ID | Natural Language Description |") == 1
+
+
+def test_judge_agreement_is_1_for_a_judge_that_reads_the_category_and_0_for_one_that_always_says_yes():
+    texts = [f"{category} question {i}" for category in ("cooking", "travel", "music") for i in range(5)]
+    categories = [text.split()[0] for text in texts]
+    descriptions = {category: category for category in ("cooking", "travel", "music")}
+    perfect = judge_agreement(Scripted(), texts, categories, descriptions)
+    assert perfect["ideal_fidelity"] == pytest.approx(1.0)
+    assert perfect["yes_rates"]["music"] == {"cooking": 0.0, "music": 1.0, "travel": 0.0}
+
+    class AlwaysYes(Scripted):
+        def judge(self, prompts):
+            return [Judgment(True, 1.0, "YES") for _ in prompts]
+
+    assert judge_agreement(AlwaysYes(), texts, categories, descriptions)["ideal_fidelity"] == 0.0  # Eq. 19: constant
+    # half right: YES on its own category and on one other -> Pearson of z with the membership indicator, by hand
+    z = np.array([1] * 5 + [1] * 5 + [0] * 5)
+    membership = np.array([1] * 5 + [0] * 10)
+    assert pearson(z, membership) == pytest.approx(np.corrcoef(z, membership)[0, 1])
