@@ -160,12 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="speed benchmarks, each a ratio against a baseline in the same run",
                                 description="embed: cache tokens/s vs a one-text-at-a-time loop and vs the FLOP "
                                             "bound. train: training on cached features vs re-running the frozen "
-                                            "backbone every step, at equal final accuracy.")
-    bench.add_argument("what", choices=["embed", "train", "users"])
+                                            "backbone every step, at equal final accuracy. users: 1 vs 100 "
+                                            "users from one pass. judge: the local judge of `smoe interpret`, one "
+                                            "prompt at a time in fp32 vs batched with shared prompt beginnings, fp32 "
+                                            "and bf16.")
+    bench.add_argument("what", choices=["embed", "train", "users", "judge"])
     bench.add_argument("--backbone", default=DEFAULT_BACKBONE)
     bench.add_argument("--num-texts", type=int, default=64, help="embed: texts to encode")
     bench.add_argument("--num-pairs", type=int, default=192, help="train: pairs (75%% train, 25%% held out)")
     bench.add_argument("--num-users", type=int, default=100, help="users: routers scored from one pass")
+    bench.add_argument("--num-prompts", type=int, default=64, help="judge: Fig. 5 prompts to judge")
     bench.add_argument("--output-dir", default="outputs/bench")
     bench.add_argument("--seed", type=int, default=0)
     return parser
@@ -281,7 +285,7 @@ def run(args) -> None:
         from .bench import run_bench
 
         options = {"embed": {"num_texts": args.num_texts}, "train": {"num_pairs": args.num_pairs},
-                   "users": {"num_users": args.num_users}}[args.what]
+                   "users": {"num_users": args.num_users}, "judge": {"num_prompts": args.num_prompts}}[args.what]
         print_record(run_bench(args.what, args.backbone, args.output_dir, seed=args.seed, **options))
 
 

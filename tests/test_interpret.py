@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_smoe import encode_pair
+from hf_smoe.bench import bench_judge
 from hf_smoe.cli import main
 from hf_smoe.data import split_pairs
 from hf_smoe.generators import CachedGenerator, Judgment, LocalGenerator, TextGenerator, as_chat
@@ -256,3 +257,25 @@ def test_judge_agreement_is_1_for_a_judge_that_reads_the_category_and_0_for_one_
     z = np.array([1] * 5 + [1] * 5 + [0] * 5)
     membership = np.array([1] * 5 + [0] * 10)
     assert pearson(z, membership) == pytest.approx(np.corrcoef(z, membership)[0, 1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_local_generator_on_cuda_matches_the_cpu(tiny_lm):
+    prompts = [JUDGE_PROMPT.format(description="asks about a cat", input_text=text)
+               for text in ("what is a cat ?", "code a poem", "why is the sun good ?", "hello", "a dog ?")]
+    cpu = LocalGenerator(tiny_lm, device="cpu", dtype=torch.float32, batch_size=3)
+    gpu = LocalGenerator(tiny_lm, device="cuda", dtype=torch.float32, batch_size=3)
+    assert gpu.model.device.type == "cuda"
+    for on_cpu, on_gpu in zip(cpu.judge(prompts), gpu.judge(prompts)):
+        assert on_gpu.probability == pytest.approx(on_cpu.probability, abs=1e-4)
+    assert gpu.generate(prompts[:3], max_new_tokens=5) == cpu.generate(prompts[:3], max_new_tokens=5)
+    assert LocalGenerator(tiny_lm, device="cuda").dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported()
+                                                            else torch.float32)
+
+
+def test_bench_judge_batched_passes_give_the_one_at_a_time_answers(tiny_lm):
+    results = bench_judge(tiny_lm, num_prompts=6, batch_size=4)
+    assert results["prompts"] == 6 and results["batched_vs_one_at_a_time_max_probability_gap"] < 1e-4
+    assert 0.0 <= results["fast_vs_fp32_same_answer"] <= 1.0
+    assert results["speedup_fast_batched"] == pytest.approx(
+        results["fast_batched_prompts_per_s"] / results["fp32_one_at_a_time_prompts_per_s"])
