@@ -84,9 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "any causal LM, or the URL of an OpenAI-compatible server (vLLM, TGI, transformers "
                                 "serve, hosted APIs)")
     interpret.add_argument("--generator-model", default=None, help="the model name an endpoint should use")
-    interpret.add_argument("--judge", default=None, metavar="local|MODEL|URL", help="the judge (default: the describer)")
+    interpret.add_argument("--judge", default=None, metavar="local|MODEL|URL",
+                           help="the judge (default: the describer)")
     interpret.add_argument("--judge-model", default=None, help="the model name the judge's endpoint should use")
-    interpret.add_argument("--no-random-baseline", action="store_true", help="skip the random baseline (half the calls)")
+    interpret.add_argument("--no-random-baseline", action="store_true",
+                           help="skip the random baseline (half the calls)")
     interpret.add_argument("--generation-cache", default=None,
                            help="folder of cached answers (default: $HF_SMOE_CACHE/generations)")
     interpret.add_argument("--output-dir", default=None, help="default: the checkpoint folder")
@@ -112,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="HH pairs per subset / DSP queries / demo prompts (default: hh=700 dsp=150 demo=360)")
     reproduce.add_argument("--epochs", type=float, default=3.0)
     reproduce.add_argument("--num-experts", type=int, default=None, metavar="K",
-                           help="fig2, table5, fig8, table13, table4: K (default: the paper's, 10 for fig2 (§5.2) and 20 "
-                                "for the personalization and interpretation experiments (§6); table4 on DSP: 5)")
+                           help="fig2, table5, fig8, table13, table4: K (default: the paper's, 10 for fig2 (§5.2) "
+                                "and 20 for the personalization and interpretation experiments (§6); table4 on DSP: "
+                                "5)")
     reproduce.add_argument("--measure-on", default="test", choices=["test", "validation"],
                            help="table1: 'validation' labels experts on train and measures on validation, for "
                                 "diagnosis without reading test")

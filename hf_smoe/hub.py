@@ -157,7 +157,8 @@ def write_expert_table(output_dir, table: str, interpreted_on: str) -> Path:
                          eval_results={}, routing_stats={})
     card = path.read_text(encoding="utf-8")
     section = (f"{EXPERTS_START}\nEach expert described in one line by an LLM from its top-routed prompts, and checked "
-               f"on held-out prompts of {interpreted_on} (`smoe interpret`; paper §6.1, Table 3):\n\n{table}{EXPERTS_END}")
+               f"on held-out prompts of {interpreted_on} (`smoe interpret`; paper §6.1, Table 3):\n\n{table}"
+               f"{EXPERTS_END}")
     if EXPERTS_START in card and EXPERTS_END in card:
         before, rest = card.split(EXPERTS_START, 1)
         card = before + section + rest.split(EXPERTS_END, 1)[1]

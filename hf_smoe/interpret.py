@@ -299,7 +299,8 @@ def interpret_head(head, describing, measuring, describer: TextGenerator, judge:
     random baseline's specialization shuffles the measuring pairs against the fixed routing weights, as its
     describer sees shuffled prompts (the paper's Table 4 reports both for its random row)."""
     result = interpret_experts(describer, judge, *routing_by_prompt(head, describing),
-                               *routing_by_prompt(head, measuring), seed=seed, random_baseline=random_baseline, top_n=top_n, per_stratum=per_stratum)
+                               *routing_by_prompt(head, measuring), seed=seed, random_baseline=random_baseline,
+                               top_n=top_n, per_stratum=per_stratum)
     outputs = {k: v.cpu() for k, v in head_outputs(head, as_training_features(measuring)).items()}
     chosen, rejected, routing = (outputs["chosen_expert_rewards"], outputs["rejected_expert_rewards"],
                                  outputs["routing_weights"])
@@ -311,8 +312,7 @@ def interpret_head(head, describing, measuring, describer: TextGenerator, judge:
         shuffled = torch.randperm(len(routing), generator=torch.Generator().manual_seed(seed))
         result["random_baseline"]["expert_specialization"] = expert_specialization_top(
             chosen[shuffled], rejected[shuffled], routing).item()
-    result["accuracy"] = pairwise_accuracy(*(mixture_reward(outputs["routing_weights"], outputs[f"{side}_expert_rewards"])
-                                            for side in ("chosen", "rejected"))).item()
+    result["accuracy"] = pairwise_accuracy(mixture_reward(routing, chosen), mixture_reward(routing, rejected)).item()
     return result
 
 

@@ -103,7 +103,8 @@ def test_random_baseline_shuffles_the_examples_and_keeps_the_router():
     for k in range(4):
         own, baseline = result["experts"][k], result["random_baseline"]["experts"][k]
         assert own["top_examples"] == [describe_texts[i] for i in top[k]]
-        assert baseline["top_examples"] == [describe_texts[permutation[i]] for i in top[k]]  # shuffled texts, same slots
+        # the same top slots of the fixed router, filled with the shuffled texts
+        assert baseline["top_examples"] == [describe_texts[permutation[i]] for i in top[k]]
         assert own["description"] == describe_texts[top[k][0]]
         for scored in (own, baseline):  # both judged against the unchanged routing weights of the same sample
             assert scored["sample"] == own["sample"]
