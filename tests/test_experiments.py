@@ -253,6 +253,7 @@ def test_table4_describes_and_judges_every_row_and_measures_the_judge(backbone_d
                 np.mean([e["description_fidelity"] for e in experts]))
             assert run["expert_specialization"] == pytest.approx(
                 np.nanmean([e["expert_specialization"] for e in experts]))
+            assert -1 <= run["oracle_description_fidelity"] <= 1
         values = [run["description_fidelity"] for run in dsp["runs"][row]]
         assert dsp["summary"][row]["description_fidelity"]["mean"] == pytest.approx(np.mean(values))
     assert [r["description_fidelity"] for r in dsp["runs"]["random"]] == [
