@@ -77,11 +77,12 @@ class EndpointGenerator(TextGenerator):
             502, 503, 504), waiting `backoff * 2**try` seconds (or the server's Retry-After); any other HTTP error
             raises `EndpointError` at once.
         backoff: the first wait between tries, in seconds.
-        timeout: seconds to wait for one answer (None: no limit).
+        timeout: seconds to wait for one answer (None: no limit). 600 as OpenAI's client: a CPU server given 8 long
+            describer prompts at once answers the last after minutes, and a timed-out request is sent again.
     """
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
-                 max_concurrency: int = 8, max_retries: int = 4, backoff: float = 1.0, timeout: float | None = 120.0):
+                 max_concurrency: int = 8, max_retries: int = 4, backoff: float = 1.0, timeout: float | None = 600.0):
         if max_concurrency < 1 or max_retries < 0:
             raise ValueError(f"max_concurrency must be >= 1 and max_retries >= 0; got {max_concurrency} and "
                              f"{max_retries}.")

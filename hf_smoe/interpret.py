@@ -130,33 +130,32 @@ def judge_prompt(description: str, text: str) -> str:
         "{input_text}", shorten(text, JUDGE_EXAMPLE_CHARS))
 
 
-_LABEL = re.compile(r"^(the\s+)?(common\s+|shared\s+)?(feature|description|answer|response)(\s+is)?\s*:\s*",
-                    re.IGNORECASE)
-
-
 def parse_description(raw: str) -> tuple[str, bool]:
     """(description, followed_format) from a describer's answer.
 
-    Fig. 4 ends inside the answer format (`-"`), so a model that follows it writes `feature"`, or repeats `-"feature"`.
-    On the first non-empty line: `-"..."` anywhere wins; an odd number of quotes means the first one closes the
-    prompt's opening quote (`feature" ...`); two or more, the first quoted span. Models that ignore the format write a
-    sentence, a labelled answer or a list: that line is taken, without list markers, a `Feature:`-style label,
+    Fig. 4 ends inside the answer format (`-"`), so a model that follows it writes `-"feature"`, or continues with
+    `feature"`. On the first non-empty line: `-"..."` anywhere wins; otherwise leading labels (`The feature you
+    identified is:`, repeated or not) are dropped, then a quote at the start opens the description, a text before the
+    first quote is the description when the quotes are odd in number (the closing one), and the first quoted span when
+    they are even. A line without quotes (a model that ignores the format) is taken whole, without list markers,
     surrounding quotes and a final period.
     """
-    line = next((line for line in raw.strip().splitlines() if line.strip(" -*\"'")), "")
+    line = next((line for line in raw.strip().splitlines() if line.strip(" -*\"'")), "").strip()
     quoted = re.search(r'-\s*"([^"]+)"', line)
     if quoted:
         return _clean(quoted.group(1)), True
+    while (label := re.match(r'"?[^":]*:\s*', line)) and line[label.end():].strip(' "'):
+        line = line[label.end():]
+    if '"' not in line:
+        return _clean(line), False
+    if line.startswith('"'):
+        return _clean(line[1:].split('"')[0]), True
     parts = line.split('"')
-    if len(parts) > 1:
-        closing = len(parts) % 2 == 0  # odd number of quotes
-        return _clean(parts[0] if closing and parts[0].strip(" -") else parts[1]), True
-    return _clean(line), False
+    return _clean(parts[0] if len(parts) % 2 == 0 else parts[1]), True
 
 
 def _clean(text: str) -> str:
-    text = _LABEL.sub("", text.strip().lstrip("-*• ").strip())
-    return " ".join(text.strip("\"'*` ").rstrip(".").split())
+    return " ".join(text.strip().lstrip("-*• ").strip("\"'*` ").rstrip(".").split())
 
 
 def fidelity_sample(weights: torch.Tensor, generator: torch.Generator, per_stratum: int = SAMPLES_PER_STRATUM,

@@ -168,8 +168,14 @@ REAL_ANSWERS = [
      "is a negation"),
     ('The feature you identified is: "Compose a two-line rhyme about change"', "Compose a two-line rhyme about change"),
     ('asks for a rhyming poem about nature"\n\nExplanation: ...', "asks for a rhyming poem about nature"),
+    ('The feature you identified is: "The feature you identified is: "The process of making coffee using a French '
+     'Press."\n\nThe feature you identified is: "The process', "The process of making coffee using a French Press"),
+    ('The feature you identify is: "is a general question"', "is a general question"),
+    ('The feature that I am trying to identify is the common feature of the two words "market" and "economy".',
+     "market"),
     ('-"requests a business plan"', "requests a business plan"),
     ("Feature: asks for factual information.", "asks for factual information"),
+    ('asks for a poem about the sea" and more', "asks for a poem about the sea"),
     ("- asks for advice\n- is a question", "asks for advice"),
     ("", ""),
 ]
