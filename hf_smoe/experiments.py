@@ -720,8 +720,8 @@ def judge_check_markdown(check: dict) -> list:
         lines.append(f"| {name}: {check['descriptions'][name]} | "
                      + " | ".join(f"{100 * rates[c]:.0f}" for c in categories) + " |")
     lines += ["", f"Fidelity of an ideal router (one expert per domain, weight 1 on its prompts) with this judge: "
-                  f"{check['ideal_fidelity']:.3f} (1.0 for a perfect judge): the most any model's description "
-                  "fidelity can reach through this judge here.", ""]
+                  f"{check['ideal_fidelity']:.3f} (1.0 for a perfect judge): what routing by the true domain, "
+                  "described exactly, scores through this judge.", ""]
     return lines
 
 

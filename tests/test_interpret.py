@@ -15,6 +15,7 @@ from hf_smoe.bench import bench_judge
 from hf_smoe.cli import main
 from hf_smoe.data import split_pairs
 from hf_smoe.generators import CachedGenerator, Judgment, LocalGenerator, TextGenerator, as_chat
+from hf_smoe.hub import EXPERTS_END, EXPERTS_START, write_expert_table
 from hf_smoe.interpret import (DESCRIBER_PROMPT, JUDGE_PROMPT, describer_prompt, distinct_prompts, fidelity_sample,
                                interpret_experts, judge_agreement, parse_description)
 from hf_smoe.testing import save_tiny_causal_lm
@@ -286,3 +287,15 @@ def test_bench_judge_batched_passes_give_the_one_at_a_time_answers(tiny_lm):
     assert 0.0 <= results["fast_vs_fp32_same_answer"] <= 1.0
     assert results["speedup_fast_batched"] == pytest.approx(
         results["fast_batched_prompts_per_s"] / results["fp32_one_at_a_time_prompts_per_s"])
+
+
+def test_the_expert_table_goes_into_a_new_card_or_an_old_one_without_markers(checkpoint_and_data):
+    checkpoint = checkpoint_and_data[3] / "checkpoint"
+    assert not (checkpoint / "README.md").exists()
+    card = write_expert_table(checkpoint, "| ID | first table |\n", "`pairs.jsonl`").read_text()
+    assert "| ID | first table |" in card and card.index("## Experts") < card.index("## Usage")
+    old = card.replace(EXPERTS_START, "").replace(EXPERTS_END, "").replace("## Experts", "## Earlier")
+    (checkpoint / "README.md").write_text(old)
+    card = write_expert_table(checkpoint, "| ID | second table |\n", "`pairs.jsonl`").read_text()
+    assert card.count("## Experts") == 1 and "| ID | second table |" in card
+    assert card.index("## Experts") < card.index("## Usage")
