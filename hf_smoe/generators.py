@@ -185,6 +185,8 @@ class LocalGenerator(TextGenerator):
         self.model.to(self.device).eval()
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # a chat template writes its own special tokens; plain text (a base LM) gets the tokenizer's (e.g. BOS)
+        self.plain = not getattr(self.tokenizer, "chat_template", None)
         self.answer_tokens = {}  # token id -> the first answer form that is exactly that one token
         for form in (form for forms in ANSWER_FORMS.values() for form in forms):
             ids = self.tokenizer.encode(form, add_special_tokens=False)
@@ -207,7 +209,7 @@ class LocalGenerator(TextGenerator):
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             inputs = self.tokenizer([as_chat(self.tokenizer, prompts[i]) for i in rows], return_tensors="pt",
-                                    padding=True, add_special_tokens=False).to(self.device)
+                                    padding=True, add_special_tokens=self.plain).to(self.device)
             output = self.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
                                          pad_token_id=self.tokenizer.pad_token_id)
             answers = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -219,7 +221,7 @@ class LocalGenerator(TextGenerator):
     def judge(self, prompts: Sequence[str]) -> list[Judgment]:
         judgments = []
         for start in range(0, len(prompts), self.batch_size):
-            ids = [self.tokenizer(as_chat(self.tokenizer, prompt), add_special_tokens=False)["input_ids"]
+            ids = [self.tokenizer(as_chat(self.tokenizer, prompt), add_special_tokens=self.plain)["input_ids"]
                    for prompt in prompts[start:start + self.batch_size]]
             log_probs = self.next_token_log_probs(ids)
             for row in log_probs:
