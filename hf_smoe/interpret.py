@@ -258,7 +258,8 @@ def sample_notes(num_describe: int, num_measure: int, top_n: int, per_stratum: i
     if num_top < per_stratum or num_measure - num_top < per_stratum:
         notes.append(f"only {num_measure} distinct measuring prompts: each fidelity sample holds "
                      f"{min(num_top, per_stratum)} from the top 10% and {min(num_measure - num_top, per_stratum)} from "
-                     f"the rest (the paper draws {per_stratum} + {per_stratum}).")
+                     f"the rest ({per_stratum} + {per_stratum} asked; App. A: {SAMPLES_PER_STRATUM} + "
+                     f"{SAMPLES_PER_STRATUM}).")
     return notes
 
 
