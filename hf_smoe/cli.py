@@ -32,6 +32,19 @@ def add_checkpoint_data_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset and of the split into halves")
 
 
+def add_generator_arguments(parser) -> None:
+    """The describer and the judge of the interpretation pipeline (`smoe interpret`, `smoe reproduce table4/fig6`)."""
+    parser.add_argument("--generator", default="local", metavar="local|MODEL|URL",
+                        help="the describer: 'local' (the embedded SmolLM2-135M-Instruct), a folder or Hub id of any "
+                             "causal LM, or the URL of an OpenAI-compatible server (vLLM, TGI, transformers serve, "
+                             "hosted APIs)")
+    parser.add_argument("--generator-model", default=None, help="the model name an endpoint should use")
+    parser.add_argument("--judge", default=None, metavar="local|MODEL|URL", help="the judge (default: the describer)")
+    parser.add_argument("--judge-model", default=None, help="the model name the judge's endpoint should use")
+    parser.add_argument("--generation-cache", default=None,
+                        help="folder of cached answers (default: $HF_SMOE_CACHE/generations)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoe", description="Sparse Mixture-of-Experts reward models: train, read, steer and personalize.")
@@ -79,18 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "interpretation.json and interpretation.md and adds the table to the checkpoint's model card. "
                     "Every answer is cached, so a rerun or an interrupted run resumes for free.")
     add_checkpoint_data_arguments(interpret)
-    interpret.add_argument("--generator", default="local", metavar="local|MODEL|URL",
-                           help="the describer: 'local' (the embedded SmolLM2-135M-Instruct), a folder or Hub id of "
-                                "any causal LM, or the URL of an OpenAI-compatible server (vLLM, TGI, transformers "
-                                "serve, hosted APIs)")
-    interpret.add_argument("--generator-model", default=None, help="the model name an endpoint should use")
-    interpret.add_argument("--judge", default=None, metavar="local|MODEL|URL",
-                           help="the judge (default: the describer)")
-    interpret.add_argument("--judge-model", default=None, help="the model name the judge's endpoint should use")
+    add_generator_arguments(interpret)
     interpret.add_argument("--no-random-baseline", action="store_true",
                            help="skip the random baseline (half the calls)")
-    interpret.add_argument("--generation-cache", default=None,
-                           help="folder of cached answers (default: $HF_SMOE_CACHE/generations)")
     interpret.add_argument("--output-dir", default=None, help="default: the checkpoint folder")
 
     reproduce = commands.add_parser(
@@ -122,15 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "diagnosis without reading test")
     reproduce.add_argument("--k-values", nargs="+", type=int, default=None, metavar="K",
                            help="fig6: the numbers of experts (default: 10 20 30 40 50)")
-    reproduce.add_argument("--generator", default="local", metavar="local|MODEL|URL",
-                           help="table4, fig6: the describer (see `smoe interpret`)")
-    reproduce.add_argument("--generator-model", default=None)
-    reproduce.add_argument("--judge", default=None, metavar="local|MODEL|URL", help="default: the describer")
-    reproduce.add_argument("--judge-model", default=None)
+    add_generator_arguments(reproduce)
     reproduce.add_argument("--samples-per-stratum", type=int, default=100,
                            help="table4, fig6: test prompts judged per expert from its top 10%% and from the rest "
                                 "(App. A: 100)")
-    reproduce.add_argument("--generation-cache", default=None)
     reproduce.add_argument("--backbone", default=DEFAULT_BACKBONE)
     reproduce.add_argument("--data-root", default="../shared/data", help="folder with hh-rlhf/ and dsp/")
     reproduce.add_argument("--cache-dir", default=None)

@@ -20,7 +20,7 @@ HH_HELPFUL = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf"
 def test_help_lists_the_subcommands():
     result = subprocess.run([sys.executable, "-m", "hf_smoe.cli", "--help"], capture_output=True, text=True,
                             check=True)
-    for command in ("demo", "embed", "train", "bench"):
+    for command in ("demo", "embed", "train", "eval", "interpret", "reproduce", "steer", "adapt", "bench"):
         assert command in result.stdout
 
 

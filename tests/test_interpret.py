@@ -299,3 +299,12 @@ def test_the_expert_table_goes_into_a_new_card_or_an_old_one_without_markers(che
     card = write_expert_table(checkpoint, "| ID | second table |\n", "`pairs.jsonl`").read_text()
     assert card.count("## Experts") == 1 and "| ID | second table |" in card
     assert card.index("## Experts") < card.index("## Usage")
+
+
+def test_an_unreachable_endpoint_is_one_clear_error(checkpoint_and_data, capsys):
+    tmp_path = checkpoint_and_data[3]
+    code = main(["interpret", str(tmp_path / "checkpoint"), "--dataset", str(tmp_path / "pairs.jsonl"),
+                 "--cache-dir", str(tmp_path / "cache"), "--generator", "http://127.0.0.1:9",
+                 "--generation-cache", str(tmp_path / "generations")])
+    error = capsys.readouterr().err
+    assert code == 2 and "http://127.0.0.1:9" in error and "Traceback" not in error
