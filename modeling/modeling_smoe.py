@@ -221,10 +221,13 @@ class SMoERewardModel(SMoEPreTrainedModel):
         return cls(config, backbone=backbone).eval()
 
     def train(self, mode: bool = True):
-        """A frozen backbone stays in eval mode (no dropout), so its features match the embedding cache's."""
+        """A frozen backbone stays in eval mode (no dropout), so its features match the embedding cache's, and without
+        gradients. Re-applied here because `from_pretrained` materialises fresh parameters (which require grad) after
+        `__init__` froze them, then calls `eval()`: every load path ends here."""
         super().train(mode)
         if self.config.freeze_backbone:
             self.backbone.eval()
+            self.backbone.requires_grad_(False)
         return self
 
     def forward(self, input_ids, attention_mask=None, prompt_lengths=None, routing_weights=None,

@@ -168,3 +168,18 @@ def test_bad_inputs_raise_clear_errors(model, kind, tokenizers):
     model.config.assistant_turn_pattern = None
     with pytest.raises(ValueError, match="prompt_lengths"):
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+def test_a_frozen_backbone_stays_frozen_on_every_load_path(backbone_dirs, tmp_path):
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    for freeze in (True, False):
+        SMoERewardModel.from_backbone(backbone_dirs["llama"], num_experts=3,
+                                      freeze_backbone=freeze).save_pretrained(tmp_path / str(freeze))
+        for load in (SMoERewardModel.from_pretrained, AutoModel.from_pretrained,
+                     AutoModelForSequenceClassification.from_pretrained):
+            model = load(tmp_path / str(freeze))
+            for mode in (False, True):  # as loaded (eval), then as a Trainer puts it
+                model.train(mode)
+                assert all(p.requires_grad != freeze for p in model.backbone.parameters()), (load, mode)
+                assert all(p.requires_grad for p in model.head.parameters())
