@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONE
-from .endpoint import EndpointError
 
 
 def add_data_arguments(parser) -> None:
@@ -321,10 +320,20 @@ def main(argv=None) -> int:
         return 0
     try:
         run(args)
-    except (ValueError, FileNotFoundError, EndpointError) as error:  # bad input: one clear line, no traceback
+    except Exception as error:  # bad input or a server that fails: one clear line, no traceback
+        if not isinstance(error, one_line_errors()):
+            raise
         print(f"smoe {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def one_line_errors() -> tuple:
+    """The errors `smoe` reports in one line. The endpoint module is imported only once something failed, so a
+    command that never talks to a server does not load it at start-up."""
+    from .endpoint import EndpointError
+
+    return ValueError, FileNotFoundError, EndpointError
 
 
 if __name__ == "__main__":

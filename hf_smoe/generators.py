@@ -18,6 +18,11 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .backbones import cache_root, default_generator_path
+from .features import weights_digest
+from .pipeline import pick_device
 
 # Surface forms of the two answers whose next-token probabilities are pooled: small models often write "Yes" or
 # " YES" instead of the exact token the prompt asks for, and those mean the same thing.
@@ -83,8 +88,6 @@ class CachedGenerator(TextGenerator):
     """
 
     def __init__(self, generator: TextGenerator, cache_dir=None, chunk_size: int = 32, show_progress: bool = True):
-        from .backbones import cache_root
-
         self.generator, self.identity = generator, generator.identity
         self.chunk_size, self.show_progress = chunk_size, show_progress
         name = hashlib.sha256(self.identity.encode()).hexdigest()[:16]
@@ -163,11 +166,6 @@ class LocalGenerator(TextGenerator):
     """
 
     def __init__(self, name_or_path, *, device=None, dtype=None, batch_size: int = 8):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from .features import weights_digest
-        from .pipeline import pick_device
-
         self.device = torch.device(device) if device else pick_device()
         self.dtype = dtype or fast_dtype(self.device)
         self.batch_size = batch_size
@@ -276,12 +274,10 @@ def load_generator(spec: str = "local", *, model: str | None = None, cache_dir=N
     folder or Hub id of any causal LM, or the URL of an OpenAI-compatible server (`model`: the model name it
     should use)."""
     if spec.startswith(("http://", "https://")):
-        from .endpoint import EndpointGenerator
+        from .endpoint import EndpointGenerator  # it imports this module
 
         generator = EndpointGenerator(spec, model=model)
     else:
-        from .backbones import default_generator_path
-
         generator = LocalGenerator(str(default_generator_path()) if spec in ("local", "default") else spec,
                                    device=device)
     return CachedGenerator(generator, cache_dir=cache_dir, show_progress=show_progress)
