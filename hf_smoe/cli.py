@@ -1,11 +1,13 @@
 """The `smoe` command line. Each subcommand is a thin shell over a library function."""
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONE
+from .modeling.configuration_smoe import InputError
 
 
 def add_data_arguments(parser) -> None:
@@ -230,7 +232,7 @@ def run(args) -> None:
                    "output_dir": args.output_dir or f"outputs/reproduce/{args.experiment}"}
         if args.experiment == "table1":
             if "general" in (args.datasets or ()):
-                raise ValueError("--datasets: 'general' has no categories for Table 1; choose from hh, dsp, demo.")
+                raise InputError("--datasets: 'general' has no categories for Table 1; choose from hh, dsp, demo.")
             reproduce_table1(datasets=tuple(args.datasets or ("hh", "dsp", "demo")),
                              seeds=tuple(args.seeds or (0, 1, 2)), sizes=sizes, measure_on=args.measure_on,
                              **options)
@@ -296,7 +298,7 @@ def parse_sizes(items: list) -> dict:
     for item in items:
         name, _, value = item.partition("=")
         if name not in ("hh", "dsp", "demo") or not value.isdigit() or int(value) < 1:
-            raise ValueError(f"--size: expected DATASET=N with DATASET one of hh, dsp, demo and N >= 1, got {item!r}.")
+            raise InputError(f"--size: expected DATASET=N with DATASET one of hh, dsp, demo and N >= 1, got {item!r}.")
         sizes[name] = int(value)
     return sizes
 
@@ -320,20 +322,34 @@ def main(argv=None) -> int:
         return 0
     try:
         run(args)
-    except Exception as error:  # bad input or a server that fails: one clear line, no traceback
-        if not isinstance(error, one_line_errors()):
+    except Exception as error:  # a failure the user can fix: one clear line, exit 2; a bug keeps its traceback
+        message = user_error_message(error)
+        if message is None:
             raise
-        print(f"smoe {args.command}: error: {error}", file=sys.stderr)
+        print(f"smoe {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 
 
-def one_line_errors() -> tuple:
-    """The errors `smoe` reports in one line. The endpoint module is imported only once something failed, so a
+# OS errors a user fixes outside the program (space, permissions), reported with the path they hit.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC: "no space left on the device; free space or choose another --output-dir",
+                      errno.EDQUOT: "disk quota exceeded; free space or choose another --output-dir",
+                      errno.EACCES: "permission denied; choose a path you can write",
+                      errno.EROFS: "read-only file system; choose a writable path"}
+
+
+def user_error_message(error: Exception) -> str | None:
+    """The one line `smoe` prints for a failure the user caused or can fix (bad input, an unreachable server, a
+    full disk), or None for anything else. The endpoint module is imported only once something failed, so a
     command that never talks to a server does not load it at start-up."""
     from .endpoint import EndpointError
 
-    return ValueError, FileNotFoundError, EndpointError
+    if isinstance(error, (InputError, EndpointError)):
+        return " ".join(str(error).split("\n"))
+    if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{ENVIRONMENT_ERRNOS[error.errno]}{where}."
+    return None
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from datasets import Dataset, DatasetDict, Features, List, Value, load_dataset
+from .modeling.configuration_smoe import InputError
 
 __all__ = [
     "DSP_CRITERIA", "FORMATS", "HELPSTEER2_CRITERIA", "PAIR_COLUMNS", "PAIR_FEATURES", "PERSONAL_LLM_REWARD_MODELS",
@@ -139,24 +140,24 @@ class Skip(NamedTuple):
 
 def _as_text(value, index: int, field: str) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"record {index}: field {field!r} must be text, got {type(value).__name__}.")
+        raise InputError(f"record {index}: field {field!r} must be text, got {type(value).__name__}.")
     return value
 
 
 def _as_number(value, index: int, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"record {index}: field {field!r} must be a number, got {type(value).__name__}.")
+        raise InputError(f"record {index}: field {field!r} must be a number, got {type(value).__name__}.")
     return value
 
 
 def _as_messages(value, index: int, field: str) -> list:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"record {index}: field {field!r} must be a non-empty list of chat messages, got "
+        raise InputError(f"record {index}: field {field!r} must be a non-empty list of chat messages, got "
                          f"{type(value).__name__}.")
     messages = []
     for position, message in enumerate(value):
         if not isinstance(message, dict):
-            raise ValueError(f"record {index}: field '{field}[{position}]' must be a message "
+            raise InputError(f"record {index}: field '{field}[{position}]' must be a message "
                              f"{{'role', 'content'}}, got {type(message).__name__}.")
         messages.append({key: _as_text(message.get(key), index, f"{field}[{position}].{key}")
                          for key in ("role", "content")})
@@ -194,7 +195,7 @@ def _parse_transcript(text: str, turn: re.Pattern, index: int, field: str) -> li
     """Splits a plain-text dialogue into chat messages at its turn markers, keeping every turn's text verbatim."""
     parts = turn.split(text)
     if parts[0] or len(parts) == 1:
-        raise ValueError(f"record {index}: field {field!r} does not open with a turn marker ({turn.pattern!r}).")
+        raise InputError(f"record {index}: field {field!r} does not open with a turn marker ({turn.pattern!r}).")
     return [{"role": SPEAKER_ROLES[speaker.lower()], "content": content}
             for speaker, content in zip(parts[1::2], parts[2::2])]
 
@@ -236,7 +237,7 @@ def _trl_pairs(dataset: Dataset, *, conversational: bool | None = None) -> Itera
         if isinstance(record["chosen"], list):
             yield _conversational_pair(record, index, explicit)
         elif conversational:
-            raise ValueError(f"record {index}: field 'chosen' must be a list of chat messages, got "
+            raise InputError(f"record {index}: field 'chosen' must be a list of chat messages, got "
                              f"{type(record['chosen']).__name__}.")
         else:
             yield _standard_pair(record, index, explicit)
@@ -304,7 +305,7 @@ def _shp_pairs(dataset: Dataset, *, seed: int, one_pair_per_post: bool = False) 
         warnings.warn("shp: no score_A/score_B columns, so the paper's 'both responses have more than "
                       f"{SHP_MIN_LIKES} likes' filter is not applied.", stacklevel=4)
     if one_pair_per_post and "post_id" not in columns:
-        raise ValueError("one_pair_per_post=True needs a 'post_id' column.")
+        raise InputError("one_pair_per_post=True needs a 'post_id' column.")
     outcomes = [_shp_pair(record, index, has_likes) for index, record in enumerate(dataset)]
     if one_pair_per_post:
         outcomes = _one_pair_per_post(outcomes, list(dataset["post_id"]), seed)
@@ -322,7 +323,7 @@ def _shp_pair(record: dict, index: int, has_likes: bool) -> dict | Skip:
         return Skip(f"pairs with a response of {SHP_MIN_LIKES} likes or fewer")
     label = record["labels"]
     if label not in (0, 1) or isinstance(label, bool):
-        raise ValueError(f"record {index}: field 'labels' must be 0 or 1, got {label!r}.")
+        raise InputError(f"record {index}: field 'labels' must be 0 or 1, got {label!r}.")
     a = _as_text(record["human_ref_A"], index, "human_ref_A")
     b = _as_text(record["human_ref_B"], index, "human_ref_B")
     chosen, rejected = (a, b) if label == 1 else (b, a)
@@ -424,13 +425,13 @@ def _personal_llm_pairs(dataset: Dataset, *, seed: int, num_users: int = 5, alph
     for user, weights in users.items():
         unknown = sorted(set(weights) - set(PERSONAL_LLM_REWARD_MODELS))
         if unknown:
-            raise ValueError(f"user {user!r} weights unknown reward models {unknown}.")
+            raise InputError(f"user {user!r} weights unknown reward models {unknown}.")
     responses = [name for name in dataset.column_names if re.fullmatch(r"response_\d+", name)]
     scores = {(response, model): f"{response}_{model}" for response in responses
               for model in PERSONAL_LLM_REWARD_MODELS}
     missing = [column for column in scores.values() if column not in dataset.column_names]
     if missing:
-        raise ValueError(f"missing reward column(s) {missing}.")
+        raise InputError(f"missing reward column(s) {missing}.")
     standardize = {model: _standardizer([value for response in responses
                                          for value in dataset[scores[response, model]] if value is not None])
                    for model in PERSONAL_LLM_REWARD_MODELS}
@@ -470,7 +471,7 @@ def _dsp_pairs(dataset: Dataset, *, append_criterion: bool = True) -> Iterator[d
         prompt = _user_turn(_as_text(record["query"], index, "query"))
         responses = record["responses"]
         if not isinstance(responses, dict):
-            raise ValueError(f"record {index}: field 'responses' must map each domain to its response, got "
+            raise InputError(f"record {index}: field 'responses' must map each domain to its response, got "
                              f"{type(responses).__name__}.")
         texts = {name: _as_text(responses.get(name), index, f"responses.{name}") for name in DSP_RESPONSES}
         for domain, criterion in DSP_CRITERIA.items():
@@ -486,9 +487,9 @@ def _webgpt_pairs(dataset: Dataset) -> Iterator[dict | Skip]:
     for index, record in enumerate(dataset):
         texts, scores = record["text"], record["score"]
         if not isinstance(texts, list) or len(texts) != 2:
-            raise ValueError(f"record {index}: field 'text' must hold two transcripts.")
+            raise InputError(f"record {index}: field 'text' must hold two transcripts.")
         if not isinstance(scores, list) or len(scores) != 2:
-            raise ValueError(f"record {index}: field 'score' must hold two scores.")
+            raise InputError(f"record {index}: field 'score' must hold two scores.")
         first, second = (_as_number(score, index, f"score[{side}]") for side, score in enumerate(scores))
         if first == second:
             yield Skip("ties (equal scores)")
@@ -518,10 +519,10 @@ class Adapter:
     def __call__(self, dataset: Dataset, *, seed: int = 0, **options) -> Iterator[dict | Skip]:
         unknown = set(options) - set(self.option_names())
         if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)}; this format takes {self.option_names()}.")
+            raise InputError(f"unknown option(s) {sorted(unknown)}; this format takes {self.option_names()}.")
         missing = [column for column in self.columns if column not in dataset.column_names]
         if missing:
-            raise ValueError(f"missing column(s) {missing}; the dataset has {dataset.column_names}.")
+            raise InputError(f"missing column(s) {missing}; the dataset has {dataset.column_names}.")
         if "seed" in inspect.signature(self.pairs).parameters:
             options["seed"] = seed
         return self.pairs(dataset, **options)
@@ -583,11 +584,11 @@ def load_pairs(source, format: str | None = None, *, split: str = "train", max_p
         format = HUB_FORMATS.get(source) if isinstance(source, str) else None
         format = format or _detect_format(dataset, source)
     if format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; formats are {list(FORMATS)}.")
+        raise InputError(f"unknown format {format!r}; formats are {list(FORMATS)}.")
     try:
         pairs = _collect(FORMATS[format](dataset, seed=seed, **options), format)
     except ValueError as error:
-        raise ValueError(f"{format} ({_describe(source)}): {error}") from None
+        raise InputError(f"{format} ({_describe(source)}): {error}") from None
     if max_pairs is not None and max_pairs < len(pairs):
         pairs = [pairs[index] for index in sorted(random.Random(seed).sample(range(len(pairs)), max_pairs))]
     if category is not None:
@@ -606,12 +607,12 @@ def _load_source(source, split: str, hub_options: dict) -> Dataset:
     path = Path(source)
     if not path.exists():
         if _builder(path) or str(source).startswith((".", "/", "~")):
-            raise FileNotFoundError(f"dataset: no such file {source}; give an existing local file or a Hub name.")
+            raise InputError(f"dataset: no such file {source}; give an existing local file or a Hub name.")
         return load_dataset(str(source), split=split, **hub_options)
     files = sorted(p for p in path.iterdir() if _builder(p)) if path.is_dir() else [path]
     builders = {_builder(file) for file in files}
     if len(builders) != 1 or None in builders:
-        raise ValueError(f"{source}: expected json, jsonl, jsonl.gz or parquet file(s) of one kind "
+        raise InputError(f"{source}: expected json, jsonl, jsonl.gz or parquet file(s) of one kind "
                          f"({', '.join(LOCAL_BUILDERS)}), found {[file.name for file in files]}.")
     return load_dataset(builders.pop(), data_files=[str(file) for file in files], split="train")
 
@@ -624,7 +625,7 @@ def _detect_format(dataset: Dataset, source) -> str:
     for name in DETECTION_ORDER:
         if FORMATS[name].matches(dataset):
             return name
-    raise ValueError(f"cannot tell the format of {_describe(source)} from its columns {dataset.column_names}; "
+    raise InputError(f"cannot tell the format of {_describe(source)} from its columns {dataset.column_names}; "
                      f"pass format= one of {list(FORMATS)}.")
 
 
@@ -658,7 +659,7 @@ def split_pairs(dataset: Dataset, *, seed: int = 0, validation: float = 0.1, tes
     record (rpr, helpsteer2, dsp, personal-llm) can land in different splits.
     """
     if validation < 0 or test < 0 or validation + test >= 1:
-        raise ValueError(f"validation ({validation}) and test ({test}) must be >= 0 and sum to less than 1.")
+        raise InputError(f"validation ({validation}) and test ({test}) must be >= 0 and sum to less than 1.")
     values = dataset[stratify] if stratify in dataset.column_names else [None] * len(dataset)
     strata = defaultdict(list)
     for unit in _split_units(dataset, group_by):
@@ -680,7 +681,7 @@ def _split_units(dataset: Dataset, group_by: str | None) -> list:
     if group_by is None:
         return [[index] for index in range(len(dataset))]
     if group_by not in dataset.column_names:
-        raise ValueError(f"group_by: no column {group_by!r}; columns are {dataset.column_names}.")
+        raise InputError(f"group_by: no column {group_by!r}; columns are {dataset.column_names}.")
     units = defaultdict(list)
     for index, value in enumerate(dataset[group_by]):
         units[json.dumps(value, sort_keys=True)].append(index)

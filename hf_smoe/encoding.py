@@ -3,6 +3,7 @@
 import torch
 
 from .modeling.modeling_smoe import render_ids
+from .modeling.configuration_smoe import InputError
 
 
 def as_messages(prompt) -> list:
@@ -28,12 +29,12 @@ def encode_pair(tokenizer, prompt, response: str, max_length: int | None = None)
     """
     messages = as_messages(prompt)
     if not response:
-        raise ValueError("response: empty text; every pair needs two non-empty responses.")
+        raise InputError("response: empty text; every pair needs two non-empty responses.")
     prompt_ids = render_ids(tokenizer, messages, add_generation_prompt=True)
     full_ids = render_ids(tokenizer, messages + [{"role": "assistant", "content": response}],
                           add_generation_prompt=False)
     if full_ids[:len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
-        raise ValueError("tokenizer: its chat template does not render the prompt as a prefix of prompt + response, "
+        raise InputError("tokenizer: its chat template does not render the prompt as a prefix of prompt + response, "
                          "so the prompt boundary is undefined; use a template whose generation prompt is a prefix.")
     response_ids = full_ids[len(prompt_ids):]
     if max_length is not None and len(full_ids) > max_length:
@@ -57,7 +58,7 @@ def _truncate(tokenizer, messages, prompt_ids, response_ids, max_length):
     keep_prompt = max(max_length - len(response_ids), min(len(prompt_ids), max_length // 2))
     keep_response = max_length - keep_prompt
     if keep_response < tail + 1 or keep_prompt < 2:
-        raise ValueError(f"max_length: {max_length} cannot hold a prompt boundary and the response's last "
+        raise InputError(f"max_length: {max_length} cannot hold a prompt boundary and the response's last "
                          f"{tail} tokens; raise max_length.")
     head = 1 if prompt_ids[0] in tokenizer.all_special_ids else 0
     prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - keep_prompt + head:]

@@ -18,6 +18,7 @@ import httpx2
 from huggingface_hub import InferenceClient
 
 from .generators import Judgment, TextGenerator, parse_yes_no, yes_probability
+from .modeling.configuration_smoe import InputError
 
 # Worth another try: a gateway, an overloaded or rate-limiting server, a request timeout. A 500 is not: it is a bug
 # or a model the server cannot run (transformers serve answers a bare 500 for a base model without an LM head or a
@@ -84,7 +85,7 @@ class EndpointGenerator(TextGenerator):
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
                  max_concurrency: int = 8, max_retries: int = 4, backoff: float = 1.0, timeout: float | None = 600.0):
         if max_concurrency < 1 or max_retries < 0:
-            raise ValueError(f"max_concurrency must be >= 1 and max_retries >= 0; got {max_concurrency} and "
+            raise InputError(f"max_concurrency must be >= 1 and max_retries >= 0; got {max_concurrency} and "
                              f"{max_retries}.")
         self.base_url, self.model = base_url, model
         self.max_concurrency, self.max_retries, self.backoff = max_concurrency, max_retries, backoff

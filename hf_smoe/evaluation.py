@@ -7,7 +7,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .data import load_pairs, split_pairs
 from .features import EmbeddingCache
-from .modeling.configuration_smoe import SMoERewardConfig
+from .modeling.configuration_smoe import InputError, SMoERewardConfig
 from .pipeline import category_metrics, pick_device
 from .training import as_training_features, behaviour_metrics, head_outputs, loss_weights
 
@@ -21,7 +21,7 @@ def load_checkpoint(checkpoint):
     checkpoint is refused from its config, before any weights load."""
     config = AutoConfig.from_pretrained(checkpoint)
     if config.model_type != SMoERewardConfig.model_type:
-        raise ValueError(f"checkpoint: {checkpoint} is not an hf_smoe reward model (model_type "
+        raise InputError(f"checkpoint: {checkpoint} is not an hf_smoe reward model (model_type "
                          f"{config.model_type!r}); train one with `smoe train`.")
     model = AutoModel.from_pretrained(checkpoint, config=config).to(pick_device()).eval()
     return model, AutoTokenizer.from_pretrained(checkpoint)

@@ -32,6 +32,7 @@ from .plots import plot_flip_rates, plot_gains, plot_interpretability_vs_experts
 from .steering import STEERING_WEIGHTS, random_target_report, steering_report, target_experts
 from .synthetic import generate_preference_set
 from .training import as_training_features, head_outputs
+from .modeling.configuration_smoe import InputError
 
 DATA_ROOT = Path("../shared/data")  # the shared data folder beside the project root (see --data-root)
 PRESETS = ("single", "vanilla", "micro", "sparse")
@@ -228,7 +229,7 @@ def reproduce_table1(datasets=tuple(DATASETS), seeds=(0, 1, 2), output_dir="outp
     `measure_on="validation"` is for diagnosis (e.g. of the training length) without touching test: experts are
     then labelled on train and every metric is measured on validation."""
     if measure_on not in ("test", "validation"):
-        raise ValueError(f"measure_on: 'test' or 'validation', got {measure_on!r}.")
+        raise InputError(f"measure_on: 'test' or 'validation', got {measure_on!r}.")
     output = Path(output_dir)
     backbone_model, tokenizer = load_frozen_backbone(backbone)
     record = {}
@@ -608,7 +609,7 @@ def interpretation_setting(name: str, backbone, tokenizer, *, cache_dir=None, da
         data = reproduction_data("dsp", dsp_queries)
         splits, features = prepare(data, backbone, tokenizer, cache_dir=cache_dir, data_root=data_root)
         return splits, features, data.num_experts, {}
-    raise ValueError(f"datasets: unknown interpretation dataset {name!r}; choose from {INTERPRETATION_DATASETS}.")
+    raise InputError(f"datasets: unknown interpretation dataset {name!r}; choose from {INTERPRETATION_DATASETS}.")
 
 
 def with_prompts(splits, features, names=("validation", "test")) -> list:

@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from .backbones import cache_root, default_generator_path
 from .features import weights_digest
 from .pipeline import pick_device
+from .modeling.configuration_smoe import InputError
 
 # Surface forms of the two answers whose next-token probabilities are pooled: small models often write "Yes" or
 # " YES" instead of the exact token the prompt asks for, and those mean the same thing.
@@ -174,10 +175,10 @@ class LocalGenerator(TextGenerator):
             self.model, loading = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=self.dtype,
                                                                        output_loading_info=True)
         except ValueError as error:  # e.g. a BERT folder: transformers names no causal-LM class for it
-            raise ValueError(f"generator: {name_or_path} is not a causal language model ({error}); give a "
+            raise InputError(f"generator: {name_or_path} is not a causal language model ({error}); give a "
                              "folder or Hub id of a model with an LM head.") from None
         if loading["missing_keys"]:  # a base-model folder loads with a freshly initialised (random) LM head
-            raise ValueError(f"generator: {name_or_path} is not a causal language model: its weights lack "
+            raise InputError(f"generator: {name_or_path} is not a causal language model: its weights lack "
                              f"{sorted(loading['missing_keys'])[:3]}; give a folder or Hub id of a model with an LM "
                              "head (the `smoe train` backbone folder is a base model).")
         self.model.to(self.device).eval()
@@ -192,7 +193,7 @@ class LocalGenerator(TextGenerator):
                 self.answer_tokens.setdefault(ids[0], form)
         forms = set(self.answer_tokens.values())
         if forms.isdisjoint(ANSWER_FORMS["YES"]) or forms.isdisjoint(ANSWER_FORMS["NO"]):
-            raise ValueError(f"generator: the tokenizer of {name_or_path} has no single token for YES or NO, so the "
+            raise InputError(f"generator: the tokenizer of {name_or_path} has no single token for YES or NO, so the "
                              "judge cannot read its answer from the next-token distribution.")
         self.identity = f"local:{name_or_path}|weights={weights_digest(self.model)}|{self.dtype}|greedy"
         # transformers renamed `past_key_values` to `cache` during 5.x; take whichever this version's model has

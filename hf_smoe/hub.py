@@ -13,7 +13,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .modeling.configuration_smoe import LAMBDA_NAMES, SMoERewardConfig
+from .modeling.configuration_smoe import InputError, LAMBDA_NAMES, SMoERewardConfig
 
 TAGS = ["reward-model", "mixture-of-experts", "hf-smoe"]
 # The card's expert table lives between these markers, so `smoe interpret` can replace it in place.
@@ -35,19 +35,19 @@ def template_path(name: str = CARD_TEMPLATE) -> Path:
     for folder in (package.parent / "hub_cards", package / "hub_cards"):
         if (folder / name).is_file():
             return folder / name
-    raise FileNotFoundError(f"model card template {name!r} not found in hub_cards/ next to or inside {package}")
+    raise InputError(f"model card template {name!r} not found in hub_cards/ next to or inside {package}")
 
 
 def read_smoe_config(output_dir: Path) -> dict:
     """The checkpoint's config.json; a one-line ValueError when the folder is missing or not an hf_smoe checkpoint."""
     if not output_dir.is_dir():
-        raise ValueError(f"output_dir: {output_dir} does not exist or is not a folder.")
+        raise InputError(f"output_dir: {output_dir} does not exist or is not a folder.")
     config_file = output_dir / "config.json"
     if not config_file.is_file():
-        raise ValueError(f"output_dir: {output_dir} is not an hf_smoe checkpoint (no config.json).")
+        raise InputError(f"output_dir: {output_dir} is not an hf_smoe checkpoint (no config.json).")
     config = json.loads(config_file.read_text())
     if config.get("model_type") != SMoERewardConfig.model_type:
-        raise ValueError(f"output_dir: {output_dir} is not an hf_smoe checkpoint (config.json model_type is "
+        raise InputError(f"output_dir: {output_dir} is not an hf_smoe checkpoint (config.json model_type is "
                          f"{config.get('model_type')!r}, expected {SMoERewardConfig.model_type!r}).")
     return config
 
@@ -62,11 +62,11 @@ def remote_code_files(config: dict) -> list:
 def checkpoint_files(output_dir: Path, config: dict) -> list:
     """Paths (relative, POSIX) to upload; a ValueError naming what a loadable checkpoint lacks."""
     if not any((output_dir / name).is_file() for name in WEIGHT_FILES):
-        raise ValueError(f"output_dir: {output_dir} is not an hf_smoe checkpoint (no model.safetensors); save it "
+        raise InputError(f"output_dir: {output_dir} is not an hf_smoe checkpoint (no model.safetensors); save it "
                          "with model.save_pretrained(output_dir).")
     missing = [name for name in remote_code_files(config) if not (output_dir / name).is_file()]
     if missing:
-        raise ValueError(f"output_dir: {output_dir} lacks the remote code {', '.join(missing)} that config.json's "
+        raise InputError(f"output_dir: {output_dir} lacks the remote code {', '.join(missing)} that config.json's "
                          "auto_map names; save it with model.save_pretrained(output_dir).")
     found = {path for pattern in UPLOAD_PATTERNS for path in output_dir.glob(pattern) if path.is_file()}
     return sorted({path.relative_to(output_dir).as_posix() for path in found} | set(remote_code_files(config)))
@@ -77,7 +77,7 @@ def check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise ValueError(f"repo_id: {repo_id!r} is not a valid Hub repo id ('namespace/name'): {error}") from None
+        raise InputError(f"repo_id: {repo_id!r} is not a valid Hub repo id ('namespace/name'): {error}") from None
 
 
 def is_hub_id(name: str | None) -> bool:
@@ -104,7 +104,7 @@ def split_routing_stats(routing_stats: dict, num_experts: int) -> tuple:
     for name, value in routing_stats.items():
         if isinstance(value, (list, tuple)):
             if len(value) != num_experts:
-                raise ValueError(f"routing_stats: {name!r} has {len(value)} values; expected one per expert "
+                raise InputError(f"routing_stats: {name!r} has {len(value)} values; expected one per expert "
                                  f"({num_experts}).")
             per_expert[name] = [float(v) for v in value]
         else:
@@ -124,7 +124,7 @@ def write_model_card(output_dir, *, base_model: str, datasets: list, eval_result
     config = read_smoe_config(output_dir)
     dataset_name = dataset_name or (datasets[0] if datasets else None)
     if eval_results and dataset_name is None:
-        raise ValueError("dataset_name: eval_results need the dataset they were measured on; pass dataset_name or "
+        raise InputError("dataset_name: eval_results need the dataset they were measured on; pass dataset_name or "
                          "datasets.")
     model_name = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
     routing_scalars, routing_per_expert = split_routing_stats(routing_stats, config["num_experts"])

@@ -27,6 +27,7 @@ from .metrics import (description_fidelity, expert_specialization_top, pairwise_
 from .modeling.modeling_smoe import mixture_reward
 from .pipeline import run_command, save_run
 from .training import as_training_features, head_outputs
+from .modeling.configuration_smoe import InputError
 
 # Fig. 4, word for word; the paper prints it as running text, the line breaks here restore its sections.
 DESCRIBER_PROMPT = """Task Overview
@@ -326,7 +327,7 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
     the checkpoint's model card when the checkpoint is a local folder. The judge defaults to the describer."""
     local = Path(checkpoint).is_dir()
     if output_dir is None and not local:
-        raise ValueError(f"output_dir: {checkpoint} is not a local folder; pass --output-dir for the results.")
+        raise InputError(f"output_dir: {checkpoint} is not a local folder; pass --output-dir for the results.")
     model, tokenizer = load_checkpoint(checkpoint)
     pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
     features = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length).pair_features(pairs)

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .modeling.configuration_smoe import LAMBDA_NAMES, PRESETS, check_loss_weights
+from .modeling.configuration_smoe import InputError, LAMBDA_NAMES, PRESETS, check_loss_weights
 
 
 def _xlogx(p: torch.Tensor) -> torch.Tensor:
@@ -83,7 +83,7 @@ def uniform_prior(routing_weights) -> torch.Tensor:
 def preset_lambdas(preset: str) -> dict:
     """The loss weights of a preset (`single`, `vanilla`, `micro`, `sparse`, `static`)."""
     if preset not in PRESETS:
-        raise ValueError(f"preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        raise InputError(f"preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
     return {name: PRESETS[preset][name] for name in LAMBDA_NAMES}
 
 
@@ -99,11 +99,11 @@ def moe_preference_loss(routing_weights, chosen_rewards, rejected_rewards, *, la
         `global_balance`, `diversity`, `uniform_prior`.
     """
     if routing_weights.dim() != 2 or routing_weights.shape[0] == 0:
-        raise ValueError(f"routing_weights: expected a non-empty (batch, num_experts) tensor, "
+        raise InputError(f"routing_weights: expected a non-empty (batch, num_experts) tensor, "
                          f"got shape {tuple(routing_weights.shape)}.")
     for name, rewards in (("chosen_rewards", chosen_rewards), ("rejected_rewards", rejected_rewards)):
         if rewards.shape != routing_weights.shape:
-            raise ValueError(f"{name}: shape {tuple(rewards.shape)} differs from routing_weights' "
+            raise InputError(f"{name}: shape {tuple(rewards.shape)} differs from routing_weights' "
                              f"{tuple(routing_weights.shape)}; pass per-expert rewards, one row per pair.")
     check_loss_weights({"lambda_local": lambda_local, "lambda_global": lambda_global, "lambda_div": lambda_div,
                         "lambda_uniform": lambda_uniform})

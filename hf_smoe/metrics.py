@@ -19,6 +19,7 @@ import math
 import torch
 
 from .losses import expert_diversity, global_balance, local_sparsity
+from .modeling.configuration_smoe import InputError
 
 
 def pairwise_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
@@ -112,7 +113,7 @@ def expert_specialization(chosen_expert_rewards: torch.Tensor, rejected_expert_r
 def top_percent_count(num_examples: int, top_percent: float) -> int:
     """Size of a top-m% set: ceil(m% of N), at least 1 (for N > 0) and at most N."""
     if not 0 < top_percent <= 100:
-        raise ValueError(f"top_percent must be in (0, 100], got {top_percent}")
+        raise InputError(f"top_percent must be in (0, 100], got {top_percent}")
     if num_examples == 0:
         return 0
     return min(num_examples, max(1, math.ceil(round(top_percent * num_examples / 100, 9))))

@@ -14,6 +14,7 @@ from .evaluation import load_checkpoint
 from .features import EmbeddingCache
 from .plots import plot_weight_shift
 from .routers import save_router, static_router
+from .modeling.configuration_smoe import InputError
 
 METHODS = ("hedge", "hyre")
 
@@ -21,7 +22,7 @@ METHODS = ("hedge", "hyre")
 def adaptation_split(pairs, n: int, seed: int = 0) -> tuple:
     """(n random pairs to adapt on, the other pairs to evaluate on), seeded."""
     if not 0 < n < len(pairs):
-        raise ValueError(f"n: need 0 < n < {len(pairs)} (the pairs in the data) so that some pairs remain to "
+        raise InputError(f"n: need 0 < n < {len(pairs)} (the pairs in the data) so that some pairs remain to "
                          f"measure the adaptation; got n={n}.")
     chosen = sorted(random.Random(seed).sample(range(len(pairs)), n))
     rest = sorted(set(range(len(pairs))) - set(chosen))
@@ -30,7 +31,7 @@ def adaptation_split(pairs, n: int, seed: int = 0) -> tuple:
 
 def check_method(method: str) -> None:
     if method not in METHODS:
-        raise ValueError(f"method: unknown adaptation method {method!r}; choose one of {METHODS}.")
+        raise InputError(f"method: unknown adaptation method {method!r}; choose one of {METHODS}.")
 
 
 def adapt_router(model, features, method: str, seed: int = 0):

@@ -20,6 +20,7 @@ from .metrics import (category_coverage, expert_category_labels, expert_purity, 
 from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE, mixture_reward
 from .training import (SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics, head_outputs,
                        loss_weights)
+from .modeling.configuration_smoe import InputError
 
 
 @dataclass
@@ -99,7 +100,7 @@ def split_for_training(pairs, seed: int, group_by: str = "prompt", **fractions):
     splits = split_pairs(pairs, seed=seed, group_by=group_by, **fractions)
     empty = [name for name, split in splits.items() if len(split) == 0]
     if empty:
-        raise ValueError(f"dataset: {len(pairs)} pairs leave the {', '.join(empty)} split(s) empty (10% of each "
+        raise InputError(f"dataset: {len(pairs)} pairs leave the {', '.join(empty)} split(s) empty (10% of each "
                          "category's prompts, rounded); use more pairs or prompts.")
     return splits
 

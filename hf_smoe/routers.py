@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 from .modeling.modeling_smoe import SMoERouter, SMoEStaticRouter
+from .modeling.configuration_smoe import InputError
 
 ROUTER_FORMAT = "hf_smoe.router/1"
 
@@ -52,14 +53,14 @@ def save_router(router, path, model, **info) -> Path:
 def read_router_metadata(path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"router: no such file {path}; write one with `smoe adapt ... --output ROUTER`.")
+        raise InputError(f"router: no such file {path}; write one with `smoe adapt ... --output ROUTER`.")
     try:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
     except Exception as error:  # safetensors raises its own error types for a file that is not safetensors
-        raise ValueError(f"router: {path} is not a safetensors file ({error}).") from None
+        raise InputError(f"router: {path} is not a safetensors file ({error}).") from None
     if metadata.get("format") != ROUTER_FORMAT:
-        raise ValueError(f"router: {path} is not an hf_smoe router file (format {metadata.get('format')!r}); "
+        raise InputError(f"router: {path} is not an hf_smoe router file (format {metadata.get('format')!r}); "
                          "write one with `smoe adapt`.")
     return metadata | {"info": json.loads(metadata["info"])}
 
@@ -70,7 +71,7 @@ def load_router(path, model) -> torch.nn.Module:
     metadata = read_router_metadata(path)
     digest = experts_digest(model.head)
     if metadata["experts_sha256"] != digest:
-        raise ValueError(f"router: {path} was adapted on different experts (sha256 {metadata['experts_sha256'][:12]}"
+        raise InputError(f"router: {path} was adapted on different experts (sha256 {metadata['experts_sha256'][:12]}"
                          f", this checkpoint's are {digest[:12]}); adapt it again on this checkpoint with "
                          "`smoe adapt`.")
     config = copy.copy(model.config)

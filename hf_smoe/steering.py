@@ -10,6 +10,7 @@ import torch
 from .encoding import encode_batch
 from .metrics import _nanmean, flip_rate, top_examples, undesired_flip_rate
 from .modeling.modeling_smoe import mixture_reward
+from .modeling.configuration_smoe import InputError
 
 STEERING_WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 
@@ -23,12 +24,12 @@ def intervene(routing_weights: torch.Tensor, expert, weight: float) -> torch.Ten
     """
     num_experts = routing_weights.shape[-1]
     if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"weight: the target expert's weight must be in [0, 1], got {weight}.")
+        raise InputError(f"weight: the target expert's weight must be in [0, 1], got {weight}.")
     expert = torch.as_tensor(expert, device=routing_weights.device).long().expand(routing_weights.shape[0])
     if expert.numel() and not (0 <= int(expert.min()) and int(expert.max()) < num_experts):
-        raise ValueError(f"expert: must be in [0, {num_experts - 1}], got {sorted(set(expert.tolist()))}.")
+        raise InputError(f"expert: must be in [0, {num_experts - 1}], got {sorted(set(expert.tolist()))}.")
     if num_experts == 1 and weight != 1.0:
-        raise ValueError("weight: a model with one expert can only give it weight 1.")
+        raise InputError("weight: a model with one expert can only give it weight 1.")
     target = torch.nn.functional.one_hot(expert, num_experts).bool()
     others = routing_weights.masked_fill(target, 0.0)
     total = others.sum(dim=-1, keepdim=True)
@@ -86,7 +87,7 @@ def random_target_report(routing_weights, chosen_expert_rewards, rejected_expert
 def steer_responses(model, tokenizer, prompt, responses: list, expert: int, weight: float) -> dict:
     """Rewards of `responses` to `prompt` under the router's own weights and with `expert` set to `weight`."""
     if not responses:
-        raise ValueError("responses: give at least one response to score.")
+        raise InputError("responses: give at least one response to score.")
     output = model(**encode_batch(tokenizer, [prompt] * len(responses), responses, model.device))
     steered = intervene(output.routing_weights, expert, weight)
     return {"routing_before": output.routing_weights[0].tolist(), "routing_after": steered[0].tolist(),

@@ -22,6 +22,7 @@ import random
 from datasets import Dataset
 
 from .data import PAIR_COLUMNS, PAIR_FEATURES
+from .modeling.configuration_smoe import InputError
 
 PROPERTIES = ("detailed", "formal", "example", "caveat")
 """Binary response properties: 1 = detailed / formal / has a concrete example / has a safety caveat;
@@ -311,20 +312,20 @@ def generate_preference_set(num_prompts: int = 360, *, seed: int = 0, label_nois
         `"annotator-<category>"`).
     """
     if not 0.0 <= label_noise <= 1.0:
-        raise ValueError(f"label_noise: {label_noise} is not a probability in [0, 1].")
+        raise InputError(f"label_noise: {label_noise} is not a probability in [0, 1].")
     if not 2 <= responses_per_prompt <= 2 ** len(PROPERTIES):
-        raise ValueError(f"responses_per_prompt: {responses_per_prompt} must be between 2 and "
+        raise InputError(f"responses_per_prompt: {responses_per_prompt} must be between 2 and "
                          f"{2 ** len(PROPERTIES)} (the number of distinct property combinations).")
     names = list(CATEGORIES)
     if num_prompts < len(names):
-        raise ValueError(f"num_prompts: {num_prompts} is fewer than the {len(names)} categories.")
+        raise InputError(f"num_prompts: {num_prompts} is fewer than the {len(names)} categories.")
     rng = random.Random(seed)
     counts = [num_prompts // len(names) + (index < num_prompts % len(names)) for index in range(len(names))]
     drawn = {}
     for name, count in zip(names, counts):
         pool = _all_prompts(name)
         if count > len(pool):
-            raise ValueError(f"num_prompts: {num_prompts} needs {count} {name} prompts but its templates give "
+            raise InputError(f"num_prompts: {num_prompts} needs {count} {name} prompts but its templates give "
                              f"only {len(pool)} distinct ones.")
         drawn[name] = rng.sample(pool, count)
     # Interleave categories (round-robin over a per-round shuffled order) so any prefix is balanced.

@@ -8,6 +8,7 @@ import os
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+from .modeling.configuration_smoe import InputError
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -42,7 +43,7 @@ def word_tokenizer(style: str = "chatml", extra_words=()) -> PreTrainedTokenizer
             special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
         return PreTrainedTokenizerFast(tokenizer_object=backend, cls_token="[CLS]", sep_token="[SEP]",
                                        unk_token="[UNK]", pad_token="[PAD]", mask_token="[MASK]")
-    raise ValueError(f"style: unknown tokenizer style {style!r}; choose 'chatml' or 'bert'.")
+    raise InputError(f"style: unknown tokenizer style {style!r}; choose 'chatml' or 'bert'.")
 
 
 def tiny_llama(tokenizer, hidden_size: int = 32, seed: int = 0) -> LlamaModel:

@@ -17,7 +17,7 @@ from .encoding import encode_pair
 from .losses import moe_preference_loss
 from .metrics import (COLLAPSED_BELOW_GLOBAL_ENTROPY, expert_correlation, global_entropy, pairwise_accuracy,
                       routing_entropy)
-from .modeling.configuration_smoe import LAMBDA_NAMES
+from .modeling.configuration_smoe import InputError, LAMBDA_NAMES
 from .modeling.modeling_smoe import mixture_reward
 
 FEATURE_COLUMNS = ("prompt_embedding", "chosen_embedding", "rejected_embedding")
@@ -99,7 +99,7 @@ def as_training_features(features):
     """The pair-feature columns the trainer reads, as torch tensors."""
     missing = [name for name in FEATURE_COLUMNS if name not in features.column_names]
     if missing:
-        raise ValueError(f"train_dataset: missing feature columns {missing}; build it with "
+        raise InputError(f"train_dataset: missing feature columns {missing}; build it with "
                          "EmbeddingCache.pair_features.")
     return features.select_columns(list(FEATURE_COLUMNS)).with_format("torch")
 

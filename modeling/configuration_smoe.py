@@ -21,12 +21,19 @@ PROMPT_REPRESENTATIONS = ("same_pass", "prompt_pass")
 ROUTER_ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 
 
+class InputError(ValueError):
+    """A failure the user caused and can fix (a bad argument, file, record or checkpoint; a refused overwrite): its
+    message names the field, the file or record where there is one, and the fix. `smoe` prints it as one line and
+    exits with status 2; any other exception is a bug and keeps its traceback. Defined here because the remote code
+    must stay self-contained, and both of its files import this one."""
+
+
 def check_loss_weights(weights: dict) -> dict:
     """Loss weights as floats; a ValueError naming the first negative or NaN one."""
     weights = {name: float(value) for name, value in weights.items()}
     for name, value in weights.items():
         if not value >= 0.0:  # also rejects NaN
-            raise ValueError(f"{name}: loss weights must be >= 0, got {value}.")
+            raise InputError(f"{name}: loss weights must be >= 0, got {value}.")
     return weights
 
 
@@ -99,15 +106,15 @@ class SMoERewardConfig(PretrainedConfig):
         **kwargs,
     ):
         if preset not in PRESETS:
-            raise ValueError(f"preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+            raise InputError(f"preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
         if isinstance(backbone_config, dict):
             backbone_config = AutoConfig.for_model(**backbone_config)
         if num_experts is None:
             num_experts = 1 if preset == "single" else DEFAULT_NUM_EXPERTS
         if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
-            raise ValueError(f"num_experts: must be an integer >= 1, got {num_experts!r}.")
+            raise InputError(f"num_experts: must be an integer >= 1, got {num_experts!r}.")
         if preset == "single" and num_experts != 1:
-            raise ValueError(f"num_experts: preset 'single' is one reward head; got num_experts={num_experts}. "
+            raise InputError(f"num_experts: preset 'single' is one reward head; got num_experts={num_experts}. "
                              "Drop num_experts or use preset 'vanilla'.")
         lambdas = {"lambda_local": lambda_local, "lambda_global": lambda_global, "lambda_div": lambda_div,
                    "lambda_uniform": lambda_uniform}
@@ -116,29 +123,29 @@ class SMoERewardConfig(PretrainedConfig):
         for name, value in lambdas.items():
             setattr(self, name, value)
         if not 0.0 <= router_dropout < 1.0:
-            raise ValueError(f"router_dropout: must be in [0, 1), got {router_dropout}.")
+            raise InputError(f"router_dropout: must be in [0, 1), got {router_dropout}.")
         if not 0.0 <= router_jitter_noise < 1.0:
-            raise ValueError(f"router_jitter_noise: must be in [0, 1), got {router_jitter_noise}.")
+            raise InputError(f"router_jitter_noise: must be in [0, 1), got {router_jitter_noise}.")
         if not isinstance(router_hidden_size, int) or router_hidden_size < 1:
-            raise ValueError(f"router_hidden_size: must be an integer >= 1, got {router_hidden_size!r}.")
+            raise InputError(f"router_hidden_size: must be an integer >= 1, got {router_hidden_size!r}.")
         if router_activation not in ROUTER_ACTIVATIONS:
-            raise ValueError(f"router_activation: unknown {router_activation!r}; choose one of {ROUTER_ACTIVATIONS}.")
+            raise InputError(f"router_activation: unknown {router_activation!r}; choose one of {ROUTER_ACTIVATIONS}.")
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling: unknown {pooling!r}; choose one of {POOLINGS}.")
+            raise InputError(f"pooling: unknown {pooling!r}; choose one of {POOLINGS}.")
         if prompt_representation is not None and prompt_representation not in PROMPT_REPRESENTATIONS:
-            raise ValueError(f"prompt_representation: unknown {prompt_representation!r}; "
+            raise InputError(f"prompt_representation: unknown {prompt_representation!r}; "
                              f"choose one of {PROMPT_REPRESENTATIONS}.")
         if backbone_config is not None:
             backbone_hidden = backbone_config.get_text_config().hidden_size
             if hidden_size is None:
                 hidden_size = backbone_hidden
             elif hidden_size != backbone_hidden:
-                raise ValueError(f"hidden_size: {hidden_size} does not match the backbone's hidden size "
+                raise InputError(f"hidden_size: {hidden_size} does not match the backbone's hidden size "
                                  f"{backbone_hidden}; drop hidden_size to use the backbone's.")
             if prompt_representation is None:
                 prompt_representation = "prompt_pass" if is_bidirectional_encoder(backbone_config) else "same_pass"
             elif prompt_representation == "same_pass" and is_bidirectional_encoder(backbone_config):
-                raise ValueError("prompt_representation: 'same_pass' reads the prompt from the prompt+response pass, "
+                raise InputError("prompt_representation: 'same_pass' reads the prompt from the prompt+response pass, "
                                  "which a bidirectional encoder has already mixed with the response; use "
                                  "'prompt_pass'.")
 

@@ -13,7 +13,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.utils import ModelOutput
 
-from .configuration_smoe import SMoERewardConfig
+from .configuration_smoe import InputError, SMoERewardConfig
 
 # Used when a tokenizer has no chat template: the HH-RLHF transcript convention, wrapped in the tokenizer's own
 # sequence markers ([CLS] ... [SEP] for BERT, <s> ... </s> for Llama-style, nothing for GPT-2).
@@ -132,10 +132,10 @@ def check_routing_weights(routing_weights, expert_rewards: torch.Tensor) -> torc
     if routing_weights.dim() == 1:
         routing_weights = routing_weights.expand(batch_size, -1)
     if routing_weights.shape != (batch_size, num_experts):
-        raise ValueError(f"routing_weights: expected shape ({num_experts},) or ({batch_size}, {num_experts}), "
+        raise InputError(f"routing_weights: expected shape ({num_experts},) or ({batch_size}, {num_experts}), "
                          f"got {tuple(routing_weights.shape)}.")
     if not torch.isfinite(routing_weights).all():
-        raise ValueError("routing_weights: contains NaN or infinite values.")
+        raise InputError("routing_weights: contains NaN or infinite values.")
     return routing_weights
 
 
@@ -190,7 +190,7 @@ class SMoERewardModel(SMoEPreTrainedModel):
     def __init__(self, config: SMoERewardConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
         if config.backbone_config is None:
-            raise ValueError("backbone_config: required; build the model with SMoERewardModel.from_backbone(name).")
+            raise InputError("backbone_config: required; build the model with SMoERewardModel.from_backbone(name).")
         self.backbone = backbone if backbone is not None else AutoModel.from_config(config.backbone_config)
         self.head = SMoERewardHead(config)
         if config.freeze_backbone:
@@ -256,7 +256,7 @@ class SMoERewardModel(SMoEPreTrainedModel):
         attention_mask, input_ids, token_type_ids = right_align(attention_mask.long(), input_ids, token_type_ids)
         lengths = attention_mask.sum(dim=1)
         if (lengths == 0).any():
-            raise ValueError("attention_mask: a row has no tokens; every row needs a prompt and a response.")
+            raise InputError("attention_mask: a row has no tokens; every row needs a prompt and a response.")
         prompt_lengths = self._prompt_lengths(input_ids, lengths, prompt_lengths)
 
         backbone_trainable = any(p.requires_grad for p in self.backbone.parameters())
@@ -283,21 +283,21 @@ class SMoERewardModel(SMoEPreTrainedModel):
         if prompt_lengths is None:
             pattern = self.config.assistant_turn_pattern
             if not pattern:
-                raise ValueError("prompt_lengths: not given, and config.assistant_turn_pattern is unset, so the "
+                raise InputError("prompt_lengths: not given, and config.assistant_turn_pattern is unset, so the "
                                  "prompt boundary cannot be found. Pass prompt_lengths, or build the model with "
                                  "from_backbone(..., tokenizer=tokenizer).")
             prompt_lengths = find_prompt_lengths(input_ids, lengths, pattern)
             if (prompt_lengths < 0).any():
                 rows = (prompt_lengths < 0).nonzero().flatten().tolist()
-                raise ValueError(f"input_ids: rows {rows} do not contain the assistant-turn pattern "
+                raise InputError(f"input_ids: rows {rows} do not contain the assistant-turn pattern "
                                  f"{pattern} followed by a response; encode pairs with the model's chat template "
                                  "(hf_smoe.encode_pair) or pass prompt_lengths.")
             return prompt_lengths
         prompt_lengths = torch.as_tensor(prompt_lengths, device=input_ids.device).long().reshape(-1)
         if prompt_lengths.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"prompt_lengths: {prompt_lengths.shape[0]} values for a batch of {input_ids.shape[0]}.")
+            raise InputError(f"prompt_lengths: {prompt_lengths.shape[0]} values for a batch of {input_ids.shape[0]}.")
         if ((prompt_lengths < 1) | (prompt_lengths >= lengths)).any():
-            raise ValueError("prompt_lengths: each must be >= 1 and leave at least one response token "
+            raise InputError("prompt_lengths: each must be >= 1 and leave at least one response token "
                              "(< the row's number of non-pad tokens).")
         return prompt_lengths
 

@@ -133,7 +133,7 @@ def test_router_file_round_trip_and_refusal(sparse_model, backbone_dirs, tmp_pat
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a safetensors file"):
         load_router(tmp_path / "junk.safetensors", sparse_model)
-    with pytest.raises(FileNotFoundError, match="smoe adapt"):
+    with pytest.raises(ValueError, match="smoe adapt"):
         load_router(tmp_path / "missing.safetensors", sparse_model)
 
 
