@@ -5,10 +5,15 @@ de-quantizes GGUF on every load (~30 s) and refuses to save a GGUF-loaded model,
 safetensors folder (model + tokenizer + chat template) under the hf_smoe cache and load that afterwards.
 """
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
+
+from safetensors import SafetensorError
+
 from .modeling.configuration_smoe import InputError
+from .outputs import is_hf_smoe_output
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 DEFAULT_BACKBONE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was made from
@@ -74,7 +79,43 @@ def backbone_hub_id(name_or_path: str) -> str:
 
 
 def resolve_backbone(name_or_path: str) -> str:
-    """`smollm2-135m-instruct` (or `default`) means the embedded default; anything else is a Hub id or a folder."""
+    """`smollm2-135m-instruct` (or `default`) means the embedded default; anything else is a Hub id or a model
+    folder, and never an hf_smoe reward model (whose own backbone is inside it)."""
     if is_default_backbone(name_or_path):
         return str(default_backbone_path())
-    return name_or_path
+    source = check_model_source("backbone", name_or_path)
+    if is_hf_smoe_output(Path(source)):
+        raise InputError(f"backbone: {name_or_path} is an hf_smoe reward model, not a backbone; give the base "
+                         "model it was trained on (its card names it), or evaluate it with `smoe eval`.")
+    return source
+
+
+def check_model_source(field: str, name_or_path) -> str:
+    """A model folder (with config.json) or a name that can be a Hub id; an InputError naming `field` otherwise,
+    before anything loads."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise InputError(f"{field}: {name} is not a model folder (no config.json); give a folder written by "
+                             "save_pretrained, or a Hub id.")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", ""):
+        raise InputError(f"{field}: no such folder {name}; give an existing model folder or a Hub id.")
+    return name
+
+
+@contextlib.contextmanager
+def loading(field: str, name_or_path):
+    """Turns what transformers and safetensors raise for a missing, unreachable, damaged or foreign model into one
+    InputError naming `field`, the model and the fix."""
+    try:
+        yield
+    except InputError:
+        raise
+    except SafetensorError as error:
+        raise InputError(f"{field}: the weights of {name_or_path} are damaged ({error}); restore the file or save "
+                         "the model again.") from None
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{field}: cannot load {name_or_path}: {reason}") from None

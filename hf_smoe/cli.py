@@ -2,6 +2,7 @@
 
 import argparse
 import errno
+import math
 import json
 import sys
 from pathlib import Path
@@ -10,13 +11,40 @@ from .backbones import DEFAULT_BACKBONE
 from .modeling.configuration_smoe import InputError
 
 
+def at_least_one(text: str) -> int:
+    """argparse type: an integer >= 1 (pair counts, lengths, K)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a finite number > 0 (epochs)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def add_overwrite_argument(parser, what: str) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace {what} if it exists (only ever an earlier hf_smoe output)")
+
+
 def add_data_arguments(parser) -> None:
     parser.add_argument("--dataset", required=True, help="Hub dataset name or local file/folder")
     parser.add_argument("--format", default=None, help="data format (default: detected); see hf_smoe.data.FORMATS")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
                         help=f"Hub id or folder of any AutoModel (default: {DEFAULT_BACKBONE}, the embedded copy)")
-    parser.add_argument("--max-pairs", type=int, default=None, help="keep a seeded random subset of this size")
-    parser.add_argument("--max-length", type=int, default=1024, help="truncation length of prompt + response")
+    parser.add_argument("--max-pairs", type=at_least_one, default=None, help="keep a seeded random subset of this size")
+    parser.add_argument("--max-length", type=at_least_one, default=1024, help="truncation length of prompt + response")
     parser.add_argument("--cache-dir", default=None, help="embedding cache root (default: $HF_SMOE_CACHE/features)")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -27,8 +55,8 @@ def add_checkpoint_data_arguments(parser) -> None:
     parser.add_argument("--dataset", required=True, help="Hub dataset name or local file/folder")
     parser.add_argument("--format", default=None, help="data format (default: detected); see hf_smoe.data.FORMATS")
     parser.add_argument("--split", default="test", help="Hub split to read")
-    parser.add_argument("--max-pairs", type=int, default=None, help="keep a seeded random subset of this size")
-    parser.add_argument("--max-length", type=int, default=1024, help="truncation length of prompt + response")
+    parser.add_argument("--max-pairs", type=at_least_one, default=None, help="keep a seeded random subset of this size")
+    parser.add_argument("--max-length", type=at_least_one, default=1024, help="truncation length of prompt + response")
     parser.add_argument("--cache-dir", default=None, help="embedding cache root (default: $HF_SMOE_CACHE/features)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset and of the split into halves")
 
@@ -55,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Embeds a generated preference set with SmolLM2-135M-Instruct, trains "
                                            "single, vanilla, micro and sparse, and compares them.")
     demo.add_argument("--output-dir", default="outputs/demo", help="where the sparse checkpoint is written")
-    demo.add_argument("--num-prompts", type=int, default=None, help="prompts to generate (default: the set's own)")
-    demo.add_argument("--num-experts", type=int, default=4)
-    demo.add_argument("--epochs", type=float, default=3.0)
+    demo.add_argument("--num-prompts", type=at_least_one, default=None,
+                      help="prompts to generate (default: the set's own)")
+    demo.add_argument("--num-experts", type=at_least_one, default=4)
+    demo.add_argument("--epochs", type=positive_number, default=3.0)
     demo.add_argument("--cache-dir", default=None, help="embedding cache root (default: $HF_SMOE_CACHE/features)")
     demo.add_argument("--seed", type=int, default=0)
 
@@ -71,9 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                                             "checkpoint that loads with AutoModel, its model card and results.json.")
     add_data_arguments(train)
     train.add_argument("--preset", default="sparse", choices=["single", "vanilla", "micro", "sparse", "static"])
-    train.add_argument("--num-experts", type=int, default=None, help="K (default: 1 for single, else 5)")
-    train.add_argument("--epochs", type=float, default=3.0)
-    train.add_argument("--output-dir", required=True)
+    train.add_argument("--num-experts", type=at_least_one, default=None, help="K (default: 1 for single, else 5)")
+    train.add_argument("--epochs", type=positive_number, default=3.0)
+    train.add_argument("--output-dir", required=True,
+                       help="the checkpoint folder; built in .NAME.partial beside it and renamed when complete, so a "
+                            "killed run resumes from its last epoch when rerun")
+    add_overwrite_argument(train, "--output-dir")
     train.add_argument("--push-to-hub", default=None, metavar="ORG/NAME", help="also push checkpoint + card")
 
     evaluation = commands.add_parser("eval", help="every paper metric the data allows, for a checkpoint",
@@ -82,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "specialization. Printed as a table and written as JSON.")
     add_checkpoint_data_arguments(evaluation)
     evaluation.add_argument("--output", default=None, help="JSON file (default: CHECKPOINT/eval_results.json)")
+    add_overwrite_argument(evaluation, "--output")
 
     interpret = commands.add_parser(
         "interpret", help="describe each expert in one line and check the descriptions (paper §6.1)",
@@ -117,18 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
                            help="training seeds (default: 0 1 2; table8, fig6: 0)")
     reproduce.add_argument("--size", nargs="+", default=[], metavar="DATASET=N",
                            help="HH pairs per subset / DSP queries / demo prompts (default: hh=700 dsp=150 demo=360)")
-    reproduce.add_argument("--epochs", type=float, default=3.0)
-    reproduce.add_argument("--num-experts", type=int, default=None, metavar="K",
+    reproduce.add_argument("--epochs", type=positive_number, default=3.0)
+    reproduce.add_argument("--num-experts", type=at_least_one, default=None, metavar="K",
                            help="fig2, table5, fig8, table13, table4: K (default: the paper's, 10 for fig2 (§5.2) "
                                 "and 20 for the personalization and interpretation experiments (§6); table4 on DSP: "
                                 "5)")
     reproduce.add_argument("--measure-on", default="test", choices=["test", "validation"],
                            help="table1: 'validation' labels experts on train and measures on validation, for "
                                 "diagnosis without reading test")
-    reproduce.add_argument("--k-values", nargs="+", type=int, default=None, metavar="K",
+    reproduce.add_argument("--k-values", nargs="+", type=at_least_one, default=None, metavar="K",
                            help="fig6: the numbers of experts (default: 10 20 30 40 50)")
     add_generator_arguments(reproduce)
-    reproduce.add_argument("--samples-per-stratum", type=int, default=100,
+    reproduce.add_argument("--samples-per-stratum", type=at_least_one, default=100,
                            help="table4, fig6: test prompts judged per expert from its top 10%% and from the rest "
                                 "(App. A: 100)")
     reproduce.add_argument("--backbone", default=DEFAULT_BACKBONE)
@@ -152,13 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("checkpoint")
     adapt.add_argument("--data", required=True, help="the user's labeled pairs (any supported format)")
     adapt.add_argument("--format", default=None)
-    adapt.add_argument("--n", type=int, default=50, help="pairs to adapt on (the rest measure the change)")
+    adapt.add_argument("--n", type=at_least_one, default=50, help="pairs to adapt on (the rest measure the change)")
     adapt.add_argument("--method", default="hedge", choices=["hedge", "hyre"])
     adapt.add_argument("--output", required=True, metavar="ROUTER", help="router file (.safetensors)")
-    adapt.add_argument("--max-eval-pairs", type=int, default=None)
-    adapt.add_argument("--max-length", type=int, default=1024)
+    add_overwrite_argument(adapt, "the router file")
+    adapt.add_argument("--max-eval-pairs", type=at_least_one, default=None)
+    adapt.add_argument("--max-length", type=at_least_one, default=1024)
     adapt.add_argument("--cache-dir", default=None)
     adapt.add_argument("--seed", type=int, default=0)
+
+    push = commands.add_parser("push", help="upload a checkpoint folder to the Hub",
+                               description="Uploads what the checkpoint owns (config, weights, remote code, tokenizer "
+                                           "files, card) in one commit; nothing else in the folder leaves the "
+                                           "machine.")
+    push.add_argument("checkpoint", help="a folder written by `smoe train` / `smoe demo`")
+    push.add_argument("repo_id", metavar="ORG/NAME")
+    push.add_argument("--private", action="store_true", help="create the repo private (an existing one keeps its "
+                                                             "visibility)")
+    push.add_argument("--revision", default=None, help="branch to push to (created if needed)")
 
     bench = commands.add_parser("bench", help="speed benchmarks, each a ratio against a baseline in the same run",
                                 description="embed: cache tokens/s vs a one-text-at-a-time loop and vs the FLOP "
@@ -169,10 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "and bf16.")
     bench.add_argument("what", choices=["embed", "train", "users", "judge"])
     bench.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    bench.add_argument("--num-texts", type=int, default=64, help="embed: texts to encode")
-    bench.add_argument("--num-pairs", type=int, default=192, help="train: pairs (75%% train, 25%% held out)")
-    bench.add_argument("--num-users", type=int, default=100, help="users: routers scored from one pass")
-    bench.add_argument("--num-prompts", type=int, default=64, help="judge: Fig. 5 prompts to judge")
+    bench.add_argument("--num-texts", type=at_least_one, default=64, help="embed: texts to encode")
+    bench.add_argument("--num-pairs", type=at_least_one, default=192, help="train: pairs (75%% train, 25%% held out)")
+    bench.add_argument("--num-users", type=at_least_one, default=100, help="users: routers scored from one pass")
+    bench.add_argument("--num-prompts", type=at_least_one, default=64, help="judge: Fig. 5 prompts to judge")
     bench.add_argument("--output-dir", default="outputs/bench")
     bench.add_argument("--seed", type=int, default=0)
     return parser
@@ -200,18 +244,21 @@ def run(args) -> None:
         job = TrainJob(dataset=args.dataset, output_dir=args.output_dir, format=args.format, backbone=args.backbone,
                        preset=args.preset, num_experts=args.num_experts, max_pairs=args.max_pairs,
                        max_length=args.max_length, seed=args.seed, epochs=args.epochs, cache_dir=args.cache_dir,
-                       push_to_hub=args.push_to_hub)
+                       push_to_hub=args.push_to_hub, overwrite=args.overwrite)
         results = train_reward_model(job)
         print(json.dumps(results, indent=2, default=str))
         print(f"Checkpoint, model card and results.json written to {args.output_dir}")
     elif args.command == "eval":
-        from .evaluation import evaluate_checkpoint, write_evaluation
+        from .evaluation import evaluate_checkpoint, is_evaluation_file, write_evaluation
+        from .outputs import check_output_file
 
+        output = check_output_file(args.output or Path(args.checkpoint) / "eval_results.json", ".json",
+                                   overwrite=args.overwrite or args.output is None, ours=is_evaluation_file)
         results = evaluate_checkpoint(args.checkpoint, args.dataset, format=args.format, split=args.split,
                                       max_pairs=args.max_pairs, seed=args.seed, cache_dir=args.cache_dir,
                                       max_length=args.max_length)
         print_values(results, "{:.4f}")
-        path = write_evaluation(results, args.output or str(Path(args.checkpoint) / "eval_results.json"))
+        path = write_evaluation(results, output)
         print(f"Written to {path}")
     elif args.command == "interpret":
         from .interpret import expert_table_markdown, interpret_checkpoint
@@ -278,12 +325,16 @@ def run(args) -> None:
 
         result = adapt_checkpoint(args.checkpoint, args.data, output=args.output, n=args.n, method=args.method,
                                   format=args.format, seed=args.seed, max_eval_pairs=args.max_eval_pairs,
-                                  cache_dir=args.cache_dir, max_length=args.max_length)
+                                  cache_dir=args.cache_dir, max_length=args.max_length, overwrite=args.overwrite)
         print(f"{result['method']} on {result['n']} pairs; accuracy on the other {result['eval_pairs']} pairs: "
               f"{result['accuracy_before']:.4f} -> {result['accuracy_after']:.4f}")
         print("weight shift (mean routing after - before): "
               + " ".join(f"E{k} {shift:+.3f}" for k, shift in enumerate(result["weight_shift"])))
         print(f"Router written to {result['router']}; chart {result['chart']}")
+    elif args.command == "push":
+        from .hub import push_checkpoint
+
+        print(f"Pushed: {push_checkpoint(args.checkpoint, args.repo_id, private=args.private, revision=args.revision)}")
     elif args.command == "bench":
         from .bench import run_bench
 

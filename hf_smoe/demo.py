@@ -6,12 +6,15 @@ fall into latent categories with conflicting annotators (`hf_smoe.synthetic`); t
 whether the router recovered the categories, which are never shown to the model.
 """
 
+import json
+import shutil
 import time
 from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONE, DEFAULT_BACKBONE_HUB_ID, default_backbone_path
 from .hub import write_model_card
 from .pipeline import cached_features, load_frozen_backbone, save_checkpoint, save_run, split_for_training, train_preset
+from .outputs import RUN_RECORD, check_output_dir, publish, staging_dir
 from .synthetic import generate_preference_set
 
 PRESETS = ("single", "vanilla", "micro", "sparse")
@@ -30,9 +33,20 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def is_demo_output(folder: Path) -> bool:
+    """Whether `folder` holds an earlier `smoe demo` output (which a new demo replaces without asking)."""
+    try:
+        return "demo" in json.loads((folder / RUN_RECORD).read_text())["job"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, num_experts: int = 4,
              epochs: float = 3.0, seed: int = 0, cache_dir: str | None = None) -> dict:
+    """Runs the demo; its folder is built beside `output_dir` and renamed into place, replacing an earlier demo's
+    output (and nothing else)."""
     started = time.time()
+    output = check_output_dir(output_dir, overwrite=is_demo_output(Path(output_dir)))
     pairs = generate_preference_set(**({} if num_prompts is None else {"num_prompts": num_prompts}), seed=seed)
     splits = split_for_training(pairs, seed)  # test prompts are unseen; checked before any model loads
     print(f"Data: {len(pairs)} synthetic pairs (generated, seed {seed}) in {len(set(pairs['category']))} latent "
@@ -40,25 +54,27 @@ def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, n
     backbone, tokenizer = load_frozen_backbone(DEFAULT_BACKBONE)
     print(f"Backbone: SmolLM2-135M-Instruct (converted copy at {default_backbone_path()})")
     features = cached_features(backbone, tokenizer, splits, cache_dir=cache_dir)  # every preset reads these
+    staging = staging_dir(output)
+    shutil.rmtree(staging, ignore_errors=True)  # a demo is quick to redo: an interrupted one starts over
 
     results, models = {}, {}
     for preset in PRESETS:
         models[preset], results[preset] = train_preset(backbone, tokenizer, features, preset, num_experts, seed,
-                                                       epochs, str(Path(output_dir) / "trainer" / preset))
+                                                       epochs, str(staging / "trainer" / preset))
         print(f"  trained {preset:<8} test accuracy {results[preset]['accuracy']:.3f}")
 
     table = format_table(results)
     print("\nTest split (categories are hidden from training; experts labelled on validation):\n" + table)
-    output = Path(output_dir)
-    save_checkpoint(models["sparse"], tokenizer, output)
+    save_checkpoint(models["sparse"], tokenizer, staging)
     sparse = results["sparse"]
-    write_model_card(output, base_model=DEFAULT_BACKBONE_HUB_ID, datasets=["hf_smoe synthetic demo"],
+    write_model_card(staging, base_model=DEFAULT_BACKBONE_HUB_ID, datasets=["hf_smoe synthetic demo"],
                      eval_results={"accuracy": sparse["accuracy"]},
                      routing_stats={k: sparse[k] for k in ("routing_entropy", "global_entropy", "expert_correlation")},
                      dataset_name="hf_smoe synthetic demo (generated)")
-    (output / "demo_table.md").write_text(table + "\n")
-    save_run(output, {"demo": {"num_prompts": num_prompts, "num_experts": num_experts, "epochs": epochs,
+    (staging / "demo_table.md").write_text(table + "\n")
+    save_run(staging, {"demo": {"num_prompts": num_prompts, "num_experts": num_experts, "epochs": epochs,
                                "seed": seed, "backbone": DEFAULT_BACKBONE}}, results)
+    publish(staging, output)
     print(f"\nDone in {time.time() - started:.0f} s. The sparse checkpoint, its model card and results.json are in "
           f"{output}/.\nNext:\n"
           f"  AutoModel.from_pretrained({str(output)!r}, trust_remote_code=True)   # load it anywhere\n"

@@ -2,7 +2,7 @@
 
 import torch
 
-from .modeling.modeling_smoe import render_ids
+from .modeling.modeling_smoe import assistant_turn_pattern, render_ids
 from .modeling.configuration_smoe import InputError
 
 
@@ -21,7 +21,9 @@ def encode_pair(tokenizer, prompt, response: str, max_length: int | None = None)
 
     Truncation to `max_length` never cuts the response's final token nor the template's end-of-turn tokens after
     it (that is where the reward is read): the prompt loses its oldest tokens first, down to half the budget (its
-    leading special token, e.g. BOS, is kept); then the response loses tokens from its middle.
+    leading special token, e.g. BOS, is kept); then the response loses tokens from its middle. A short response after
+    a long prompt is kept whole. Only a `max_length` too small for the least that must survive (that leading token,
+    the assistant-turn opener, the response's final token and the end-of-turn tokens) raises `InputError`.
 
     Returns:
         dict with `input_ids`, `attention_mask` (lists) and `prompt_lengths` (int: tokens up to and including the
@@ -53,14 +55,25 @@ def encode_batch(tokenizer, prompts, responses, device=None) -> dict:
 
 
 def _truncate(tokenizer, messages, prompt_ids, response_ids, max_length):
+    """Cuts prompt + response to exactly `max_length` tokens (see `encode_pair`).
+
+    The least that must survive is the prompt's leading special token (if any) with its assistant-turn opener (the
+    boundary the model finds) and the response's final token with the end-of-turn tokens after it; only a
+    `max_length` too small for that is an error. A short response after a long prompt is kept whole."""
     empty_turn = render_ids(tokenizer, messages + [{"role": "assistant", "content": ""}], add_generation_prompt=False)
     tail = max(len(empty_turn) - len(prompt_ids), 0) + 1  # end-of-turn tokens + the response's final token
-    keep_prompt = max(max_length - len(response_ids), min(len(prompt_ids), max_length // 2))
-    keep_response = max_length - keep_prompt
-    if keep_response < tail + 1 or keep_prompt < 2:
-        raise InputError(f"max_length: {max_length} cannot hold a prompt boundary and the response's last "
-                         f"{tail} tokens; raise max_length.")
+    tail = min(tail, len(response_ids))
     head = 1 if prompt_ids[0] in tokenizer.all_special_ids else 0
+    opener = assistant_turn_pattern(tokenizer)
+    boundary = len(opener) if opener and prompt_ids[-len(opener):] == opener else 1
+    min_prompt = min(len(prompt_ids), head + boundary)
+    if min_prompt + tail > max_length:
+        raise InputError(f"max_length: {max_length} tokens cannot hold the prompt boundary ({min_prompt} tokens) and "
+                         f"the response's last {tail} tokens; raise max_length to at least {min_prompt + tail}.")
+    # the prompt gives up its oldest tokens first, down to half the budget; then the response loses its middle
+    keep_prompt = max(max_length - len(response_ids), min(len(prompt_ids), max(max_length // 2, min_prompt)))
+    keep_prompt = min(keep_prompt, max_length - tail)
+    keep_response = max_length - keep_prompt
     prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - keep_prompt + head:]
     if len(response_ids) > keep_response:
         response_ids = response_ids[:keep_response - tail] + response_ids[-tail:]

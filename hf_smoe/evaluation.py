@@ -3,28 +3,36 @@
 import json
 from pathlib import Path
 
+import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from .backbones import check_model_source, loading
 from .data import load_pairs, split_pairs
 from .features import EmbeddingCache
 from .modeling.configuration_smoe import InputError, SMoERewardConfig
-from .pipeline import category_metrics, pick_device
+from .outputs import write_text_atomic
+from .pipeline import category_metrics, has_categories, pick_device
 from .training import as_training_features, behaviour_metrics, head_outputs, loss_weights
 
 
-def has_categories(pairs) -> bool:
-    return "category" in pairs.column_names and None not in pairs["category"] and len(set(pairs["category"])) > 1
-
-
 def load_checkpoint(checkpoint):
-    """(model in eval mode on the best device, tokenizer) of an hf_smoe checkpoint folder or Hub id; a foreign
-    checkpoint is refused from its config, before any weights load."""
-    config = AutoConfig.from_pretrained(checkpoint)
-    if config.model_type != SMoERewardConfig.model_type:
-        raise InputError(f"checkpoint: {checkpoint} is not an hf_smoe reward model (model_type "
-                         f"{config.model_type!r}); train one with `smoe train`.")
-    model = AutoModel.from_pretrained(checkpoint, config=config).to(pick_device()).eval()
-    return model, AutoTokenizer.from_pretrained(checkpoint)
+    """(model in eval mode on the best device, tokenizer) of an hf_smoe checkpoint folder or Hub id. A foreign
+    checkpoint is refused from its config, before any weights load; a damaged one (unreadable, or weights that are
+    not finite numbers) is refused before it can score anything."""
+    source = check_model_source("checkpoint", checkpoint)
+    with loading("checkpoint", checkpoint):
+        config = AutoConfig.from_pretrained(source)
+        if config.model_type != SMoERewardConfig.model_type:
+            raise InputError(f"checkpoint: {checkpoint} is not an hf_smoe reward model (model_type "
+                             f"{config.model_type!r}); train one with `smoe train`.")
+        model = AutoModel.from_pretrained(source, config=config).to(pick_device()).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    broken = [name for name, parameter in model.named_parameters() if not torch.isfinite(parameter).all()]
+    if broken:
+        raise InputError(f"checkpoint: {checkpoint} holds NaN or infinite weights ({', '.join(broken[:3])}"
+                         f"{', ...' if len(broken) > 3 else ''}); the file is damaged or its training diverged: "
+                         "restore or retrain it.")
+    return model, tokenizer
 
 
 def evaluate_checkpoint(checkpoint, dataset, *, format=None, split="test", max_pairs=None, seed=0, cache_dir=None,
@@ -53,7 +61,12 @@ def prompt_halves(features, pairs, seed: int = 0) -> tuple:
 
 
 def write_evaluation(results: dict, output: str) -> Path:
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
-    return path
+    return write_text_atomic(output, json.dumps(results, indent=2))
+
+
+def is_evaluation_file(path: Path) -> bool:
+    """A JSON file `write_evaluation` wrote (so `smoe eval --overwrite` may replace it)."""
+    try:
+        return "accuracy" in json.loads(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return False

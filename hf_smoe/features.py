@@ -4,12 +4,20 @@ The backbone is frozen, so its representations are a pure function of (backbone 
 length, pooling, compute dtype). We compute them once, in length-bucketed batches, and store them as `datasets`
 Arrow shards under a folder named by a fingerprint of exactly those inputs. Training, evaluation, steering,
 adaptation and interpretation then run on cached features; an interrupted run keeps its finished shards and resumes.
+
+Integrity: each shard folder holds a `checksums.json` manifest (sha256 of every file, written before the folder's
+atomic rename); a shard whose files do not match it, or that has none, is reported once, deleted and re-embedded.
+Resuming is bit-identical: texts are processed in a fixed order (longest first, ties by key), shards end at batch
+boundaries, so the remaining texts form the same batches an uninterrupted run would have formed.
 """
 
 import contextlib
 import hashlib
 import json
+import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +30,10 @@ from .backbones import cache_root
 from .data import PAIR_METADATA
 from .encoding import as_messages, encode_pair
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: shards carry a checksum manifest; weights digest over every byte
+MANIFEST = "checksums.json"
+SHARD_NAME = re.compile(r"shard-(\d+)")
+PARTIAL_NAME = re.compile(r"shard-\d+\.(\d+)\.partial")
 
 
 def text_key(prompt, response: str) -> str:
@@ -32,14 +43,43 @@ def text_key(prompt, response: str) -> str:
 
 
 def weights_digest(module: torch.nn.Module) -> str:
-    """A cheap digest of a module's weights: names, shapes and a strided sample of every tensor's values."""
+    """sha256 over every tensor of a module's state dict: its name, shape, dtype and every byte of its values, so any
+    changed weight changes the digest (about 0.5 s for SmolLM2-135M's 538 MB on one CPU core)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
-        flat = tensor.detach().flatten()
-        sample = flat[:: max(1, flat.numel() // 1024)].float().cpu().numpy()
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(sample.tobytes())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shard_damage(folder: Path) -> str | None:
+    """Why a stored shard cannot be trusted (no or unreadable manifest, a missing, unreadable or changed file), or
+    None when every file listed in its manifest is there with the recorded checksum."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+        if not isinstance(files, dict) or not files or manifest.get("algorithm") != "sha256":
+            raise ValueError(manifest)
+    except FileNotFoundError:
+        return "it has no checksum manifest"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "its checksum manifest is unreadable"
+    for name, expected in sorted(files.items()):
+        try:
+            if file_digest(folder / name) != expected:
+                return f"{name} does not match its checksum"
+        except OSError:
+            return f"{name} is missing or unreadable"
+    return None
 
 
 def default_batch_tokens(device: torch.device) -> int:
@@ -90,6 +130,7 @@ class EmbeddingCache:
         self.dtype = compute_dtype(self.device)
         self.directory = Path(cache_dir or cache_root() / "features") / self.fingerprint()
         self._features = None  # (keys -> row, prompt (N, H), response (N, H)) once loaded
+        self._verified = set()  # shard names whose checksums this instance checked (or which it wrote)
 
     def fingerprint(self) -> str:
         config = self.model.config
@@ -118,7 +159,8 @@ class EmbeddingCache:
             return
         encodings = [(key, encode_pair(self.tokenizer, p, r, max_length=self.max_length)) for key, (p, r) in
                      todo.items()]
-        encodings.sort(key=lambda item: len(item[1]["input_ids"]), reverse=True)
+        # a fixed plan: longest first, ties by key, so a resumed run forms exactly the batches of an uninterrupted one
+        encodings.sort(key=lambda item: (-len(item[1]["input_ids"]), item[0]))
         progress = tqdm(total=sum(len(e["input_ids"]) for _, e in encodings), unit="tok", unit_scale=True,
                         desc="Embedding", disable=not self.show_progress)
         shard = []
@@ -176,28 +218,109 @@ class EmbeddingCache:
         prompts, responses = prompts.float().cpu().numpy(), responses.float().cpu().numpy()
         return [(key, prompts[i], responses[i]) for i, (key, _) in enumerate(batch)]
 
+    def _shards(self) -> list:
+        """Finished shard folders, in index order (`.partial` folders are never read)."""
+        if not self.directory.exists():
+            return []
+        found = [(int(m.group(1)), path) for path in self.directory.iterdir()
+                 if (m := SHARD_NAME.fullmatch(path.name)) and path.is_dir()]
+        return [path for _, path in sorted(found)]
+
+    def _remove_stale_partials(self) -> None:
+        """Deletes `.partial` folders left by a killed write: this process's own and those of processes no longer
+        running (another live process may still be writing its own)."""
+        if not self.directory.exists():
+            return
+        for path in self.directory.glob("*.partial"):
+            match = PARTIAL_NAME.fullmatch(path.name)
+            if match is None or int(match.group(1)) == os.getpid() or not _process_alive(int(match.group(1))):
+                shutil.rmtree(path, ignore_errors=True)
+
     def _write_shard(self, rows) -> None:
-        """Writes to a temporary folder and renames, so a shard on disk is always complete."""
+        """Writes the shard and its checksum manifest to a `.partial` folder, then renames it to the next free
+        `shard-NNNNN` name, so a shard on disk is always complete and a new one never takes an existing name."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        index = len(list(self.directory.glob("shard-*[0-9]")))
-        target = self.directory / f"shard-{index:05d}"
-        partial = self.directory / f"shard-{index:05d}.partial"
+        shards = self._shards()
+        index = int(SHARD_NAME.fullmatch(shards[-1].name).group(1)) + 1 if shards else 0
+        partial = self.directory / f"shard-{index:05d}.{os.getpid()}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         with quiet_datasets_progress():
             Dataset.from_dict({"key": [r[0] for r in rows], "prompt_embedding": np.stack([r[1] for r in rows]),
                                "response_embedding": np.stack([r[2] for r in rows])}).save_to_disk(partial)
-        partial.rename(target)
+        files = {path.name: file_digest(path) for path in sorted(partial.iterdir()) if path.is_file()}
+        (partial / MANIFEST).write_text(json.dumps({"format": CACHE_FORMAT_VERSION, "algorithm": "sha256",
+                                                    "rows": len(rows), "files": files}, indent=1))
+        while True:
+            target = self.directory / f"shard-{index:05d}"
+            if not target.exists():
+                try:
+                    partial.rename(target)
+                    break
+                except OSError:
+                    if not target.exists():
+                        raise
+            index += 1  # another process took this name meanwhile
+        self._verified.add(target.name)
+
+    def _load_shard(self, folder: Path):
+        """The shard's table, or (None, why) when it is damaged."""
+        if folder.name not in self._verified:
+            damage = shard_damage(folder)
+            if damage is not None:
+                return None, damage
+        try:
+            with quiet_datasets_progress():
+                table = load_from_disk(str(folder))
+            rows = json.loads((folder / MANIFEST).read_text())["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return None, f"it does not load ({type(error).__name__})"
+        if len(table) != rows or set(table.column_names) != {"key", "prompt_embedding", "response_embedding"}:
+            return None, "its rows do not match its manifest"
+        self._verified.add(folder.name)
+        return table, None
 
     def _load(self):
         if self._features is None:
-            shards = sorted(self.directory.glob("shard-*[0-9]")) if self.directory.exists() else []
-            if not shards:
+            self._remove_stale_partials()
+            tables, damaged = [], []
+            for folder in self._shards():
+                table, damage = self._load_shard(folder)
+                if table is None:
+                    damaged.append((folder, damage))
+                else:
+                    tables.append(table)
+            if damaged:
+                self._discard(damaged)
+            if not tables:
                 hidden = self.model.config.hidden_size
                 self._features = ({}, torch.empty(0, hidden), torch.empty(0, hidden))
             else:
-                with quiet_datasets_progress():
-                    table = concatenate_datasets([load_from_disk(str(s)) for s in shards]).with_format("numpy")
+                table = concatenate_datasets(tables).with_format("numpy")
                 self._features = ({key: row for row, key in enumerate(table["key"])},
                                   torch.from_numpy(np.asarray(table["prompt_embedding"], dtype=np.float32)),
                                   torch.from_numpy(np.asarray(table["response_embedding"], dtype=np.float32)))
         return self._features
+
+    def _discard(self, damaged) -> None:
+        """One warning naming the damaged shards a load found; they are deleted, so `embed` (which computes whatever
+        is missing) re-embeds their texts."""
+        described = "; ".join(f"{folder.name} ({why})" for folder, why in damaged[:5])
+        if len(damaged) > 5:
+            described += f"; and {len(damaged) - 5} more"
+        warnings.warn(f"feature cache {self.directory}: damaged shard(s) {described}; deleted, their texts will be "
+                      f"re-embedded.", stacklevel=2)
+        for folder, _ in damaged:
+            self._verified.discard(folder.name)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # no cheap, harmless liveness probe; leave the folder (it is never read)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -8,25 +8,24 @@ nothing else from the folder (Trainer checkpoints, results, caches stay local).
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+import httpx2
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers import AutoTokenizer
 
+from .backbones import cache_root
 from .modeling.configuration_smoe import InputError, LAMBDA_NAMES, SMoERewardConfig
+from .outputs import write_text_atomic
 
 TAGS = ["reward-model", "mixture-of-experts", "hf-smoe"]
 # The card's expert table lives between these markers, so `smoe interpret` can replace it in place.
 EXPERTS_START, EXPERTS_END = "<!-- hf_smoe:experts -->", "<!-- /hf_smoe:experts -->"
 CARD_TEMPLATE = "model_card.md"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-# What is pushed besides the remote code (the files config.json's auto_map names): weights, config, card and the
-# tokenizer's files, globbed at the top of the folder only (plus extra chat templates).
-UPLOAD_PATTERNS = (
-    "config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", "README.md",
-    "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.*", "vocab.*", "merges.txt", "*.model",
-    "additional_chat_templates/*.jinja",
-)
 
 
 def template_path(name: str = CARD_TEMPLATE) -> Path:
@@ -60,16 +59,46 @@ def remote_code_files(config: dict) -> list:
 
 
 def checkpoint_files(output_dir: Path, config: dict) -> list:
-    """Paths (relative, POSIX) to upload; a ValueError naming what a loadable checkpoint lacks."""
-    if not any((output_dir / name).is_file() for name in WEIGHT_FILES):
+    """Paths (relative, POSIX) the checkpoint owns, to upload: config.json, the weights (the shards its index
+    names), README.md, the remote code config.json's auto_map names, and the files its tokenizer saves. Nothing
+    else in the folder (Trainer checkpoints, results, a stray `tokenizer_backup.json`) leaves the machine. A
+    ValueError names what a loadable checkpoint lacks, and any owned file that links outside the folder."""
+    if (output_dir / "model.safetensors").is_file():
+        weights = ["model.safetensors"]
+    elif (output_dir / "model.safetensors.index.json").is_file():
+        index = json.loads((output_dir / "model.safetensors.index.json").read_text())
+        weights = ["model.safetensors.index.json", *sorted(set(index.get("weight_map", {}).values()))]
+    else:
         raise InputError(f"output_dir: {output_dir} is not an hf_smoe checkpoint (no model.safetensors); save it "
                          "with model.save_pretrained(output_dir).")
-    missing = [name for name in remote_code_files(config) if not (output_dir / name).is_file()]
-    if missing:
-        raise InputError(f"output_dir: {output_dir} lacks the remote code {', '.join(missing)} that config.json's "
-                         "auto_map names; save it with model.save_pretrained(output_dir).")
-    found = {path for pattern in UPLOAD_PATTERNS for path in output_dir.glob(pattern) if path.is_file()}
-    return sorted({path.relative_to(output_dir).as_posix() for path in found} | set(remote_code_files(config)))
+    for names, what in ((weights, "the weight files its index names"),
+                        (remote_code_files(config), "the remote code that config.json's auto_map names")):
+        missing = [name for name in names if not (output_dir / name).is_file()]
+        if missing:
+            raise InputError(f"output_dir: {output_dir} lacks {what}: {', '.join(missing)}; save it with "
+                             "model.save_pretrained(output_dir).")
+    owned = {"config.json", *weights, *remote_code_files(config), *tokenizer_files(output_dir)}
+    owned |= {"README.md"} if (output_dir / "README.md").is_file() else set()
+    for name in sorted(owned):
+        target = (output_dir / name).resolve()
+        if output_dir.resolve() not in target.parents:
+            raise InputError(f"output_dir: {output_dir / name} links to {target}, outside the checkpoint; copy the "
+                             "file into the folder or remove the link.")
+    return sorted(owned)
+
+
+def tokenizer_files(output_dir: Path) -> list:
+    """The files the checkpoint's tokenizer writes (what `save_pretrained` produces), that are in the folder."""
+    if not (output_dir / "tokenizer_config.json").is_file():
+        return []
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            written = AutoTokenizer.from_pretrained(output_dir).save_pretrained(scratch)
+        except (OSError, ValueError) as error:
+            raise InputError(f"output_dir: the tokenizer in {output_dir} does not load ({error}); save it again "
+                             "with tokenizer.save_pretrained(output_dir).") from None
+        names = {Path(path).relative_to(scratch).as_posix() for path in written}
+    return sorted(name for name in names if (output_dir / name).is_file())
 
 
 def check_repo_id(repo_id: str) -> None:
@@ -89,6 +118,15 @@ def is_hub_id(name: str | None) -> bool:
     except HFValidationError:
         return False
     return True
+
+
+def public_name(name: str) -> str:
+    """How a card names a model or dataset: a Hub id or a plain label as it is, a local path by its last component
+    (the path means nothing on another machine and tells where the author keeps files)."""
+    if is_hub_id(name) or not (os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name)
+                               or os.sep in name):
+        return name
+    return Path(name).name or name
 
 
 def eval_results_metadata(eval_results: dict, dataset_name: str) -> list:
@@ -122,7 +160,7 @@ def write_model_card(output_dir, *, base_model: str, datasets: list, eval_result
     """
     output_dir = Path(output_dir)
     config = read_smoe_config(output_dir)
-    dataset_name = dataset_name or (datasets[0] if datasets else None)
+    dataset_name = public_name(dataset_name or (datasets[0] if datasets else None) or "") or None
     if eval_results and dataset_name is None:
         raise InputError("dataset_name: eval_results need the dataset they were measured on; pass dataset_name or "
                          "datasets.")
@@ -136,14 +174,13 @@ def write_model_card(output_dir, *, base_model: str, datasets: list, eval_result
     )
     card = ModelCard.from_template(
         card_data, template_path=str(template_path()), model_name=model_name, load_from=repo_id or str(output_dir),
-        backbone=base_model, training_data=list(datasets), eval_dataset=dataset_name, eval_results=eval_results,
+        backbone=public_name(base_model), training_data=[public_name(name) for name in datasets],
+        eval_dataset=dataset_name, eval_results=eval_results,
         num_experts=config["num_experts"], preset=config["preset"],
         lambdas={name: config[name] for name in LAMBDA_NAMES}, routing_scalars=routing_scalars,
         routing_per_expert=routing_per_expert, experts_start=EXPERTS_START, experts_end=EXPERTS_END,
     )
-    path = output_dir / "README.md"
-    card.save(path)
-    return path
+    return write_text_atomic(output_dir / "README.md", str(card))
 
 
 def write_expert_table(output_dir, table: str, interpreted_on: str) -> Path:
@@ -165,8 +202,7 @@ def write_expert_table(output_dir, table: str, interpreted_on: str) -> Path:
     else:
         added = f"## Experts\n\n{section}\n\n"
         card = card.replace("## Usage", added + "## Usage", 1) if "## Usage" in card else f"{card}\n{added}"
-    path.write_text(card, encoding="utf-8")
-    return path
+    return write_text_atomic(path, card)
 
 
 def backbone_name(config: dict) -> str:
@@ -179,18 +215,44 @@ def push_checkpoint(output_dir, repo_id: str, *, token: str | None = None, priva
     """Uploads a saved checkpoint to the Hub in one commit and returns the commit URL.
 
     Creates the repo if needed (an existing repo keeps its visibility) and the branch `revision` if given. Uploads
-    config.json, the safetensors weights (as large files: Git LFS, or Xet where enabled), the remote code, the tokenizer files and README.md (see
-    `write_model_card`); everything is checked before any network call.
+    only what the checkpoint owns (`checkpoint_files`: config.json, the safetensors weights as large files, the
+    remote code, the tokenizer's files and README.md), with a card written for local use pointed at `repo_id`.
+    Everything is checked before any network call; a Hub that cannot be reached or refuses is one InputError.
     """
     output_dir = Path(output_dir)
     config = read_smoe_config(output_dir)
     files = checkpoint_files(output_dir, config)
     check_repo_id(repo_id)
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if revision is not None:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    operations = [CommitOperationAdd(name, published_bytes(output_dir, name, repo_id) or output_dir / name)
+                  for name in files]
     message = commit_message or f"Upload hf_smoe reward model (preset {config['preset']}, K={config['num_experts']})"
-    commit = api.upload_folder(repo_id=repo_id, folder_path=output_dir, allow_patterns=files, revision=revision,
-                               commit_message=message)
+    api = HfApi(token=token)
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        commit = api.create_commit(repo_id, operations=operations, commit_message=message, revision=revision)
+    except (HfHubHTTPError, ConnectionError, httpx2.HTTPError) as error:  # OfflineModeIsEnabled is a ConnectionError
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"push_to_hub: {repo_id} could not be pushed ({reason}); the checkpoint is saved in "
+                         f"{output_dir}: push it again with `smoe push {output_dir} {repo_id}` once the Hub is "
+                         "reachable (HF_HUB_OFFLINE unset) and your token may write there.") from None
     return commit.commit_url
+
+
+def published_bytes(output_dir: Path, name: str, repo_id: str) -> bytes | None:
+    """The text files that could name local paths (README.md, config.json), as they are published: a card written
+    for local use loads from `repo_id`; None for a file published as it is. An absolute path of this machine left
+    in them is refused."""
+    if name not in ("README.md", "config.json"):
+        return None
+    text = (output_dir / name).read_text(encoding="utf-8")
+    if name == "README.md":
+        for local in {str(output_dir), str(output_dir.resolve())}:
+            text = text.replace(f'from_pretrained("{local}"', f'from_pretrained("{repo_id}"')
+    for local in {str(output_dir.resolve()), str(Path.home()), str(cache_root().resolve())}:
+        if len(local) > 1 and local in text:
+            raise InputError(f"output_dir: {output_dir / name} names the local path {local}, which must not be "
+                             "published; write the card with write_model_card(..., repo_id=...) and save the model "
+                             "with hf_smoe, or edit the file.")
+    return text.encode("utf-8")

@@ -25,6 +25,7 @@ from .hub import is_hub_id, write_expert_table
 from .metrics import (description_fidelity, expert_specialization_top, pairwise_accuracy, top_examples,
                       top_percent_count)
 from .modeling.modeling_smoe import mixture_reward
+from .outputs import write_text_atomic
 from .pipeline import run_command, save_run
 from .training import as_training_features, head_outputs
 from .modeling.configuration_smoe import InputError
@@ -328,6 +329,8 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
     local = Path(checkpoint).is_dir()
     if output_dir is None and not local:
         raise InputError(f"output_dir: {checkpoint} is not a local folder; pass --output-dir for the results.")
+    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise InputError(f"output_dir: {output_dir} is a file; give a folder path.")
     model, tokenizer = load_checkpoint(checkpoint)
     pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
     features = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length).pair_features(pairs)
@@ -338,7 +341,7 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
     output = Path(output_dir or checkpoint)
     output.mkdir(parents=True, exist_ok=True)
     table = expert_table_markdown(result)
-    (output / "interpretation.md").write_text(f"`{run_command()}`\n\n{table}", encoding="utf-8")
+    write_text_atomic(output / "interpretation.md", f"`{run_command()}`\n\n{table}")
     job = {"checkpoint": str(checkpoint), "dataset": str(dataset), "format": format, "split": split,
            "max_pairs": max_pairs, "seed": seed, "max_length": max_length, "generator": generator,
            "generator_model": generator_model, "judge": judge, "judge_model": judge_model,

@@ -13,7 +13,8 @@ from .data import load_pairs
 from .evaluation import load_checkpoint
 from .features import EmbeddingCache
 from .plots import plot_weight_shift
-from .routers import save_router, static_router
+from .outputs import check_output_file
+from .routers import is_router_file, save_router, static_router
 from .modeling.configuration_smoe import InputError
 
 METHODS = ("hedge", "hyre")
@@ -45,10 +46,13 @@ def adapt_router(model, features, method: str, seed: int = 0):
 
 
 def adapt_checkpoint(checkpoint, data, *, output, n: int = 50, method: str = "hedge", format=None, seed: int = 0,
-                     max_eval_pairs: int | None = None, cache_dir=None, max_length: int = 1024) -> dict:
+                     max_eval_pairs: int | None = None, cache_dir=None, max_length: int = 1024,
+                     overwrite: bool = False) -> dict:
     """Adapts `checkpoint`'s router on n pairs of `data`, writes the router file to `output` and the shift chart
-    beside it (`<output stem>.png`); returns before/after accuracy on the remaining pairs and the weight shift."""
+    beside it (`<output stem>.png`); returns before/after accuracy on the remaining pairs and the weight shift. An
+    existing `output` is replaced only with `overwrite` and only if it is a router file."""
     check_method(method)  # before any model loads
+    check_output_file(output, ".safetensors", overwrite=overwrite, ours=is_router_file)
     model, tokenizer = load_checkpoint(checkpoint)
     adapt_pairs, eval_pairs = adaptation_split(load_pairs(data, format, seed=seed), n, seed)
     if max_eval_pairs is not None and max_eval_pairs < len(eval_pairs):

@@ -1,7 +1,9 @@
 """The main job end to end: preference data -> embedding cache -> Trainer -> checkpoint + model card (-> Hub)."""
 
 import json
+import math
 import platform
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -9,18 +11,21 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import AutoModel, AutoTokenizer, PrinterCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import SMoERewardModel, __version__
-from .backbones import DEFAULT_BACKBONE, backbone_hub_id, resolve_backbone
+from .backbones import DEFAULT_BACKBONE, backbone_hub_id, loading, resolve_backbone
 from .data import load_pairs, split_pairs
 from .features import EmbeddingCache
-from .hub import push_checkpoint, write_model_card
+from .hub import check_repo_id, push_checkpoint, write_model_card
 from .metrics import (category_coverage, expert_category_labels, expert_purity, expert_specialization,
                       expert_specialization_top, pairwise_accuracy)
+from .modeling.configuration_smoe import LAMBDA_NAMES, InputError
 from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE, mixture_reward
+from .outputs import check_output_dir, publish, staging_dir, write_text_atomic
 from .training import (SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics, head_outputs,
                        loss_weights)
-from .modeling.configuration_smoe import InputError
 
 
 @dataclass
@@ -40,6 +45,13 @@ class TrainJob:
     cache_dir: str | None = None
     push_to_hub: str | None = None
     config_overrides: dict = field(default_factory=dict)
+    overwrite: bool = False  # replace an earlier hf_smoe output in output_dir (never someone else's files)
+
+    def repeats(self, other: dict) -> bool:
+        """Whether `other` (a job's record) is this job, so an interrupted run of it may resume."""
+        mine = {key: value for key, value in asdict(self).items() if key != "overwrite"}
+        return json.loads(json.dumps(mine, default=str)) == {key: value for key, value in other.items()
+                                                              if key != "overwrite"}
 
 
 def pick_device() -> torch.device:
@@ -49,17 +61,26 @@ def pick_device() -> torch.device:
 def load_backbone_model(backbone: str, preset: str, num_experts, seed: int, **config_overrides):
     """A fresh SMoE model and tokenizer around `backbone` (the default alias resolves to the converted SmolLM2)."""
     path = resolve_backbone(backbone)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    torch.manual_seed(seed)
-    model = SMoERewardModel.from_backbone(path, num_experts=num_experts, preset=preset, tokenizer=tokenizer,
-                                          **config_overrides)
+    with loading("backbone", backbone):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        torch.manual_seed(seed)
+        model = SMoERewardModel.from_backbone(path, num_experts=num_experts, preset=preset, tokenizer=tokenizer,
+                                              **config_overrides)
     return model.to(pick_device()), tokenizer
+
+
+def has_categories(pairs) -> bool:
+    """Whether category recovery can be measured: every pair has a category and there are at least two (with one,
+    coverage and purity would be 1.0 whatever the router does)."""
+    return "category" in pairs.column_names and None not in pairs["category"] and len(set(pairs["category"])) > 1
 
 
 def category_metrics(model_head, validation, test) -> dict:
     """Category coverage, expert purity and expert specialization (App. A, Eq. 11-12): experts are labelled on
     validation, measured on test. Also the test accuracy within each category (the paper's Table 9)."""
     names = sorted(set(validation["category"]) | set(test["category"]))
+    if len(names) < 2:
+        raise InputError(f"category: coverage and purity need at least two categories, the data has {names}.")
     codes = {name: i for i, name in enumerate(names)}
     val_categories = torch.tensor([codes[c] for c in validation["category"]])
     test_categories = torch.tensor([codes[c] for c in test["category"]])
@@ -89,7 +110,7 @@ def evaluate_head(model, features) -> dict:
     """Test metrics of a trained head, with category recovery when the data has categories."""
     test = as_training_features(features["test"])
     metrics = behaviour_metrics(head_outputs(model.head, test), loss_weights(model.config))
-    if "category" in features["test"].column_names and None not in features["test"]["category"]:
+    if has_categories(features["test"]):
         metrics.update(category_metrics(model.head, features["validation"], features["test"]))
     return metrics
 
@@ -108,7 +129,8 @@ def split_for_training(pairs, seed: int, group_by: str = "prompt", **fractions):
 def load_frozen_backbone(backbone: str = DEFAULT_BACKBONE):
     """The backbone and its tokenizer, loaded once and shared by every head trained on its features."""
     path = resolve_backbone(backbone)
-    return AutoModel.from_pretrained(path).to(pick_device()), AutoTokenizer.from_pretrained(path)
+    with loading("backbone", backbone):
+        return AutoModel.from_pretrained(path).to(pick_device()), AutoTokenizer.from_pretrained(path)
 
 
 def cached_features(backbone, tokenizer, splits: dict, *, cache_dir=None, max_length: int = 1024) -> dict:
@@ -129,14 +151,46 @@ def train_preset(backbone, tokenizer, features, preset: str, num_experts: int, s
     return model, evaluate_head(model, features)
 
 
-def train_head(model, features, output_dir: str, seed: int, epochs: float, **argument_overrides):
-    """Trains `model`'s head on cached train features, evaluating on validation each epoch."""
+def train_head(model, features, output_dir: str, seed: int, epochs: float, resume: bool = False,
+               **argument_overrides):
+    """Trains `model`'s head on cached train features, evaluating on validation each epoch. With `resume` (and a
+    `save_strategy` in `argument_overrides`) it continues from the last complete Trainer checkpoint in `output_dir`,
+    ending bit-identical to an uninterrupted run."""
+    check_epochs(epochs)
     args = SMoETrainingArguments(output_dir=output_dir, seed=seed, num_train_epochs=epochs,
                                  disable_tqdm=True, **argument_overrides)
     trainer = SMoETrainer(model, args, train_dataset=features["train"], eval_dataset=features["validation"])
     trainer.remove_callback(PrinterCallback)  # every term stays in trainer.state.log_history; the caller summarises
-    trainer.train()
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(output_dir) if resume else None)
+    check_finite_head(model)
     return trainer
+
+
+def check_epochs(epochs) -> None:
+    if not (isinstance(epochs, (int, float)) and math.isfinite(epochs) and epochs > 0):
+        raise InputError(f"epochs: must be a number > 0, got {epochs!r}; 0 epochs would save an untrained head.")
+
+
+def last_complete_checkpoint(folder) -> str | None:
+    """The newest Trainer checkpoint in `folder` that was written to the end (its trainer_state.json is written
+    last), after removing any a kill cut short; None when there is none."""
+    folder = Path(folder)
+    complete = None
+    for checkpoint in sorted(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda p: int(p.name.split("-")[-1])):
+        if (checkpoint / TRAINER_STATE_NAME).is_file():
+            complete = checkpoint
+        else:
+            shutil.rmtree(checkpoint)
+    return str(complete) if complete else None
+
+
+def check_finite_head(model) -> None:
+    """A head whose weights hold NaN or inf scores nothing: refused before it can be saved."""
+    broken = [name for name, parameter in model.head.named_parameters() if not torch.isfinite(parameter).all()]
+    if broken:
+        weights = ", ".join(f"{name}={model.config.to_dict()[name]}" for name in LAMBDA_NAMES)
+        raise InputError(f"training diverged: the head's weights {broken[:3]} hold NaN or inf (loss weights "
+                         f"{weights}); lower the loss weights or the learning rate. Nothing was saved.")
 
 
 def save_checkpoint(model, tokenizer, output_dir) -> None:
@@ -160,27 +214,66 @@ def save_run(output_dir: Path, job, results, filename: str = "results.json") -> 
               "versions": {"hf_smoe": __version__, "transformers": transformers.__version__,
                            "torch": torch.__version__, "python": platform.python_version()},
               "results": results}
-    (output_dir / filename).write_text(json.dumps(record, indent=2, default=str))
+    write_text_atomic(output_dir / filename, json.dumps(record, indent=2, default=str))
+
+
+def check_job(job: TrainJob) -> Path:
+    """Every argument of `job` that can be checked before data or models load; returns the output folder."""
+    check_epochs(job.epochs)
+    for name in ("max_pairs", "max_length", "num_experts"):
+        value = getattr(job, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{name}: must be an integer >= 1, got {value!r}.")
+    if job.push_to_hub:
+        check_repo_id(job.push_to_hub)
+    protected = {name: path for name, path in (("backbone", job.backbone), ("dataset", job.dataset),
+                                               ("embedding cache", job.cache_dir))
+                 if path and Path(path).exists()}
+    return check_output_dir(job.output_dir, overwrite=job.overwrite, protected=protected)
+
+
+def staging_for(job: TrainJob, output_dir: Path) -> Path:
+    """The job's staging folder: an interrupted run of the same job resumes in it; another job's is refused
+    unless `overwrite`."""
+    staging = staging_dir(output_dir)
+    record = staging / "job.json"
+    if staging.exists():
+        if record.is_file() and job.repeats(json.loads(record.read_text())):
+            print(f"Resuming the interrupted run in {staging}")
+            return staging
+        if not job.overwrite:
+            raise InputError(f"output_dir: {staging} holds an interrupted run of a different job; rerun that "
+                             "job's command to resume it, or pass --overwrite to discard it.")
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    write_text_atomic(record, json.dumps(asdict(job), default=str))
+    return staging
 
 
 def train_reward_model(job: TrainJob) -> dict:
-    """Runs the main job and returns the test metrics; see `smoe train --help`."""
+    """Runs the main job and returns the test metrics; see `smoe train --help`. Everything is written to a staging
+    folder and renamed into `job.output_dir` when complete; a killed run resumes from its last epoch."""
+    output_dir = check_job(job)
     pairs = load_pairs(job.dataset, job.format, max_pairs=job.max_pairs, seed=job.seed)
     splits = split_for_training(pairs, job.seed)
     model, tokenizer = load_backbone_model(job.backbone, job.preset, job.num_experts, job.seed,
                                            **job.config_overrides)
+    staging = staging_for(job, output_dir)
     cache = EmbeddingCache(model, tokenizer, cache_dir=job.cache_dir, max_length=job.max_length)
     features = {name: cache.pair_features(split) for name, split in splits.items()}
-    output_dir = Path(job.output_dir)
-    train_head(model, features, str(output_dir / "trainer"), job.seed, job.epochs)
+    train_head(model, features, str(staging / "trainer"), job.seed, job.epochs, resume=True,
+               save_strategy="epoch", save_total_limit=1)
     results = evaluate_head(model, features)
-    save_checkpoint(model, tokenizer, output_dir)
+    shutil.rmtree(staging / "trainer")  # Trainer checkpoints only serve resuming
+    save_checkpoint(model, tokenizer, staging)
     routing_keys = ("routing_entropy", "global_entropy", "expert_correlation")
-    write_model_card(output_dir, base_model=backbone_hub_id(job.backbone), datasets=[job.dataset],
+    write_model_card(staging, base_model=backbone_hub_id(job.backbone), datasets=[job.dataset],
                      eval_results={"accuracy": results["accuracy"]},
                      routing_stats={key: results[key] for key in routing_keys}, dataset_name=job.dataset,
                      repo_id=job.push_to_hub)
-    save_run(output_dir, job, results)
+    (staging / "job.json").unlink()
+    save_run(staging, job, results)
+    publish(staging, output_dir)
     if job.push_to_hub:
         results["pushed"] = push_checkpoint(output_dir, job.push_to_hub)
     return results

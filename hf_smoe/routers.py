@@ -8,14 +8,15 @@ routing weights only mean something for the experts they were fitted to.
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 
-from .modeling.modeling_smoe import SMoERouter, SMoEStaticRouter
 from .modeling.configuration_smoe import InputError
+from .modeling.modeling_smoe import SMoERouter, SMoEStaticRouter
 
 ROUTER_FORMAT = "hf_smoe.router/1"
 
@@ -46,7 +47,9 @@ def save_router(router, path, model, **info) -> Path:
                 "router_hidden_size": str(model.config.router_hidden_size),
                 "router_activation": model.config.router_activation, "info": json.dumps(info, default=str)}
     state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in router.state_dict().items()}
-    save_file(state, str(path), metadata=metadata)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(state, str(temporary), metadata=metadata)
+    os.replace(temporary, path)  # a reader sees the old router or the new one, never half of one
     return path
 
 
@@ -57,12 +60,21 @@ def read_router_metadata(path) -> dict:
     try:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
-    except Exception as error:  # safetensors raises its own error types for a file that is not safetensors
+    except (SafetensorError, OSError) as error:
         raise InputError(f"router: {path} is not a safetensors file ({error}).") from None
     if metadata.get("format") != ROUTER_FORMAT:
         raise InputError(f"router: {path} is not an hf_smoe router file (format {metadata.get('format')!r}); "
                          "write one with `smoe adapt`.")
     return metadata | {"info": json.loads(metadata["info"])}
+
+
+def is_router_file(path) -> bool:
+    """Whether `path` is a router file `save_router` wrote (so `smoe adapt --overwrite` may replace it)."""
+    try:
+        read_router_metadata(path)
+    except InputError:
+        return False
+    return True
 
 
 def load_router(path, model) -> torch.nn.Module:
@@ -78,7 +90,14 @@ def load_router(path, model) -> torch.nn.Module:
     config.router_hidden_size = int(metadata["router_hidden_size"])
     config.router_activation = metadata["router_activation"]
     router = SMoEStaticRouter(config) if metadata["routing"] == "static" else SMoERouter(config)
-    router.load_state_dict(load_file(str(path)))
+    try:
+        state = load_file(str(path))
+        router.load_state_dict(state)
+    except (SafetensorError, RuntimeError) as error:
+        raise InputError(f"router: {path} is damaged or does not fit this checkpoint's router "
+                         f"({str(error).splitlines()[0]}); adapt it again with `smoe adapt`.") from None
+    if not all(torch.isfinite(tensor).all() for tensor in state.values()):
+        raise InputError(f"router: {path} holds NaN or infinite weights; adapt it again with `smoe adapt`.")
     return router.to(model.head.experts.weight.device).eval()
 
 

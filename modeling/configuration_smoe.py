@@ -1,5 +1,8 @@
 """Configuration of the sparse Mixture-of-Experts reward model (remote code: imports only transformers)."""
 
+import math
+import os
+
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
@@ -29,12 +32,17 @@ class InputError(ValueError):
 
 
 def check_loss_weights(weights: dict) -> dict:
-    """Loss weights as floats; a ValueError naming the first negative or NaN one."""
-    weights = {name: float(value) for name, value in weights.items()}
+    """Loss weights as floats; an InputError naming the first one that is not a finite number >= 0 (an infinite
+    weight turns the loss, and then every weight of the head, into NaN)."""
+    checked = {}
     for name, value in weights.items():
-        if not value >= 0.0:  # also rejects NaN
-            raise InputError(f"{name}: loss weights must be >= 0, got {value}.")
-    return weights
+        try:
+            checked[name] = float(value)
+        except (TypeError, ValueError):
+            checked[name] = math.nan
+        if isinstance(value, bool) or not 0.0 <= checked[name] < math.inf:  # also refuses NaN
+            raise InputError(f"{name}: loss weights must be finite numbers >= 0, got {value!r}.")
+    return checked
 
 
 def is_bidirectional_encoder(backbone_config) -> bool:
@@ -172,10 +180,20 @@ class SMoERewardConfig(PretrainedConfig):
         })
         super().__init__(**kwargs)
 
+    def to_dict(self) -> dict:
+        """As `PretrainedConfig.to_dict`, with a local backbone path reduced to its folder name: a saved or pushed
+        config must not carry the author's file-system layout, which means nothing on another machine."""
+        output = super().to_dict()
+        backbone = output.get("backbone_config")
+        name = backbone.get("_name_or_path") if isinstance(backbone, dict) else None
+        if name and (os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name)):
+            backbone["_name_or_path"] = os.path.basename(os.path.normpath(name))
+        return output
+
     @property
     def routing(self) -> str:
         """`router` (input-dependent) or `static` (one learned mixture for all inputs)."""
         return PRESETS[self.preset]["routing"]
 
 
-__all__ = ["SMoERewardConfig", "PRESETS", "LAMBDA_NAMES", "check_loss_weights"]
+__all__ = ["InputError", "SMoERewardConfig", "PRESETS", "LAMBDA_NAMES", "check_loss_weights"]

@@ -118,3 +118,47 @@ def test_real_smollm2_chat_template():
     ids = torch.tensor([encoded["input_ids"]])
     assert find_prompt_lengths(ids, torch.tensor([ids.shape[1]]),
                                assistant_turn_pattern(tokenizer)).item() == encoded["prompt_lengths"]
+
+
+def styled_tokenizer(style):
+    tokenizer = word_tokenizer("bert" if style == "bert" else "chatml")
+    if style == "plain-bos":
+        tokenizer.chat_template = None  # plain fallback, which opens with BOS
+    return tokenizer
+
+
+@pytest.mark.parametrize("style", ["chatml", "bert", "plain-bos"])
+@pytest.mark.parametrize("max_length", [24, 256])
+@pytest.mark.parametrize("response", ["yes", "good thanks", "sure here is a short poem"])
+def test_short_response_after_a_long_prompt_is_kept_whole(style, max_length, response):
+    """It used to raise "cannot hold a prompt boundary" although prompt tail + whole response fit (0.3-0.6% of
+    real pairs at max_length 256)."""
+    tokenizer = styled_tokenizer(style)
+    prompt = " ".join(["why is the sun good and the rain bad ?"] * 30)  # about 300 tokens
+    full = encode_pair(tokenizer, prompt, response)
+    prompt_ids, response_ids = full["input_ids"][:full["prompt_lengths"]], full["input_ids"][full["prompt_lengths"]:]
+    assert len(prompt_ids) > max_length and len(response_ids) <= 8 and prompt_ids[0] in tokenizer.all_special_ids
+    cut = encode_pair(tokenizer, prompt, response, max_length=max_length)
+    kept_prompt = max_length - len(response_ids) - 1
+    assert cut["input_ids"] == prompt_ids[:1] + prompt_ids[-kept_prompt:] + response_ids
+    assert len(cut["input_ids"]) == max_length == len(cut["attention_mask"])
+    assert cut["prompt_lengths"] == 1 + kept_prompt
+    ids = torch.tensor([cut["input_ids"]])
+    assert find_prompt_lengths(ids, torch.tensor([max_length]), assistant_turn_pattern(tokenizer)).item() == (
+        cut["prompt_lengths"])
+
+
+@pytest.mark.parametrize("style", ["chatml", "bert"])
+def test_the_smallest_max_length_keeps_head_opener_and_response_end(style):
+    tokenizer = styled_tokenizer(style)
+    full = encode_pair(tokenizer, LONG_PROMPT, LONG_RESPONSE)
+    opener = assistant_turn_pattern(tokenizer)
+    end_of_turn = 1  # <|im_end|> (chatml) or [SEP] (bert) after the response's last word
+    smallest = 1 + len(opener) + 1 + end_of_turn
+    cut = encode_pair(tokenizer, LONG_PROMPT, LONG_RESPONSE, max_length=smallest)
+    assert cut["input_ids"] == full["input_ids"][:1] + opener + full["input_ids"][-2:]
+    assert cut["prompt_lengths"] == 1 + len(opener)
+    with pytest.raises(ValueError, match=rf"^max_length: {smallest - 1} .*raise max_length to at least {smallest}\.$"):
+        encode_pair(tokenizer, LONG_PROMPT, LONG_RESPONSE, max_length=smallest - 1)
+    with pytest.raises(ValueError, match="max_length"):
+        encode_pair(tokenizer, LONG_PROMPT, "yes", max_length=smallest - 1)  # also for a short response

@@ -177,7 +177,7 @@ def test_model_card_metadata_and_text(checkpoint):
     for line in ["| Number of experts K (`num_experts`) | 4 |", "| Preset (`preset`) | `sparse`: ",
                  "(`lambda_local`) | 0.5 |", "(`lambda_global`) | 1.0 |", "(`lambda_div`) | 2.0 |",
                  "(`lambda_uniform`) | 0.0 |", f"| Backbone (frozen) | `{BASE_MODEL}` |",
-                 "| Training data | stanfordnlp/SHP, ../data/pairs.jsonl |", "| accuracy | 0.6962 |",
+                 "| Training data | stanfordnlp/SHP, pairs.jsonl |", "| accuracy | 0.6962 |",
                  "| routing_entropy | 0.2 |", "| global_entropy | 0.97 |", "| expert_correlation | 0.011 |",
                  "| Expert | expert_usage |", "| 3 | 0.4 |",
                  'AutoModel.from_pretrained("org/smoe-rm", trust_remote_code=True)',
@@ -203,7 +203,7 @@ REFUSED_PUSHES = [
     ("empty", r"is not an hf_smoe checkpoint \(no config.json\)"),
     ("bert_config", r"is not an hf_smoe checkpoint \(config.json model_type is 'bert', expected 'smoe_reward'\)"),
     ("no_weights", r"is not an hf_smoe checkpoint \(no model.safetensors\)"),
-    ("no_remote_code", r"lacks the remote code configuration_smoe.py, modeling_smoe.py"),
+    ("no_remote_code", r"lacks the remote code that config.json.s auto_map names: configuration_smoe.py, modeling_smoe.py"),
     ("bad_repo_id", r"repo_id: 'org/smoe rm!' is not a valid Hub repo id"),
 ]
 
