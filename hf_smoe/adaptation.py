@@ -6,6 +6,7 @@ Both read cached features (prompt embedding + per-expert rewards), so adapting t
 """
 
 import copy
+import math
 
 import torch
 
@@ -22,8 +23,8 @@ def hedge_targets(routing_weights: torch.Tensor, losses: torch.Tensor, tau: floa
     Computed as softmax(log π - L / τ) in log space, so τ = 1e-3 with losses 50 nats apart gives an exact one-hot
     instead of 0/0. An expert with π_k = 0 (a softmax that underflowed) keeps ω_k = 0, as in the product form; each
     row of π sums to 1, so some expert always has π_k > 0."""
-    if not tau > 0:
-        raise InputError(f"tau: Hedge's temperature must be > 0, got {tau}.")
+    if not 0 < tau < math.inf:
+        raise InputError(f"tau: Hedge's temperature must be a finite number > 0, got {tau}.")
     return torch.softmax(torch.log(routing_weights) - losses / tau, dim=-1)
 
 
@@ -49,6 +50,14 @@ def hedge_adapt(head, features, *, epochs: int = 10, batch_size: int = 32, learn
     experts; each step minimises the cross-entropy between ω and the router's output (AdamW without weight decay,
     lr 0.01, batch 32, 10 epochs: the paper's App. B; the router keeps its training-time jitter and dropout). The
     original router and the experts are not touched."""
+    for name, value in (("tau", tau), ("learning_rate", learning_rate)):
+        if not 0 < value < math.inf:
+            raise InputError(f"{name}: must be a finite number > 0, got {value}.")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name}: must be an integer >= 1, got {value!r}.")
+    if len(features) == 0:
+        raise InputError("features: no labeled pairs to adapt on.")
     prompts, chosen, rejected = expert_rewards_of(head, features)
     losses = expert_losses(chosen, rejected)
     router = copy.deepcopy(head.router)

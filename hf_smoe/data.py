@@ -13,26 +13,38 @@ dataset or a local file through `datasets` and runs the adapter; `split_pairs` m
 train/validation/test split the shared test files need.
 
 Bad input is never passed over silently. A record that does not fit its format's schema (a missing column, a field
-of the wrong type) raises a `ValueError` naming the record index and the field. Pairs a format's recipe excludes, or
-that carry no preference signal (ties, transcripts whose prompts differ, an empty response, identical responses),
-are dropped and counted: one warning per reason, with its count.
+of the wrong type, a chat role other than system/user/assistant) raises an `InputError` (a `ValueError`) naming the
+source, the record index and the field; a file that cannot be read (corrupt JSON, a truncated .gz, a file that is not
+parquet, a folder of files with different columns) raises one naming the file and, for JSON lines, the first bad line.
+Pairs a format's recipe excludes, or that carry no preference signal (ties, a missing (null or NaN) score, label or
+rating, transcripts whose prompts differ, an empty prompt or response, responses identical up to surrounding
+whitespace), are dropped and counted: one warning per reason, with its count. A number is never compared when it is
+missing. A source that leaves no pair at all raises an error saying what was dropped.
 
 Where the papers are silent, the choice made is written in the adapter's docstring.
 """
 
+import gzip
 import inspect
 import itertools
 import json
+import math
 import random
 import re
 import warnings
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import datasets
+import pyarrow
+import pyarrow.parquet
 from datasets import Dataset, DatasetDict, Features, List, Value, load_dataset
+from datasets.exceptions import DatasetsError
+
 from .modeling.configuration_smoe import InputError
 
 __all__ = [
@@ -129,10 +141,17 @@ WEBGPT_TURN = re.compile(r"(?:^|\n+)## (Human|Assistant):\n")
 SPEAKER_ROLES = {"human": "user", "assistant": "assistant"}
 
 
+ROLES = ("system", "user", "assistant")
+# An implicit standard prompt (the characters `chosen` and `rejected` share) shorter than this is a coincidence.
+IMPLICIT_PROMPT_MIN_CHARACTERS = 4
+
+
 class Skip(NamedTuple):
-    """A candidate pair a format's recipe drops; `reason` names what was dropped, in the plural."""
+    """A candidate pair a format's recipe drops; `reason` names what was dropped, in the plural, and `fix` (if any)
+    says what the user can change, shown when a source leaves no pair at all."""
 
     reason: str
+    fix: str = ""
 
 
 # Field access: a record that does not fit its schema is an error naming the record and the field.
@@ -144,10 +163,18 @@ def _as_text(value, index: int, field: str) -> str:
     return value
 
 
-def _as_number(value, index: int, field: str) -> float:
+def _as_optional_text(value, index: int, field: str) -> str | None:
+    return None if value is None else _as_text(value, index, field)
+
+
+def _as_score(value, index: int, field: str) -> float | None:
+    """A number, or None when it is missing (null, or NaN as parquet and pandas write a missing float): a missing
+    number is never compared (NaN compares False to everything, which would silently reverse a label)."""
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"record {index}: field {field!r} must be a number, got {type(value).__name__}.")
-    return value
+    return None if math.isnan(value) else value
 
 
 def _as_messages(value, index: int, field: str) -> list:
@@ -159,9 +186,22 @@ def _as_messages(value, index: int, field: str) -> list:
         if not isinstance(message, dict):
             raise InputError(f"record {index}: field '{field}[{position}]' must be a message "
                              f"{{'role', 'content'}}, got {type(message).__name__}.")
-        messages.append({key: _as_text(message.get(key), index, f"{field}[{position}].{key}")
-                         for key in ("role", "content")})
+        message = {key: _as_text(message.get(key), index, f"{field}[{position}].{key}") for key in ("role", "content")}
+        if message["role"] not in ROLES:
+            raise InputError(f"record {index}: field '{field}[{position}].role' must be one of {', '.join(ROLES)}, "
+                             f"got {message['role']!r}.")
+        messages.append(message)
     return messages
+
+
+def _as_prompt(value, index: int, field: str = "prompt") -> list:
+    """An explicit prompt: chat messages that do not end with an assistant turn (the compared turn comes next)."""
+    prompt = _as_messages(value, index, field)
+    if prompt[-1]["role"] == "assistant":
+        raise InputError(f"record {index}: field '{field}[{len(prompt) - 1}].role' is 'assistant', but a prompt must "
+                         f"not end with an assistant turn (the compared responses are the next assistant turn); "
+                         f"end it with the user turn they answer.")
+    return prompt
 
 
 def _user_turn(text: str) -> list:
@@ -201,21 +241,27 @@ def _parse_transcript(text: str, turn: re.Pattern, index: int, field: str) -> li
 
 
 def _shared_prompt_pair(chosen: list, rejected: list, **metadata) -> dict | Skip:
-    """The pair two full conversations compare: their shared turns, then each one's final assistant turn."""
+    """The pair two full conversations compare: their shared turns, then each one's final assistant turn. The shared
+    turns must end with a user turn (the one both final turns answer); other pairs are dropped (counted)."""
     if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
         return Skip("pairs whose transcripts do not end with an assistant turn")
     if chosen[:-1] != rejected[:-1]:
         return Skip("pairs whose transcripts differ before the last assistant turn")
+    if len(chosen) > 1 and chosen[-2]["role"] != "user":
+        return Skip("pairs whose shared turns do not end with a user turn")
     return _pair(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"], **metadata)
 
 
 def _unusable(pair: dict) -> str | None:
-    """Why a pair carries no preference signal, or None: checked for every format."""
-    if not any(message["content"].strip() for message in pair["prompt"]):
+    """Why a pair carries no preference signal, or None: checked for every format. A prompt is empty when all its
+    messages, or its last one, are whitespace; responses equal up to surrounding whitespace are identical (chat
+    templates trim message content, so the model would see the same text)."""
+    prompt = pair["prompt"]
+    if not prompt or not prompt[-1]["content"].strip() or not any(message["content"].strip() for message in prompt):
         return "pairs with an empty prompt"
     if not pair["chosen"].strip() or not pair["rejected"].strip():
         return "pairs with an empty response"
-    if pair["chosen"] == pair["rejected"]:
+    if pair["chosen"].strip() == pair["rejected"].strip():
         return "pairs with identical responses"
     return None
 
@@ -229,8 +275,18 @@ def _trl_pairs(dataset: Dataset, *, conversational: bool | None = None) -> Itera
 
     An implicit prompt is extracted as TRL's `extract_prompt` does: the longest common prefix (of characters, or of
     messages), with a space just before the first difference left to the completions. A standard prompt becomes one
-    user message. A conversational completion must be one assistant message, since a pair compares one turn.
-    `conversational=True` rejects standard (plain-text) records.
+    user message. A conversational completion must be one assistant message, since a pair compares one turn; an
+    explicit conversational prompt must not end with an assistant turn (an error), an implicit one must end with a
+    user turn (others are dropped, counted). `conversational=True` rejects standard (plain-text) records.
+
+    Two plain texts share a beginning by chance ("I like it" / "I hate it" share "I "), so a standard implicit prompt
+    is kept only if it looks like one (the choice made here, TRL keeps any prefix): it holds at least
+    `IMPLICIT_PROMPT_MIN_CHARACTERS` (4) non-whitespace characters and ends at a word boundary, i.e. it does not end
+    with a letter or digit that a completion's first character continues ("The sky is" + " blue." and "2+2=" + "4"
+    are prompts; "I" + " like it" (too short) and "I l" + "ike"/"ove" (inside a word) are not). Other pairs are
+    dropped (counted), as are pairs whose texts are identical or where the prompt takes a whole response (an empty
+    response); a file left with no pair is an error that asks for a `prompt` column. The rule is a heuristic: a file
+    whose responses share longer openings by chance ("I'm sorry, but") needs an explicit `prompt` column.
     """
     explicit = "prompt" in dataset.column_names
     for index, record in enumerate(dataset):
@@ -248,25 +304,40 @@ def _conversational_pair(record: dict, index: int, explicit: bool) -> dict | Ski
     rejected = _as_messages(record["rejected"], index, "rejected")
     if not explicit:
         return _shared_prompt_pair(chosen, rejected)
-    prompt = _as_messages(record["prompt"], index, "prompt")
+    prompt = _as_prompt(record["prompt"], index)
     if len(chosen) != 1 or len(rejected) != 1 or {chosen[0]["role"], rejected[0]["role"]} != {"assistant"}:
         return Skip("pairs whose completions are not one assistant message each")
     return _pair(prompt, chosen[0]["content"], rejected[0]["content"])
 
 
-def _standard_pair(record: dict, index: int, explicit: bool) -> dict:
+def _standard_pair(record: dict, index: int, explicit: bool) -> dict | Skip:
     chosen = _as_text(record["chosen"], index, "chosen")
     rejected = _as_text(record["rejected"], index, "rejected")
     if explicit:
         return _pair(_user_turn(_as_text(record["prompt"], index, "prompt")), chosen, rejected)
+    if chosen.strip() == rejected.strip():
+        return Skip("pairs with identical responses")
     shared = _common_prefix_length(chosen, rejected)
     if 0 < shared < min(len(chosen), len(rejected)) and chosen[shared - 1] == " ":
         shared -= 1
-    return _pair(_user_turn(chosen[:shared]), chosen[shared:], rejected[shared:])
+    prompt, completions = chosen[:shared], (chosen[shared:], rejected[shared:])
+    if not _is_implicit_prompt(prompt, completions):
+        return Skip(f"pairs whose responses share no prompt (a common beginning of under "
+                    f"{IMPLICIT_PROMPT_MIN_CHARACTERS} characters or cut inside a word)",
+                    fix="give the prompt in a 'prompt' column (TRL's explicit prompt format)")
+    return _pair(_user_turn(prompt), *completions)
 
 
 def _common_prefix_length(first, second) -> int:
     return next((n for n, (a, b) in enumerate(zip(first, second)) if a != b), min(len(first), len(second)))
+
+
+def _is_implicit_prompt(prompt: str, completions: tuple) -> bool:
+    """Whether the text two responses share looks like a prompt (see `_trl_pairs`)."""
+    if len("".join(prompt.split())) < IMPLICIT_PROMPT_MIN_CHARACTERS:
+        return False
+    inside_word = prompt[-1].isalnum() and any(completion[:1].isalnum() for completion in completions)
+    return not inside_word
 
 
 def _preference_700k_pairs(dataset: Dataset) -> Iterator[dict | Skip]:
@@ -318,18 +389,24 @@ def _shp_pair(record: dict, index: int, has_likes: bool) -> dict | Skip:
     domain = subset if split in SHP_SPLITS else domain
     if domain in SHP_EXCLUDED_DOMAINS:
         return Skip(f"pairs from the excluded domains {', '.join(SHP_EXCLUDED_DOMAINS)}")
-    likes = [_as_number(record[f"score_{side}"], index, f"score_{side}") for side in "AB"] if has_likes else []
+    likes = [_as_score(record[f"score_{side}"], index, f"score_{side}") for side in "AB"] if has_likes else []
+    if None in likes:
+        return Skip("pairs with a missing (null or NaN) score_A or score_B")
     if likes and min(likes) <= SHP_MIN_LIKES:
         return Skip(f"pairs with a response of {SHP_MIN_LIKES} likes or fewer")
-    label = record["labels"]
-    if label not in (0, 1) or isinstance(label, bool):
-        raise InputError(f"record {index}: field 'labels' must be 0 or 1, got {label!r}.")
+    label = _as_score(record["labels"], index, "labels")
+    if label is None:
+        return Skip("pairs with a missing (null or NaN) label")
+    if label not in (0, 1):
+        raise InputError(f"record {index}: field 'labels' must be 0 or 1, got {record['labels']!r}.")
     a = _as_text(record["human_ref_A"], index, "human_ref_A")
     b = _as_text(record["human_ref_B"], index, "human_ref_B")
     chosen, rejected = (a, b) if label == 1 else (b, a)
     history = _as_text(record["history"], index, "history")
     prompt = (_parse_transcript(history, STEAMSHP_TURN, index, "history") if STEAMSHP_TURN.match(history)
               else _user_turn(history))
+    if prompt[-1]["role"] != "user":
+        return Skip("pairs whose dialogue history does not end with a user turn")
     return _pair(prompt, chosen, rejected, category=SHP_CATEGORIES.get(domain, domain))
 
 
@@ -365,23 +442,28 @@ def _helpsteer2_pairs(dataset: Dataset, *, append_criterion: bool = False,
     """HelpSteer2 (MiCRo App. B.2): responses rated 0-4 on five attributes; two responses per prompt.
 
     Every two responses to the same prompt give, per attribute, a pair whose chosen response has the higher rating;
-    equal ratings give no pair (counted). `drop_unanimous=True` drops response pairs where one response is rated
-    strictly higher on all five attributes (MiCRo does so for its training set only). The criterion is MiCRo's
+    equal ratings give no pair (counted), nor does a missing (null or NaN) rating. `drop_unanimous=True` drops
+    response pairs where one response is rated strictly higher on all five attributes (MiCRo does so for its training
+    set only; a pair with a missing rating is never unanimous). The criterion is MiCRo's
     Table 6 context, appended to the prompt only with `append_criterion=True` (MiCRo trains its mixture on the bare
     prompts and uses the contexts for routing). Multi-turn prompts stay one user message, as HelpSteer2 stores them.
     """
     responses = defaultdict(list)
     for index, record in enumerate(dataset):
-        ratings = {attribute: _as_number(record[attribute], index, attribute) for attribute in HELPSTEER2_CRITERIA}
+        ratings = {attribute: _as_score(record[attribute], index, attribute) for attribute in HELPSTEER2_CRITERIA}
         responses[_as_text(record["prompt"], index, "prompt")].append(
             (_as_text(record["response"], index, "response"), ratings))
     for prompt, candidates in responses.items():
         for (first, first_ratings), (second, second_ratings) in itertools.combinations(candidates, 2):
-            differences = {name: first_ratings[name] - second_ratings[name] for name in HELPSTEER2_CRITERIA}
+            differences = {name: None if first_ratings[name] is None or second_ratings[name] is None
+                           else first_ratings[name] - second_ratings[name] for name in HELPSTEER2_CRITERIA}
             if drop_unanimous and _unanimous(differences.values()):
                 yield Skip("response pairs rated unanimously on every attribute")
                 continue
             for attribute, difference in differences.items():
+                if difference is None or math.isnan(difference):  # inf - inf is NaN
+                    yield Skip("attribute pairs with a missing (null or NaN) rating")
+                    continue
                 if difference == 0:
                     yield Skip("attribute pairs with equal ratings")
                     continue
@@ -391,8 +473,9 @@ def _helpsteer2_pairs(dataset: Dataset, *, append_criterion: bool = False,
 
 
 def _unanimous(differences) -> bool:
-    """Whether one response is rated strictly higher on every attribute."""
-    return {(difference > 0) - (difference < 0) for difference in differences} in ({1}, {-1})
+    """Whether one response is rated strictly higher on every attribute (never, with a rating missing)."""
+    signs = {None if difference is None else (difference > 0) - (difference < 0) for difference in differences}
+    return signs in ({1}, {-1})
 
 
 def dirichlet_users(sources, num_users: int = 5, *, alpha: float = 0.3, seed: int = 0) -> dict:
@@ -419,7 +502,8 @@ def _personal_llm_pairs(dataset: Dataset, *, seed: int, num_users: int = 5, alph
     over every response in the loaded data: PersonalLLM standardizes with its train-set mean and deviation, which
     this equals on the train split). Each (prompt, user) gives one pair: the user's best response over the worst.
     Users are `personal_llm_users(num_users, alpha=alpha, seed=seed)` unless given as `users` (reuse the same users
-    for the adaptation and evaluation splits). Records with a missing score are dropped (counted).
+    for the adaptation and evaluation splits). Records with a missing (null or NaN) score are dropped (counted) and
+    left out of the standardization.
     """
     users = users or personal_llm_users(num_users, alpha=alpha, seed=seed)
     for user, weights in users.items():
@@ -432,21 +516,26 @@ def _personal_llm_pairs(dataset: Dataset, *, seed: int, num_users: int = 5, alph
     missing = [column for column in scores.values() if column not in dataset.column_names]
     if missing:
         raise InputError(f"missing reward column(s) {missing}.")
-    standardize = {model: _standardizer([value for response in responses
-                                         for value in dataset[scores[response, model]] if value is not None])
-                   for model in PERSONAL_LLM_REWARD_MODELS}
+    records = []  # per record: its prompt, its response texts, and each response's scores (None where one is missing)
     for index, record in enumerate(dataset):
-        prompt = _user_turn(_as_text(record["prompt"], index, "prompt"))
-        texts = [_as_text(record[response], index, response) for response in responses]
-        if any(record[column] is None for column in scores.values()):
-            yield Skip("records with missing reward scores")
+        records.append((_user_turn(_as_text(record["prompt"], index, "prompt")),
+                        [_as_text(record[response], index, response) for response in responses],
+                        [{model: _as_score(record[scores[response, model]], index, scores[response, model])
+                          for model in PERSONAL_LLM_REWARD_MODELS} for response in responses]))
+    standardize = {model: _standardizer([values[model] for _, _, rows in records for values in rows
+                                         if values[model] is not None]) for model in PERSONAL_LLM_REWARD_MODELS}
+    for prompt, texts, rows in records:
+        if any(value is None for values in rows for value in values.values()):
+            yield Skip("records with missing (null or NaN) reward scores")
             continue
-        standardized = [{model: standardize[model](_as_number(record[scores[response, model]], index,
-                                                              scores[response, model]))
-                         for model in PERSONAL_LLM_REWARD_MODELS} for response in responses]
+        standardized = [{model: standardize[model](values[model]) for model in PERSONAL_LLM_REWARD_MODELS}
+                        for values in rows]
         for user, weights in users.items():
             utility = [sum(weights.get(model, 0.0) * z[model] for model in PERSONAL_LLM_REWARD_MODELS)
                        for z in standardized]
+            if any(math.isnan(value) for value in utility):
+                yield Skip("(prompt, user) pairs whose utility is not a number (an infinite reward score)")
+                continue
             best = max(range(len(texts)), key=utility.__getitem__)
             worst = min(range(len(texts)), key=utility.__getitem__)
             if utility[best] == utility[worst]:
@@ -456,6 +545,8 @@ def _personal_llm_pairs(dataset: Dataset, *, seed: int, num_users: int = 5, alph
 
 
 def _standardizer(values: list) -> Callable[[float], float]:
+    if not values:  # every score of this model is missing: every record is dropped, nothing is standardized
+        return lambda value: value
     mean = sum(values) / len(values)
     deviation = (sum((value - mean) ** 2 for value in values) / len(values)) ** 0.5 or 1.0
     return lambda value: (value - mean) / deviation
@@ -483,14 +574,18 @@ def _dsp_pairs(dataset: Dataset, *, append_criterion: bool = True) -> Iterator[d
 def _webgpt_pairs(dataset: Dataset) -> Iterator[dict | Skip]:
     """WebGPT comparisons as released in `{"text": [a, b], "score": [sa, sb]}` records, each text a transcript
     `## Human:\\n...\\n\\n## Assistant:\\n...`; the higher score is preferred and equal scores (ties) are dropped
-    (counted). Turn texts are kept as written, without the blank lines around the markers."""
+    (counted), as are pairs with a missing (null or NaN) score. Turn texts are kept as written, without the blank
+    lines around the markers."""
     for index, record in enumerate(dataset):
         texts, scores = record["text"], record["score"]
         if not isinstance(texts, list) or len(texts) != 2:
             raise InputError(f"record {index}: field 'text' must hold two transcripts.")
         if not isinstance(scores, list) or len(scores) != 2:
             raise InputError(f"record {index}: field 'score' must hold two scores.")
-        first, second = (_as_number(score, index, f"score[{side}]") for side, score in enumerate(scores))
+        first, second = (_as_score(score, index, f"score[{side}]") for side, score in enumerate(scores))
+        if first is None or second is None:
+            yield Skip("pairs with a missing (null or NaN) score")
+            continue
         if first == second:
             yield Skip("ties (equal scores)")
             continue
@@ -522,7 +617,8 @@ class Adapter:
             raise InputError(f"unknown option(s) {sorted(unknown)}; this format takes {self.option_names()}.")
         missing = [column for column in self.columns if column not in dataset.column_names]
         if missing:
-            raise InputError(f"missing column(s) {missing}; the dataset has {dataset.column_names}.")
+            raise InputError(f"missing column(s) {missing}; the dataset has {dataset.column_names}: add them, or "
+                             f"pass the dataset's own format (one of {list(FORMATS)}).")
         if "seed" in inspect.signature(self.pairs).parameters:
             options["seed"] = seed
         return self.pairs(dataset, **options)
@@ -532,8 +628,9 @@ def _hf_smoe_pairs(dataset: Dataset) -> Iterator[dict | Skip]:
     """Pairs already in the common schema (saved from `load_pairs`, or `hf_smoe.synthetic`): validated, kept as is."""
     metadata = [name for name in PAIR_METADATA if name in dataset.column_names]
     for index, record in enumerate(dataset):
-        yield _pair(_as_messages(record["prompt"], index, "prompt"), _as_text(record["chosen"], index, "chosen"),
-                    _as_text(record["rejected"], index, "rejected"), **{name: record[name] for name in metadata})
+        yield _pair(_as_prompt(record["prompt"], index), _as_text(record["chosen"], index, "chosen"),
+                    _as_text(record["rejected"], index, "rejected"),
+                    **{name: _as_optional_text(record[name], index, name) for name in metadata})
 
 
 def _is_common_schema(record: dict) -> bool:
@@ -574,21 +671,36 @@ def load_pairs(source, format: str | None = None, *, split: str = "train", max_p
         split: the Hub split to read.
         hub_options: extra `datasets.load_dataset` arguments for a Hub name: `data_dir` or `data_files` to read
             one subset (e.g. `{"data_dir": "helpful-base"}` for Anthropic/hh-rlhf), `name`, `revision`, `token`.
-        max_pairs: keep a seeded random subset of this many pairs, in their original order.
+        max_pairs: keep a seeded random subset of this many pairs (>= 1), in their original order.
         seed: seeds `max_pairs` and the formats that draw (SHP's one pair per post, PersonalLLM's users).
         category: the category of every pair the format leaves without one (a one-domain source, e.g. HH helpful).
         **options: the format's options (see its adapter, e.g. `append_criterion` for rpr and dsp).
+
+    Raises `InputError` (one line naming the source, and the record and field or the file and line) for input the
+    user can fix, including a source that leaves no pair; dropped pairs are counted in one warning per reason.
     """
+    if max_pairs is not None and (isinstance(max_pairs, bool) or not isinstance(max_pairs, int) or max_pairs < 1):
+        raise InputError(f"max_pairs: must be >= 1 (the number of pairs to keep; leave it unset to keep every pair), "
+                         f"got {max_pairs!r}.")
+    if format is not None and format not in FORMATS:
+        raise InputError(f"unknown format {format!r}; formats are {list(FORMATS)}.")
     dataset = _load_source(source, split, hub_options or {})
+    if len(dataset) == 0:
+        raise InputError(f"dataset {_describe(source)}: holds no records; give a file or split with data.")
     if format is None:
         format = HUB_FORMATS.get(source) if isinstance(source, str) else None
         format = format or _detect_format(dataset, source)
-    if format not in FORMATS:
-        raise InputError(f"unknown format {format!r}; formats are {list(FORMATS)}.")
     try:
-        pairs = _collect(FORMATS[format](dataset, seed=seed, **options), format)
-    except ValueError as error:
+        pairs, dropped = _collect(FORMATS[format](dataset, seed=seed, **options))
+    except InputError as error:
         raise InputError(f"{format} ({_describe(source)}): {error}") from None
+    if not pairs:
+        fixes = "".join(f"; {fix}" for fix in dict.fromkeys(skip.fix for skip in dropped if skip.fix))
+        what = ", ".join(f"{count} {skip.reason}" for skip, count in dropped.items()) or "nothing"
+        raise InputError(f"{format} ({_describe(source)}): no usable pair in {len(dataset)} records (dropped {what})"
+                         f"{fixes}.")
+    for skip, count in dropped.items():
+        warnings.warn(f"{format}: dropped {count} {skip.reason}.", stacklevel=2)
     if max_pairs is not None and max_pairs < len(pairs):
         pairs = [pairs[index] for index in sorted(random.Random(seed).sample(range(len(pairs)), max_pairs))]
     if category is not None:
@@ -604,17 +716,144 @@ def _describe(source) -> str:
 def _load_source(source, split: str, hub_options: dict) -> Dataset:
     if isinstance(source, Dataset):
         return source
-    path = Path(source)
+    if isinstance(source, DatasetDict):
+        raise InputError(f"dataset: got a DatasetDict with splits {list(source)}; pass one split, e.g. "
+                         f"dataset[{next(iter(source), 'train')!r}].")
+    path = Path(source).expanduser()
     if not path.exists():
         if _builder(path) or str(source).startswith((".", "/", "~")):
             raise InputError(f"dataset: no such file {source}; give an existing local file or a Hub name.")
-        return load_dataset(str(source), split=split, **hub_options)
-    files = sorted(p for p in path.iterdir() if _builder(p)) if path.is_dir() else [path]
+        return _load_hub(str(source), split, hub_options)
+    files = sorted(p for p in path.iterdir() if _builder(p) and p.is_file()) if path.is_dir() else [path]
+    if not files:
+        raise InputError(f"dataset {source}: the folder holds no data file; put json, jsonl, jsonl.gz or parquet "
+                         f"files ({', '.join(LOCAL_BUILDERS)}) in it.")
     builders = {_builder(file) for file in files}
     if len(builders) != 1 or None in builders:
-        raise InputError(f"{source}: expected json, jsonl, jsonl.gz or parquet file(s) of one kind "
-                         f"({', '.join(LOCAL_BUILDERS)}), found {[file.name for file in files]}.")
-    return load_dataset(builders.pop(), data_files=[str(file) for file in files], split="train")
+        raise InputError(f"dataset {source}: expected json, jsonl, jsonl.gz or parquet file(s) of one kind "
+                         f"({', '.join(LOCAL_BUILDERS)}), found {[file.name for file in files]}; keep one kind of "
+                         f"file per folder, or give one file.")
+    builder = builders.pop()
+    for file in files:  # cheap checks first: datasets fails on these with a traceback or a bare StopIteration
+        problem = "the file is empty (0 bytes); give a file with data" if file.stat().st_size == 0 else (
+            _parquet_problem(file) if builder == "parquet" else None)
+        if problem:
+            raise InputError(f"dataset {file}: {problem}.")
+    if builder == "parquet" and len(files) > 1:
+        _raise_for_mixed_columns(files, {file: pyarrow.parquet.read_schema(file).names for file in files})
+    try:
+        return load_dataset(builder, data_files=[str(file) for file in files], split="train")
+    except (DatasetsError, pyarrow.ArrowException, ValueError, EOFError, OSError, zlib.error, StopIteration,
+            RuntimeError) as error:
+        # The file is to blame only if reading it ourselves finds what is wrong; anything else (a full disk while
+        # datasets writes its cache: an OSError with an errno) is re-raised as it is.
+        if builder == "json" and not (isinstance(error, OSError) and error.errno):
+            columns = {}
+            for file in files:
+                problem, columns[file] = _json_problem(file)
+                if problem:
+                    raise InputError(f"dataset {file}: {problem}.") from error
+            _raise_for_mixed_columns(files, columns)
+        raise
+
+
+def _load_hub(name: str, split: str, hub_options: dict) -> Dataset:
+    try:
+        return load_dataset(name, split=split, **hub_options)
+    except ConnectionError as error:  # offline (HF_HUB_OFFLINE=1) or the Hub unreachable; not cached locally
+        offline = " (HF_HUB_OFFLINE is set)" if datasets.config.HF_HUB_OFFLINE else ""
+        raise InputError(f"dataset {name!r}: cannot load it from the Hugging Face Hub{offline}: it is neither a local "
+                         f"file or folder nor in the local cache ({_one_line(error)}); check the path or name, or go "
+                         f"online to download it once.") from error
+
+
+def _one_line(error) -> str:
+    return " ".join(str(error).split())
+
+
+def _parquet_problem(file: Path) -> str | None:
+    try:
+        pyarrow.parquet.read_schema(file)
+    except (pyarrow.ArrowException, OSError) as error:
+        return (f"not a readable parquet file ({_one_line(error)}); give a parquet file, or a .json/.jsonl file "
+                f"with the matching extension")
+    return None
+
+
+def _raise_for_mixed_columns(files: list, columns: dict) -> None:
+    """The error for a folder whose files have different columns (datasets cannot concatenate them)."""
+    first = files[0]
+    for file in files[1:]:
+        if columns.get(file) is not None and columns.get(first) is not None and \
+                sorted(columns[file]) != sorted(columns[first]):
+            raise InputError(f"dataset {file.parent}: its files have different columns ({first.name}: "
+                             f"{sorted(columns[first])}, {file.name}: {sorted(columns[file])}); a folder must hold "
+                             f"one dataset: move the other files out, or load each file on its own.")
+
+
+def _open_text(file: Path):
+    return gzip.open(file, "rt", encoding="utf-8") if file.name.endswith(".gz") else open(file, encoding="utf-8")
+
+
+def _json_problem(file: Path) -> tuple:
+    """What makes a json/jsonl(.gz) file unreadable as records, read line by line with `json.loads` (None if we find
+    nothing), and the columns of its records (None if unknown)."""
+    lines = []
+    try:
+        with _open_text(file) as handle:
+            for line in handle:
+                lines.append(line)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        return (f"the gzip data is corrupt or cut off after line {len(lines)} ({_one_line(error)}); download or "
+                f"compress the file again"), None
+    except UnicodeDecodeError as error:
+        return f"line {len(lines) + 1} is not UTF-8 text ({error.reason}); save the file as UTF-8", None
+    text = "".join(lines)
+    if not text.strip():
+        return "the file holds no records (only whitespace); give a file with data", None
+    if text.lstrip().startswith("["):  # one JSON document: an array of records
+        try:
+            document = json.loads(text, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as error:
+            line = getattr(error, "lineno", None)
+            return (f"invalid JSON{f' at line {line}' if line else ''} ({_one_line(getattr(error, 'msg', error))}); "
+                    f"a .json file holds a JSON array of records (objects) or one JSON object per line"), None
+        records = list(enumerate(document, 1))
+        where = "item"
+    else:
+        records, where = [], "line"
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append((number, json.loads(line, parse_constant=_no_constant)))
+            except (json.JSONDecodeError, ValueError) as error:
+                return (f"line {number} is not valid JSON ({_one_line(getattr(error, 'msg', error))}); fix or delete "
+                        f"that line (JSON Lines: one JSON object per line)"), None
+    if not records:
+        return "the file holds no records (an empty JSON array); give a file with data", None
+    for number, record in records:
+        if not isinstance(record, dict):
+            return (f"{where} {number} is a JSON {type(record).__name__}, not a record (an object of named "
+                    f"fields); write one object per record"), None
+    kinds = {}
+    for number, record in records:  # a field whose JSON type changes from record to record
+        for field, value in record.items():
+            if value is None:
+                continue
+            kind, first = _json_kind(value), kinds.setdefault(field, (_json_kind(value), number))
+            if kind != first[0]:
+                return (f"{where} {number}: field {field!r} is a {kind} where {where} {first[1]} has a {first[0]}; "
+                        f"give the field one type in every record"), None
+    return None, sorted({field for _, record in records for field in record})
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON; write null for a missing number")
+
+
+def _json_kind(value) -> str:
+    return {bool: "boolean", str: "string", list: "list", dict: "object"}.get(type(value), "number")
 
 
 def _builder(path: Path) -> str | None:
@@ -625,22 +864,25 @@ def _detect_format(dataset: Dataset, source) -> str:
     for name in DETECTION_ORDER:
         if FORMATS[name].matches(dataset):
             return name
+    if isinstance(source, (str, Path)) and Path(source).is_file() and _builder(Path(source)) == "json":
+        problem, _ = _json_problem(Path(source))  # e.g. a JSON array of strings, which datasets reads as `text`
+        if problem:
+            raise InputError(f"dataset {source}: {problem}.")
     raise InputError(f"cannot tell the format of {_describe(source)} from its columns {dataset.column_names}; "
                      f"pass format= one of {list(FORMATS)}.")
 
 
-def _collect(outcomes, format: str) -> list:
-    """The adapter's pairs, less those it skipped or that carry no preference signal (one counted warning each)."""
+def _collect(outcomes) -> tuple:
+    """The adapter's pairs, less those it skipped or that carry no preference signal, and the count of each kind of
+    `Skip` dropped (`load_pairs` warns once per reason)."""
     pairs, dropped = [], Counter()
     for outcome in outcomes:
-        reason = outcome.reason if isinstance(outcome, Skip) else _unusable(outcome)
-        if reason:
-            dropped[reason] += 1
+        skip = outcome if isinstance(outcome, Skip) else _unusable(outcome)
+        if skip:
+            dropped[Skip(skip) if isinstance(skip, str) else skip] += 1
         else:
             pairs.append(outcome)
-    for reason, count in dropped.items():
-        warnings.warn(f"{format}: dropped {count} {reason}.", stacklevel=3)
-    return pairs
+    return pairs, dropped
 
 
 def split_pairs(dataset: Dataset, *, seed: int = 0, validation: float = 0.1, test: float = 0.1,

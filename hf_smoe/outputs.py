@@ -56,10 +56,10 @@ def check_output_file(path, suffix: str, *, overwrite: bool = False, ours=None, 
     """`path` as a Path, once it can be written: ends with `suffix`, is not a folder, is none of the `protected`
     files ({what it is: path}), and is new or (with `overwrite`) a file `ours(path)` recognizes as hf_smoe's."""
     path = Path(path)
-    if not path.name.endswith(suffix):
-        raise InputError(f"{flag}: {path} must be a {suffix} file.")
     if path.is_dir():
         raise InputError(f"{flag}: {path} is a folder; give a {suffix} file path.")
+    if not path.name.endswith(suffix):
+        raise InputError(f"{flag}: {path} must be a {suffix} file.")
     for what, other in (protected or {}).items():
         if path.resolve() == Path(other).resolve():
             raise InputError(f"{flag}: {path} is the {what}, which writing there would destroy; choose another "

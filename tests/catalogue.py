@@ -48,12 +48,16 @@ class CliResult(NamedTuple):
 
 
 def run_cli(*argv) -> CliResult:
-    """`smoe ARGV` in this process: its exit status and what it printed. A raw exception propagates (a bug)."""
+    """`smoe ARGV` in this process: its exit status and what it printed (argparse's own errors included). A raw
+    exception propagates: that is a bug."""
     from hf_smoe.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main([str(arg) for arg in argv])
+        try:
+            code = main([str(arg) for arg in argv])
+        except SystemExit as exit_:
+            code = exit_.code
     return CliResult(code, stdout.getvalue(), stderr.getvalue())
 
 

@@ -11,6 +11,7 @@ from datasets import Dataset, concatenate_datasets
 from hf_smoe.data import (DSP_CRITERIA, DSP_RESPONSES, FORMATS, HELPSTEER2_CRITERIA, PAIR_FEATURES,
                           PERSONAL_LLM_REWARD_MODELS, RPR_EVALUATION_ATTRIBUTES, load_pairs, personal_llm_users,
                           split_pairs)
+from hf_smoe.modeling.configuration_smoe import InputError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
@@ -332,7 +333,11 @@ def test_hh_transcripts_are_not_mistaken_for_trl_implicit_prompts(hh_helpful):
     records = [json.loads(line) for line in gzip.open(HH_HELPFUL, "rt")][:3]
     detected = load_pairs(Dataset.from_list(records))
     assert detected["prompt"] == hh_helpful[0]["prompt"][:3]
-    assert load_pairs(Dataset.from_list(records), format="trl")[0]["prompt"][0]["content"].startswith("\n\nHuman: ")
+    as_trl, messages = load_with_warnings(Dataset.from_list(records), format="trl")
+    assert as_trl[0]["prompt"][0]["content"].startswith("\n\nHuman: ")
+    # One of the three: its last replies share their first letters, so TRL's character prefix would cut a word.
+    assert len(as_trl) == 2 and messages == ["trl: dropped 1 pairs whose responses share no prompt (a common "
+                                             "beginning of under 4 characters or cut inside a word)."]
 
 
 def test_undetectable_columns_raise_listing_the_formats():
@@ -484,3 +489,196 @@ def test_split_by_prompt_keeps_each_prompt_in_one_split():
     assert split_pairs(pairs, seed=3, group_by="prompt")["test"]["chosen"] == splits["test"]["chosen"]
     with pytest.raises(ValueError, match="group_by"):
         split_pairs(pairs, group_by="conversation")
+
+
+# Pairs without preference signal, missing numbers, unreadable files (issue 12; the table is test_catalogue_data.py).
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def assistant(text):
+    return [{"role": "assistant", "content": text}]
+
+
+@pytest.mark.parametrize("chosen, rejected, expected", [
+    ("The sky is blue.", "The sky is green.", ("The sky is", " blue.", " green.")),  # TRL's example
+    ("2+2=4", "2+2=5", ("2+2=", "4", "5")),  # ends with a non-word character
+    ("Translate 'chat': cat", "Translate 'chat': dog", ("Translate 'chat':", " cat", " dog")),
+    ("I like it", "I hate it", None),  # a shared "I": under 4 characters
+    ("Yes it is", "Yes, sure", None),  # "Yes": 3 characters
+    ("Paris is lovely", "Paris is lousy", None),  # "Paris is lo": cut inside a word
+    ("Hello!", "Hellos", None),  # "Hello" + "s" continues a word
+    ("Completely different", "Nothing shared", None),  # no shared beginning at all
+])
+def test_implicit_standard_prompt_rule(tmp_path, chosen, rejected, expected):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"chosen": chosen, "rejected": rejected}, SKY_RECORD])
+    pairs, messages = load_with_warnings(path)
+    got = [(p["prompt"][0]["content"], p["chosen"], p["rejected"]) for p in pairs]
+    sky = ("The sky is", " blue.", " green.")
+    if expected is None:
+        assert got == [sky]
+        assert messages == ["trl: dropped 1 pairs whose responses share no prompt (a common beginning of under 4 "
+                            "characters or cut inside a word)."]
+    else:
+        assert got == [expected, sky] and messages == []
+
+
+SKY_RECORD = {"chosen": "The sky is blue.", "rejected": "The sky is green."}
+
+
+def test_no_trl_file_yields_an_empty_or_whitespace_response(tmp_path):
+    """Real jsonl files of every TRL variant, with empty, whitespace-only and whitespace-identical responses and an
+    implicit prompt that takes a whole completion: every pair returned has two non-blank, different responses."""
+    files = {
+        "standard_explicit": [{"prompt": "q1", "chosen": "", "rejected": "b"},
+                              {"prompt": "q2", "chosen": " \n", "rejected": "b"},
+                              {"prompt": "q3", "chosen": "a", "rejected": "a "},
+                              {"prompt": "q4", "chosen": "kept", "rejected": "also kept"}],
+        "standard_implicit": [{"chosen": "Hello there", "rejected": "Hello there, friend"},  # chosen consumed
+                              {"chosen": "Tell me a joke.", "rejected": "Tell me a joke.  "},
+                              {"chosen": "Name a colour: \t", "rejected": "Name a colour: red"},
+                              SKY_RECORD],
+        "conversational_explicit": [{"prompt": user("q1"), "chosen": assistant(""), "rejected": assistant("b")},
+                                    {"prompt": user("q2"), "chosen": assistant("a"), "rejected": assistant("\t")},
+                                    {"prompt": user("q4"), "chosen": assistant("a"), "rejected": assistant(" a")},
+                                    {"prompt": user("q3"), "chosen": assistant("kept"),
+                                     "rejected": assistant("also kept")}],
+        "conversational_implicit": [{"chosen": user("q1") + assistant(" "), "rejected": user("q1") + assistant("b")},
+                                    {"chosen": user("q2") + assistant("a"), "rejected": user("q2") + assistant("a\n")},
+                                    {"chosen": user("q3") + assistant("kept"),
+                                     "rejected": user("q3") + assistant("also kept")}],
+    }
+    for name, records in files.items():
+        pairs, messages = load_with_warnings(write_jsonl(tmp_path / f"{name}.jsonl", records))
+        assert len(pairs) == 1, (name, pairs.to_list(), messages)
+        for pair in pairs:
+            assert pair["chosen"].strip() and pair["rejected"].strip()
+            assert pair["chosen"].strip() != pair["rejected"].strip()
+        assert any("empty response" in message for message in messages), (name, messages)
+        assert any("identical responses" in message for message in messages), (name, messages)
+
+
+def test_missing_scores_are_never_compared(tmp_path):
+    """A NaN (parquet) or null WebGPT score drops its record; compared, `nan > 0.5` is False and would have kept the
+    pair with its label reversed."""
+    records = [json.loads(WEBGPT.read_text())[index] for index in (0, 4)]
+    assert records[0]["score"] == [1.5, 0.5] and records[1]["score"] == [0.5, 1.5]
+    for value in (float("nan"), None):
+        records[0]["score"] = [value, 0.5]
+        Dataset.from_list(records).to_parquet(str(tmp_path / "webgpt.parquet"))
+        pairs, messages = load_with_warnings(tmp_path / "webgpt.parquet", format="webgpt")
+        assert messages == ["webgpt: dropped 1 pairs with a missing (null or NaN) score."]
+        assert len(pairs) == 1 and pairs[0]["chosen"] not in [text.split("## Assistant:\n")[1]
+                                                              for text in records[0]["text"]]
+
+
+def test_helpsteer2_missing_rating_is_neither_a_pair_nor_unanimous():
+    rows = [{"prompt": "p", "response": "good", **dict.fromkeys(HELPSTEER2_CRITERIA, 4.0), "coherence": None},
+            {"prompt": "p", "response": "bad", **dict.fromkeys(HELPSTEER2_CRITERIA, 1.0)}]
+    pairs, messages = load_with_warnings(Dataset.from_list(rows), drop_unanimous=True)
+    assert pairs["attribute"] == ["helpfulness", "correctness", "complexity", "verbosity"]
+    assert set(pairs["chosen"]) == {"good"}
+    assert messages == ["helpsteer2: dropped 1 attribute pairs with a missing (null or NaN) rating."]
+
+
+def test_shp_missing_label_and_likes_are_dropped(tmp_path):
+    base = {"post_id": "p", "domain": "askbaking_train", "history": "q", "score_A": 10, "score_B": 10}
+    rows = [{**base, "human_ref_A": "a1", "human_ref_B": "b1", "labels": 0},
+            {**base, "human_ref_A": "a2", "human_ref_B": "b2", "labels": float("nan")},
+            {**base, "human_ref_A": "a3", "human_ref_B": "b3", "labels": 1, "score_B": float("nan")}]
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "shp.parquet"))
+    pairs, messages = load_with_warnings(tmp_path / "shp.parquet")
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("b1", "a1")]
+    assert sorted(messages) == ["shp: dropped 1 pairs with a missing (null or NaN) label.",
+                                "shp: dropped 1 pairs with a missing (null or NaN) score_A or score_B."]
+
+
+def test_personal_llm_missing_score_is_left_out_of_the_standardization():
+    def record(prompt, gemma):
+        return {"prompt": prompt, "response_1": "one", "response_2": "two",
+                **{f"response_{k + 1}_{model}": gemma[k] if model == "gemma_2b" else 0.0
+                   for model in PERSONAL_LLM_REWARD_MODELS for k in range(2)}}
+    records = [record("a", [1.0, float("nan")]), record("b", [0.0, 2.0]), record("c", [3.0, 1.0])]
+    pairs, messages = load_with_warnings(Dataset.from_list(records), users={"u": {"gemma_2b": 1.0}})
+    assert [(p["prompt"][0]["content"], p["chosen"]) for p in pairs] == [("b", "two"), ("c", "one")]
+    assert messages == ["personal-llm: dropped 1 records with missing (null or NaN) reward scores."]
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ([{"role": "user", "content": "q"}, {"role": "tool", "content": "{}"}],
+     r"record 0: field 'prompt\[1\].role' must be one of system, user, assistant, got 'tool'"),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+     r"record 0: field 'prompt\[1\].role' is 'assistant', but a prompt must not end with an assistant turn"),
+])
+def test_prompt_roles_are_checked(prompt, message):
+    record = {"prompt": prompt, "chosen": assistant("x"), "rejected": assistant("y")}
+    with pytest.raises(InputError, match=rf"^trl \(in-memory dataset\): {message}"):
+        load_pairs(Dataset.from_list([record]))
+    with pytest.raises(InputError, match=message):  # the common schema checks its prompts alike
+        load_pairs(Dataset.from_list([{"prompt": prompt, "chosen": "x", "rejected": "y"}]), format="hf_smoe")
+
+
+def test_derived_prompt_must_end_with_a_user_turn():
+    records = [{"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nAssistant: a",
+                "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nAssistant: b"},
+               {"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: b"}]
+    pairs, messages = load_with_warnings(Dataset.from_list(records), format="hh-rlhf")
+    assert [(p["prompt"], p["chosen"]) for p in pairs] == [(user("hi"), "a")]
+    assert messages == ["hh-rlhf: dropped 1 pairs whose shared turns do not end with a user turn."]
+
+
+@pytest.mark.parametrize("max_pairs", [0, -5, 2.5, True])
+def test_max_pairs_must_be_a_positive_count(max_pairs):
+    with pytest.raises(InputError, match=rf"^max_pairs: must be >= 1 .*got {max_pairs!r}\.$"):
+        load_pairs(FIXTURES / "rpr.jsonl", max_pairs=max_pairs)
+
+
+def test_a_source_without_pairs_is_an_error_saying_what_was_dropped(tmp_path):
+    records = [{"prompt": "q", "chosen": "same", "rejected": "same "}, {"prompt": "q", "chosen": "", "rejected": "b"}]
+    with pytest.raises(InputError, match=r"^trl \(.*p\.jsonl\): no usable pair in 2 records \(dropped 1 pairs with "
+                                         r"identical responses, 1 pairs with an empty response\)\.$"):
+        load_pairs(write_jsonl(tmp_path / "p.jsonl", records))
+    with pytest.raises(InputError, match=r"no usable pair .*; give the prompt in a 'prompt' column"):
+        load_pairs(write_jsonl(tmp_path / "i.jsonl", [{"chosen": "I like it", "rejected": "I hate it"}]))
+    with pytest.raises(InputError, match=r"^dataset in-memory dataset: holds no records"):
+        load_pairs(Dataset.from_dict({"chosen": [], "rejected": []}))
+
+
+def test_corrupt_line_of_a_gzipped_jsonl_is_named(tmp_path):
+    lines = gzip.open(HH_HELPFUL, "rt").readlines()[:5]
+    lines[3] = lines[3][:40] + "\n"
+    path = tmp_path / "hh.jsonl.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.writelines(lines)
+    with pytest.raises(InputError, match=rf"^dataset {path}: line 4 is not valid JSON \(.*\); fix or delete that "
+                                         r"line"):
+        load_pairs(path)
+
+
+def test_failures_the_user_did_not_cause_are_not_converted(tmp_path, monkeypatch):
+    """A bug in an adapter (a plain ValueError) and a load failure that no problem in the file explains (a full disk
+    while datasets writes its cache) keep their own exception, for the CLI to show as a traceback or an OS error."""
+    import errno
+
+    import hf_smoe.data as data
+
+    def buggy(dataset):
+        raise ValueError("bug")
+        yield
+
+    monkeypatch.setitem(data.FORMATS, "trl", data.Adapter(buggy, ("chosen", "rejected")))
+    with pytest.raises(ValueError, match="^bug$") as error:
+        load_pairs(FIXTURES / "trl_standard.jsonl", format="trl")
+    assert not isinstance(error.value, InputError)
+    monkeypatch.undo()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data, "load_dataset", full_disk)
+    with pytest.raises(OSError) as error:
+        load_pairs(FIXTURES / "trl_standard.jsonl")
+    assert error.value.errno == errno.ENOSPC
