@@ -393,10 +393,14 @@ def user_error_message(error: Exception) -> str | None:
     """The one line `smoe` prints for a failure the user caused or can fix (bad input, an unreachable server, a
     full disk), or None for anything else. The endpoint module is imported only once something failed, so a
     command that never talks to a server does not load it at start-up."""
+    from datasets.exceptions import DatasetNotFoundError
+
     from .endpoint import EndpointError
 
     if isinstance(error, (InputError, EndpointError)):
         return " ".join(str(error).split("\n"))
+    if isinstance(error, DatasetNotFoundError):  # a Hub dataset name that does not exist (or is private)
+        return f"dataset: {error} Check the name, or log in (`hf auth login`) if it is private."
     if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
         where = f" ({error.filename})" if error.filename else ""
         return f"{ENVIRONMENT_ERRNOS[error.errno]}{where}."

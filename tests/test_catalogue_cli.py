@@ -416,16 +416,16 @@ def test_a_bug_keeps_its_traceback(tmp_path):
 KILL_AFTER_SAVE = textwrap.dedent("""
     import os, signal, sys
     from transformers import Trainer
-    target, where = int(sys.argv[1]), sys.argv[2]
+    target, where = float(sys.argv[1]), sys.argv[2]  # the epoch whose checkpoint the kill hits
     original_save, original_rng = Trainer._save_checkpoint, Trainer._save_rng_state
 
     def save_then_die(self, *args, **kwargs):
         original_save(self, *args, **kwargs)
-        if where == "after" and self.state.global_step >= target:
+        if where == "after" and self.state.epoch >= target:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def die_mid_save(self, *args, **kwargs):  # model and optimizer written, trainer_state.json not yet
-        if where == "during" and self.state.global_step >= target:
+        if where == "during" and self.state.epoch >= target:
             os.kill(os.getpid(), signal.SIGKILL)
         original_rng(self, *args, **kwargs)
 
@@ -439,7 +439,8 @@ KILL_AFTER_SAVE = textwrap.dedent("""
 @pytest.mark.parametrize("where", ["after", "during"])
 def test_a_killed_train_resumes_bit_identical(tmp_path, where):
     """`kill -9` after the second epoch's checkpoint (or in the middle of writing it), then the same command again:
-    the run resumes from its last complete epoch and ends with exactly the weights of an uninterrupted run."""
+    the run resumes from its last complete epoch (2, or 1) and ends with exactly the weights of an uninterrupted
+    run."""
     w = world()
 
     def args(output):
@@ -449,13 +450,14 @@ def test_a_killed_train_resumes_bit_identical(tmp_path, where):
     assert run_cli(*args(tmp_path / "reference")).code == 0
     steps_per_epoch = json.loads((tmp_path / "reference" / "results.json").read_text())  # sanity: the run finished
     assert steps_per_epoch["results"]["accuracy"] >= 0
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SAVE, "4", where, *args(tmp_path / "run")],
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SAVE, "2", where, *args(tmp_path / "run")],
                             capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     staging = tmp_path / ".run.partial"
     assert staging.is_dir() and not (tmp_path / "run").exists()  # nothing half-written in place
-    complete = [c.name for c in (staging / "trainer").glob("checkpoint-*") if (c / "trainer_state.json").is_file()]
-    assert complete == (["checkpoint-4"] if where == "after" else ["checkpoint-2"])  # the resume point
+    states = [c / "trainer_state.json" for c in (staging / "trainer").glob("checkpoint-*")]
+    complete = [json.loads(state.read_text())["epoch"] for state in states if state.is_file()]
+    assert complete == ([2.0] if where == "after" else [1.0])  # the resume point; a cut-short checkpoint is ignored
     resumed = run_cli(*args(tmp_path / "run"))
     assert resumed.code == 0 and "Resuming the interrupted run" in resumed.stdout
     reference, result = (load_file(tmp_path / name / "model.safetensors") for name in ("reference", "run"))
