@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassificati
 from .encoding import encode_pair
 from .evaluate_modules import evaluate_module_path
 from .losses import moe_preference_loss
-from .modeling.configuration_smoe import SMoERewardConfig
+from .modeling.configuration_smoe import InputError, SMoERewardConfig
 from .modeling.modeling_smoe import SMoERewardModel, SMoERewardOutput
 
 __version__ = "0.1.0"
@@ -20,5 +20,5 @@ AutoModelForSequenceClassification.register(SMoERewardConfig, SMoERewardModel, e
 SMoERewardConfig.register_for_auto_class()
 SMoERewardModel.register_for_auto_class("AutoModel")
 
-__all__ = ["SMoERewardConfig", "SMoERewardModel", "SMoERewardOutput", "encode_pair", "evaluate_module_path",
+__all__ = ["InputError", "SMoERewardConfig", "SMoERewardModel", "SMoERewardOutput", "encode_pair", "evaluate_module_path",
            "moe_preference_loss"]

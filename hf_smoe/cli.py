@@ -2,9 +2,10 @@
 
 import argparse
 import errno
-import math
 import json
+import math
 import sys
+import warnings
 from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONE
@@ -371,6 +372,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    python_format, warnings.formatwarning = warnings.formatwarning, one_line_warning(args.command)
     try:
         run(args)
     except Exception as error:  # a failure the user can fix: one clear line, exit 2; a bug keeps its traceback
@@ -379,7 +381,18 @@ def main(argv=None) -> int:
             raise
         print(f"smoe {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = python_format
     return 0
+
+
+def one_line_warning(command: str):
+    """`warnings.formatwarning` for the CLI: `smoe CMD: warning: message` (what was dropped and how many), without
+    the source line Python would print under it."""
+    def format_warning(message, category, filename, lineno, line=None):
+        kind = "" if category is UserWarning else f"{category.__name__}: "
+        return f"smoe {command}: warning: {kind}{message}\n"
+    return format_warning
 
 
 # OS errors a user fixes outside the program (space, permissions), reported with the path they hit.

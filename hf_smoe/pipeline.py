@@ -271,9 +271,9 @@ def train_reward_model(job: TrainJob) -> dict:
                      eval_results={"accuracy": results["accuracy"]},
                      routing_stats={key: results[key] for key in routing_keys}, dataset_name=job.dataset,
                      repo_id=job.push_to_hub)
-    (staging / "job.json").unlink()
     save_run(staging, job, results)
-    publish(staging, output_dir)
+    publish(staging, output_dir)  # job.json stays until here: a kill inside publish still resumes
+    (output_dir / "job.json").unlink()
     if job.push_to_hub:
         results["pushed"] = push_checkpoint(output_dir, job.push_to_hub)
     return results

@@ -468,3 +468,27 @@ def test_a_killed_train_resumes_bit_identical(tmp_path, where):
     log = json.loads((tmp_path / "run" / "results.json").read_text())
     assert log["results"]["accuracy"] == steps_per_epoch["results"]["accuracy"]
     assert math.isfinite(log["results"]["loss"])
+
+
+REAL_PROCESS_CASES = {
+    "argument": (["train", "--dataset", "pairs.jsonl", "--output-dir", "out", "--epochs", "0"], "--epochs"),
+    "data file": (["embed", "--dataset", "{broken}"], "line 2"),
+    "checkpoint": (["eval", "{damaged}", "--dataset", "{pairs}"], "holds NaN or infinite weights"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(REAL_PROCESS_CASES))
+def test_a_user_error_in_a_real_process_is_one_line(tmp_path, name):
+    """The `smoe` console script in its own process: exit status 2, one stderr line, no traceback."""
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "hi", "chosen": "a", "rejected": "b"}\n{"prompt": "hi", \n')
+    files = {"broken": tmp_path / "broken.jsonl", "pairs": world()["pairs"],
+             "damaged": with_weights(tmp_path, nan_router_weights) if name == "checkpoint" else ""}
+    argv, message = REAL_PROCESS_CASES[name]
+    smoe = Path(sys.executable).with_name("smoe")
+    result = subprocess.run([str(smoe), *(arg.format(**files) for arg in argv)], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("smoe ")]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(errors) == 1 and "error: " in errors[0] and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
