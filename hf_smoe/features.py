@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .backbones import cache_root
 from .data import PAIR_METADATA
 from .encoding import as_messages, encode_pair
+from .modeling.configuration_smoe import InputError
 
 CACHE_FORMAT_VERSION = 2  # 2: shards carry a checksum manifest; weights digest over every byte
 MANIFEST = "checksums.json"
@@ -82,6 +83,15 @@ def shard_damage(folder: Path) -> str | None:
     return None
 
 
+def feature_root(cache_dir=None) -> Path:
+    """The embedding cache's root folder (default `$HF_SMOE_CACHE/features`); an InputError when it is, or lies
+    inside, a file."""
+    root = Path(cache_dir or cache_root() / "features")
+    if any(folder.exists() and not folder.is_dir() for folder in (root, *root.parents)):
+        raise InputError(f"cache_dir: {root} is or lies inside a file; give a folder for the embedding cache.")
+    return root
+
+
 def default_batch_tokens(device: torch.device) -> int:
     """Padded tokens per batch. On CPU small batches stay in cache: for SmolLM2-135M on 2 cores, 1024 tokens ran
     556 tokens/s against 320 at 8192 (docs/benchmarks.md); a GPU wants large batches."""
@@ -128,7 +138,7 @@ class EmbeddingCache:
         self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
         self.show_progress = show_progress
         self.dtype = compute_dtype(self.device)
-        self.directory = Path(cache_dir or cache_root() / "features") / self.fingerprint()
+        self.directory = feature_root(cache_dir) / self.fingerprint()
         self._features = None  # (keys -> row, prompt (N, H), response (N, H)) once loaded
         self._verified = set()  # shard names whose checksums this instance checked (or which it wrote)
 

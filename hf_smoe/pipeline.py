@@ -17,7 +17,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from . import SMoERewardModel, __version__
 from .backbones import DEFAULT_BACKBONE, backbone_hub_id, loading, resolve_backbone
 from .data import load_pairs, split_pairs
-from .features import EmbeddingCache
+from .features import EmbeddingCache, feature_root
 from .hub import check_repo_id, push_checkpoint, write_model_card
 from .metrics import (category_coverage, expert_category_labels, expert_purity, expert_specialization,
                       expert_specialization_top, pairwise_accuracy)
@@ -226,6 +226,7 @@ def check_job(job: TrainJob) -> Path:
             raise InputError(f"{name}: must be an integer >= 1, got {value!r}.")
     if job.push_to_hub:
         check_repo_id(job.push_to_hub)
+    feature_root(job.cache_dir)
     protected = {name: path for name, path in (("backbone", job.backbone), ("dataset", job.dataset),
                                                ("embedding cache", job.cache_dir))
                  if path and Path(path).exists()}

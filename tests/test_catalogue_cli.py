@@ -348,6 +348,9 @@ CASES = [
     Case("interpret --output-dir is a file", "error", "output_dir: ",
          lambda t: (t / "f").write_text("x") and run_cli("interpret", world()["checkpoint"], "--dataset",
                                                          world()["pairs"], "--output-dir", t / "f")),
+    Case("train --cache-dir is a file", "error", "cache_dir: ",
+         lambda t: (t / "c").write_text("x") and run_cli(*[a if a != world()["cache"] else t / "c"
+                                                         for a in train_args(t)])),
     Case("full disk while writing", "error", "no space left on the device", full_disk),
     # Pushes: only what the checkpoint owns, no local paths, one line when the Hub is out of reach.
     Case("push while offline", "error", "could not be pushed",
