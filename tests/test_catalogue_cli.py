@@ -495,3 +495,53 @@ def test_a_user_error_in_a_real_process_is_one_line(tmp_path, name):
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(errors) == 1 and "error: " in errors[0] and message in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+KILL_EMBED = textwrap.dedent("""
+    import os, signal, sys
+    from hf_smoe.features import EmbeddingCache
+    original, written = EmbeddingCache._write_shard, []
+
+    def write_then_die(self, rows):
+        original(self, rows)
+        written.append(len(rows))
+        if len(written) == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    EmbeddingCache._write_shard = write_then_die
+    from hf_smoe.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def cached_rows(cache_dir) -> dict:
+    """{text key: (prompt vector, response vector)} of everything an embedding cache folder holds."""
+    from hf_smoe.features import EmbeddingCache
+
+    model = SMoERewardModel.from_backbone(world()["backbone"], num_experts=3)
+    keys, prompts, responses = EmbeddingCache(model, word_tokenizer("chatml"), cache_dir=cache_dir,
+                                              max_length=64, show_progress=False)._load()
+    return {key: (prompts[row], responses[row]) for key, row in keys.items()}
+
+
+@pytest.mark.slow
+def test_a_killed_embed_resumes_bit_identical(tmp_path):
+    """`smoe embed` killed with SIGKILL after its first shard, then run again: it embeds only what is missing and
+    the cache ends bit-identical to an uninterrupted run's."""
+    generate_preference_set(200, seed=3).to_json(tmp_path / "pairs.jsonl")
+
+    def args(cache):
+        return [str(a) for a in ("embed", "--dataset", tmp_path / "pairs.jsonl", "--backbone", world()["backbone"],
+                                 "--max-length", 64, "--cache-dir", cache)]
+
+    assert run_cli(*args(tmp_path / "reference")).code == 0
+    killed = subprocess.run([sys.executable, "-c", KILL_EMBED, *args(tmp_path / "run")], capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    reference = cached_rows(tmp_path / "reference")
+    assert 512 <= len(cached_rows(tmp_path / "run")) < len(reference)  # the first shard (>= 512 texts) survived
+    assert run_cli(*args(tmp_path / "run")).code == 0
+    resumed = cached_rows(tmp_path / "run")
+    assert reference.keys() == resumed.keys()
+    for key, (prompt, response) in reference.items():
+        assert torch.equal(prompt, resumed[key][0]) and torch.equal(response, resumed[key][1]), key
