@@ -116,6 +116,14 @@ def loading(field: str, name_or_path):
     except SafetensorError as error:
         raise InputError(f"{field}: the weights of {name_or_path} are damaged ({error}); restore the file or save "
                          "the model again.") from None
+    except RuntimeError as error:  # transformers: weights whose shapes do not fit the config
+        raise InputError(f"{field}: the weights of {name_or_path} do not fit its config.json "
+                         f"({first_line(error)}); restore the config or save the model again.") from None
     except (OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{field}: cannot load {name_or_path}: {reason}") from None
+        where = "" if Path(str(name_or_path)).expanduser().exists() else "no such local folder, and "
+        raise InputError(f"{field}: cannot load {name_or_path}: {where}{first_line(error)}") from None
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -24,6 +24,8 @@ from .encoding import encode_batch, encode_pair
 from .features import EmbeddingCache, compute_dtype
 from .generators import LocalGenerator, fast_dtype
 from .interpret import judge_prompt, prompt_text
+from .modeling.configuration_smoe import InputError
+from .outputs import write_text_atomic
 from .pipeline import load_backbone_model, pick_device, run_command
 from .routers import score_users
 from .synthetic import generate_preference_set
@@ -85,6 +87,9 @@ def bench_embed(backbone: str, num_texts: int = 64, seed: int = 0) -> dict:
 
 
 def bench_train(backbone: str, num_pairs: int = 192, epochs: float = 3.0, seed: int = 0) -> dict:
+    if num_pairs < 8:
+        raise InputError(f"num_pairs: the train benchmark holds out 25% of the pairs and trains on the rest; give at "
+                         f"least 8, got {num_pairs}.")
     pairs = benchmark_pairs(num_pairs, seed)
     split = int(0.75 * len(pairs))
     train_pairs, held_out = pairs.select(range(split)), pairs.select(range(split, len(pairs)))
@@ -176,11 +181,13 @@ def bench_judge(backbone: str, num_prompts: int = 64, batch_size: int = 8, seed:
 
 
 def run_bench(what: str, backbone: str, output_dir: str, **options) -> dict:
+    """Runs benchmark `what` and writes its record to `output_dir/bench_{what}.json` (a rerun refreshes it)."""
+    output = Path(output_dir).expanduser()
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output-dir: {output} is a file; give a folder for the benchmark records.")
     results = {"embed": bench_embed, "train": bench_train, "users": bench_users,
                "judge": bench_judge}[what](backbone, **options)
     record = {"command": run_command(), "benchmark": what, "options": options, "backbone": backbone,
               "machine": machine(), "results": results}
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / f"bench_{what}.json").write_text(json.dumps(record, indent=2))
+    write_text_atomic(output / f"bench_{what}.json", json.dumps(record, indent=2))
     return record

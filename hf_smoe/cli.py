@@ -34,6 +34,17 @@ def positive_number(text: str) -> float:
     return value
 
 
+def seed_value(text: str) -> int:
+    """argparse type: a seed torch and numpy accept (0 to 2**32 - 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32 - 1, got {value}")
+    return value
+
+
 def add_overwrite_argument(parser, what: str) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help=f"replace {what} if it exists (only ever an earlier hf_smoe output)")
@@ -47,7 +58,7 @@ def add_data_arguments(parser) -> None:
     parser.add_argument("--max-pairs", type=at_least_one, default=None, help="keep a seeded random subset of this size")
     parser.add_argument("--max-length", type=at_least_one, default=1024, help="truncation length of prompt + response")
     parser.add_argument("--cache-dir", default=None, help="embedding cache root (default: $HF_SMOE_CACHE/features)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_value, default=0)
 
 
 def add_checkpoint_data_arguments(parser) -> None:
@@ -59,7 +70,7 @@ def add_checkpoint_data_arguments(parser) -> None:
     parser.add_argument("--max-pairs", type=at_least_one, default=None, help="keep a seeded random subset of this size")
     parser.add_argument("--max-length", type=at_least_one, default=1024, help="truncation length of prompt + response")
     parser.add_argument("--cache-dir", default=None, help="embedding cache root (default: $HF_SMOE_CACHE/features)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subset and of the split into halves")
+    parser.add_argument("--seed", type=seed_value, default=0, help="seed of the subset and of the split into halves")
 
 
 def add_generator_arguments(parser) -> None:
@@ -89,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-experts", type=at_least_one, default=4)
     demo.add_argument("--epochs", type=positive_number, default=3.0)
     demo.add_argument("--cache-dir", default=None, help="embedding cache root (default: $HF_SMOE_CACHE/features)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=seed_value, default=0)
 
     embed = commands.add_parser("embed", help="encode a dataset into the embedding cache",
                                 description="Runs every unique text of the dataset through the frozen backbone once.")
@@ -130,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_generator_arguments(interpret)
     interpret.add_argument("--no-random-baseline", action="store_true",
                            help="skip the random baseline (half the calls)")
-    interpret.add_argument("--output-dir", default=None, help="default: the checkpoint folder")
+    interpret.add_argument("--output-dir", default=None,
+                           help="default: the checkpoint folder, whose interpretation files a rerun refreshes; "
+                                "elsewhere earlier ones are replaced only with --overwrite")
+    add_overwrite_argument(interpret, "interpretation.json/.md in --output-dir")
 
     reproduce = commands.add_parser(
         "reproduce", help="the paper's controlled experiments on the shared data (Markdown + JSON + command)",
@@ -147,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--datasets", nargs="+", default=None, choices=["hh", "dsp", "demo", "general"],
                            help="table1: datasets (default: hh dsp demo); table8: the first one (default: hh); "
                                 "table4: general and/or dsp (default: both)")
-    reproduce.add_argument("--seeds", nargs="+", type=int, default=None,
+    reproduce.add_argument("--seeds", nargs="+", type=seed_value, default=None,
                            help="training seeds (default: 0 1 2; table8, fig6: 0)")
     reproduce.add_argument("--size", nargs="+", default=[], metavar="DATASET=N",
                            help="HH pairs per subset / DSP queries / demo prompts (default: hh=700 dsp=150 demo=360)")
@@ -193,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--max-eval-pairs", type=at_least_one, default=None)
     adapt.add_argument("--max-length", type=at_least_one, default=1024)
     adapt.add_argument("--cache-dir", default=None)
-    adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument("--seed", type=seed_value, default=0)
 
     push = commands.add_parser("push", help="upload a checkpoint folder to the Hub",
                                description="Uploads what the checkpoint owns (config, weights, remote code, tokenizer "
@@ -219,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--num-users", type=at_least_one, default=100, help="users: routers scored from one pass")
     bench.add_argument("--num-prompts", type=at_least_one, default=64, help="judge: Fig. 5 prompts to judge")
     bench.add_argument("--output-dir", default="outputs/bench")
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seed", type=seed_value, default=0)
     return parser
 
 
@@ -268,7 +282,8 @@ def run(args) -> None:
             args.checkpoint, args.dataset, generator=args.generator, generator_model=args.generator_model,
             judge=args.judge, judge_model=args.judge_model, format=args.format, split=args.split,
             max_pairs=args.max_pairs, seed=args.seed, cache_dir=args.cache_dir, generation_cache=args.generation_cache,
-            max_length=args.max_length, random_baseline=not args.no_random_baseline, output_dir=args.output_dir)
+            max_length=args.max_length, random_baseline=not args.no_random_baseline, output_dir=args.output_dir,
+            overwrite=args.overwrite)
         print(expert_table_markdown(result))
         print(f"Written to {Path(args.output_dir or args.checkpoint) / 'interpretation.json'} and interpretation.md")
     elif args.command == "reproduce":
@@ -396,8 +411,8 @@ def one_line_warning(command: str):
 
 
 # OS errors a user fixes outside the program (space, permissions), reported with the path they hit.
-ENVIRONMENT_ERRNOS = {errno.ENOSPC: "no space left on the device; free space or choose another --output-dir",
-                      errno.EDQUOT: "disk quota exceeded; free space or choose another --output-dir",
+ENVIRONMENT_ERRNOS = {errno.ENOSPC: "no space left on the device; free space or write somewhere else",
+                      errno.EDQUOT: "disk quota exceeded; free space or write somewhere else",
                       errno.EACCES: "permission denied; choose a path you can write",
                       errno.EROFS: "read-only file system; choose a writable path"}
 

@@ -28,6 +28,7 @@ import gzip
 import inspect
 import itertools
 import json
+import os
 import math
 import random
 import re
@@ -351,11 +352,18 @@ def _hh_rlhf_pairs(dataset: Dataset) -> Iterator[dict | Skip]:
     assistant turn. Turns are split at the `\\n\\nHuman: ` / `\\n\\nAssistant: ` markers and kept verbatim; pairs
     whose transcripts differ before the last assistant turn are dropped (counted). Unlike TRL's HH script, which
     cuts at the longest common character prefix, this never splices a half-shared turn into the prompt. HH files
-    carry no subset label: give it with `load_pairs(..., category="helpful")` (or "harmless")."""
+    carry no subset label: give it with `load_pairs(..., category="helpful")` (or "harmless"). Copies that lost the
+    leading blank line (stripped) or use Windows line ends are read the same way."""
     for index, record in enumerate(dataset):
-        chosen = _parse_transcript(_as_text(record["chosen"], index, "chosen"), HH_TURN, index, "chosen")
-        rejected = _parse_transcript(_as_text(record["rejected"], index, "rejected"), HH_TURN, index, "rejected")
+        chosen, rejected = (_parse_transcript(_hh_text(_as_text(record[side], index, side)), HH_TURN, index, side)
+                            for side in ("chosen", "rejected"))
         yield _shared_prompt_pair(chosen, rejected)
+
+
+def _hh_text(text: str) -> str:
+    """An HH transcript in its released form: `\n` line ends, opening with `\n\nHuman: `."""
+    text = text.replace("\r\n", "\n")
+    return text if text.startswith("\n\n") else "\n\n" + text.lstrip("\n")
 
 
 def _shp_pairs(dataset: Dataset, *, seed: int, one_pair_per_post: bool = False) -> Iterator[dict | Skip]:
@@ -638,7 +646,7 @@ def _is_common_schema(record: dict) -> bool:
 
 
 def _is_hh_transcript(record: dict) -> bool:
-    return isinstance(record["chosen"], str) and record["chosen"].startswith("\n\nHuman: ")
+    return isinstance(record["chosen"], str) and _hh_text(record["chosen"]).startswith("\n\nHuman: ")
 
 
 FORMATS = {
@@ -716,6 +724,10 @@ def _describe(source) -> str:
 def _load_source(source, split: str, hub_options: dict) -> Dataset:
     if isinstance(source, Dataset):
         return source
+    if not isinstance(source, (str, os.PathLike)) and not isinstance(source, DatasetDict):
+        raise InputError(f"dataset: expected a Hub name, a file or folder path, or a datasets.Dataset; got "
+                         f"{type(source).__name__}. Wrap records with datasets.Dataset.from_list(records) (or "
+                         f"Dataset.from_pandas(frame)).")
     if isinstance(source, DatasetDict):
         raise InputError(f"dataset: got a DatasetDict with splits {list(source)}; pass one split, e.g. "
                          f"dataset[{next(iter(source), 'train')!r}].")
@@ -742,7 +754,9 @@ def _load_source(source, split: str, hub_options: dict) -> Dataset:
     if builder == "parquet" and len(files) > 1:
         _raise_for_mixed_columns(files, {file: pyarrow.parquet.read_schema(file).names for file in files})
     try:
-        return load_dataset(builder, data_files=[str(file) for file in files], split="train")
+        dataset = load_dataset(builder, data_files=[str(file) for file in files], split="train")
+        dataset.data.table.validate(full=True)  # text that is not UTF-8 may load, and fail only when read
+        return dataset
     except (DatasetsError, pyarrow.ArrowException, ValueError, EOFError, OSError, zlib.error, StopIteration,
             RuntimeError) as error:
         # The file is to blame only if reading it ourselves finds what is wrong; anything else (a full disk while
@@ -836,6 +850,11 @@ def _json_problem(file: Path) -> tuple:
         if not isinstance(record, dict):
             return (f"{where} {number} is a JSON {type(record).__name__}, not a record (an object of named "
                     f"fields); write one object per record"), None
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return (f"{where} {number} holds text that is not valid Unicode (a lone surrogate escape such as "
+                    f"\\ud800); fix or delete that {where}"), None
     kinds = {}
     for number, record in records:  # a field whose JSON type changes from record to record
         for field, value in record.items():
@@ -900,7 +919,7 @@ def split_pairs(dataset: Dataset, *, seed: int = 0, validation: float = 0.1, tes
     units in each split is within one of its requested share. Without `group_by`, pairs expanded from one source
     record (rpr, helpsteer2, dsp, personal-llm) can land in different splits.
     """
-    if validation < 0 or test < 0 or validation + test >= 1:
+    if not (validation >= 0 and test >= 0 and validation + test < 1):  # also refuses NaN
         raise InputError(f"validation ({validation}) and test ({test}) must be >= 0 and sum to less than 1.")
     values = dataset[stratify] if stratify in dataset.column_names else [None] * len(dataset)
     strata = defaultdict(list)

@@ -1,6 +1,7 @@
 """`smoe eval`: every paper metric the data allows, for a saved checkpoint, computed on cached features."""
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,7 +48,12 @@ def evaluate_checkpoint(checkpoint, dataset, *, format=None, split="test", max_p
     results = behaviour_metrics(head_outputs(model.head, as_training_features(features)), loss_weights(model.config))
     results["pairs"] = len(pairs)
     if has_categories(pairs):
-        results.update(category_metrics(model.head, *prompt_halves(features, pairs, seed)))
+        labelling, measuring = prompt_halves(features, pairs, seed)
+        if len(labelling) and len(measuring):
+            results.update(category_metrics(model.head, labelling, measuring))
+        else:
+            warnings.warn(f"category metrics left out: the {len(pairs)} pairs do not split by prompt into a half "
+                          "that labels the experts and a half that measures them; give more prompts.", stacklevel=2)
     return results
 
 

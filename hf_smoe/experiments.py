@@ -204,7 +204,8 @@ def routing_figure(path, name: str, splits, features, models: dict, expert_label
         first_rows.setdefault(category, {}).setdefault(prompt[-1]["content"], row)
     rng = random.Random(0)
     sample = [(category, text, row) for category in categories
-              for text, row in rng.sample(sorted(first_rows[category].items()), per_category)]
+              for text, row in rng.sample(sorted(first_rows[category].items()),
+                                          min(per_category, len(first_rows[category])))]
     first = next(iter(models))
     rows = [[i for i, c in enumerate(test["category"]) if c == category] for category in categories]
     means = {preset: (categories, [weights[indices].mean(dim=0).tolist() for indices in rows])

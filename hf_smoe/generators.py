@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .backbones import cache_root, default_generator_path
+from .backbones import cache_root, check_model_source, default_generator_path, loading
 from .features import weights_digest
 from .pipeline import pick_device
 from .modeling.configuration_smoe import InputError
@@ -170,16 +170,18 @@ class LocalGenerator(TextGenerator):
         self.device = torch.device(device) if device else pick_device()
         self.dtype = dtype or fast_dtype(self.device)
         self.batch_size = batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        try:
-            self.model, loading = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=self.dtype,
-                                                                       output_loading_info=True)
-        except ValueError as error:  # e.g. a BERT folder: transformers names no causal-LM class for it
-            raise InputError(f"generator: {name_or_path} is not a causal language model ({error}); give a "
-                             "folder or Hub id of a model with an LM head.") from None
-        if loading["missing_keys"]:  # a base-model folder loads with a freshly initialised (random) LM head
+        source = check_model_source("generator", name_or_path)
+        with loading("generator", name_or_path):
+            try:
+                self.model, info = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype,
+                                                                        output_loading_info=True)
+            except ValueError as error:  # e.g. a BERT folder: transformers names no causal-LM class for it
+                raise InputError(f"generator: {name_or_path} is not a causal language model ({error}); give a "
+                                 "folder or Hub id of a model with an LM head.") from None
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+        if info["missing_keys"]:  # a base-model folder loads with a freshly initialised (random) LM head
             raise InputError(f"generator: {name_or_path} is not a causal language model: its weights lack "
-                             f"{sorted(loading['missing_keys'])[:3]}; give a folder or Hub id of a model with an LM "
+                             f"{sorted(info['missing_keys'])[:3]}; give a folder or Hub id of a model with an LM "
                              "head (the `smoe train` backbone folder is a base model).")
         self.model.to(self.device).eval()
         if self.tokenizer.pad_token is None:

@@ -25,7 +25,7 @@ from .hub import is_hub_id, write_expert_table
 from .metrics import (description_fidelity, expert_specialization_top, pairwise_accuracy, top_examples,
                       top_percent_count)
 from .modeling.modeling_smoe import mixture_reward
-from .outputs import write_text_atomic
+from .outputs import check_output_file, write_text_atomic
 from .pipeline import run_command, save_run
 from .training import as_training_features, head_outputs
 from .modeling.configuration_smoe import InputError
@@ -321,16 +321,22 @@ def interpret_head(head, describing, measuring, describer: TextGenerator, judge:
 def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", generator_model: str | None = None,
                          judge: str | None = None, judge_model: str | None = None, format=None, split="test",
                          max_pairs=None, seed: int = 0, cache_dir=None, generation_cache=None, max_length: int = 1024,
-                         random_baseline: bool = True, output_dir=None) -> dict:
+                         random_baseline: bool = True, output_dir=None, overwrite: bool = False) -> dict:
     """`smoe interpret`: describes and checks every expert of `checkpoint` on `dataset` (split by prompt into a
     describing and a measuring half, as `smoe eval` labels and measures), writes interpretation.json (with the
     command) and interpretation.md to `output_dir` (default: the checkpoint folder), and puts the expert table into
-    the checkpoint's model card when the checkpoint is a local folder. The judge defaults to the describer."""
+    the checkpoint's model card when the checkpoint is a local folder. The judge defaults to the describer. Results
+    in the checkpoint folder are its own and are refreshed; in another `output_dir`, earlier ones are replaced only
+    with `overwrite`."""
     local = Path(checkpoint).is_dir()
     if output_dir is None and not local:
         raise InputError(f"output_dir: {checkpoint} is not a local folder; pass --output-dir for the results.")
-    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
-        raise InputError(f"output_dir: {output_dir} is a file; give a folder path.")
+    if output_dir is not None:
+        output_dir = Path(output_dir).expanduser()
+        if output_dir.exists() and not output_dir.is_dir():
+            raise InputError(f"output_dir: {output_dir} is a file; give a folder path.")
+        for name in ("interpretation.json", "interpretation.md"):
+            check_output_file(output_dir / name, Path(name).suffix, overwrite=overwrite, flag="--output-dir")
     model, tokenizer = load_checkpoint(checkpoint)
     pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
     features = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length).pair_features(pairs)

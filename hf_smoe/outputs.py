@@ -31,8 +31,8 @@ def check_output_dir(path, *, overwrite: bool = False, protected: dict | None = 
                      flag: str = "--output-dir") -> Path:
     """`path` as a Path, once it is known to be writable as a whole: not a file, not a folder the run reads
     (`protected`: {what it is: path}) nor one holding it, and either new, empty, or (with `overwrite`) an earlier
-    hf_smoe output. Checked before any data or model loads."""
-    path = Path(path)
+    hf_smoe output. Checked before any data or model loads; `~` is expanded."""
+    path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag}: {path} is a file; give a folder path.")
     resolved = path.resolve()
@@ -54,8 +54,9 @@ def check_output_dir(path, *, overwrite: bool = False, protected: dict | None = 
 def check_output_file(path, suffix: str, *, overwrite: bool = False, ours=None, protected: dict | None = None,
                       flag: str = "--output") -> Path:
     """`path` as a Path, once it can be written: ends with `suffix`, is not a folder, is none of the `protected`
-    files ({what it is: path}), and is new or (with `overwrite`) a file `ours(path)` recognizes as hf_smoe's."""
-    path = Path(path)
+    files ({what it is: path}), and is new or (with `overwrite`) a file `ours(path)` recognizes as hf_smoe's; `~` is
+    expanded."""
+    path = Path(path).expanduser()
     if path.is_dir():
         raise InputError(f"{flag}: {path} is a folder; give a {suffix} file path.")
     if not path.name.endswith(suffix):

@@ -52,7 +52,8 @@ def adapt_checkpoint(checkpoint, data, *, output, n: int = 50, method: str = "he
     beside it (`<output stem>.png`); returns before/after accuracy on the remaining pairs and the weight shift. An
     existing `output` is replaced only with `overwrite` and only if it is a router file."""
     check_method(method)  # before any model loads
-    check_output_file(output, ".safetensors", overwrite=overwrite, ours=is_router_file)
+    output = check_output_file(output, ".safetensors", overwrite=overwrite, ours=is_router_file)
+    chart = check_output_file(output.with_suffix(".png"), ".png", overwrite=overwrite, flag="--output's chart")
     model, tokenizer = load_checkpoint(checkpoint)
     adapt_pairs, eval_pairs = adaptation_split(load_pairs(data, format, seed=seed), n, seed)
     if max_eval_pairs is not None and max_eval_pairs < len(eval_pairs):
@@ -68,6 +69,6 @@ def adapt_checkpoint(checkpoint, data, *, output, n: int = 50, method: str = "he
                "checkpoint": str(checkpoint)}
     results["router"] = str(save_router(router, output, model, **results))
     results["chart"] = str(plot_weight_shift(
-        Path(output).with_suffix(".png"), shift,
+        chart, shift,
         f"{method} on {n} pairs: accuracy {100 * accuracy_before:.1f}% -> {100 * accuracy_after:.1f}%"))
     return results

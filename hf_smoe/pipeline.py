@@ -81,6 +81,8 @@ def category_metrics(model_head, validation, test) -> dict:
     names = sorted(set(validation["category"]) | set(test["category"]))
     if len(names) < 2:
         raise InputError(f"category: coverage and purity need at least two categories, the data has {names}.")
+    if len(validation) == 0 or len(test) == 0:
+        raise InputError("category: experts are labelled on one split and measured on another; both need pairs.")
     codes = {name: i for i, name in enumerate(names)}
     val_categories = torch.tensor([codes[c] for c in validation["category"]])
     test_categories = torch.tensor([codes[c] for c in test["category"]])
@@ -176,6 +178,8 @@ def last_complete_checkpoint(folder) -> str | None:
     last), after removing any a kill cut short; None when there is none."""
     folder = Path(folder)
     complete = None
+    if not folder.is_dir():
+        return None
     for checkpoint in sorted(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda p: int(p.name.split("-")[-1])):
         if (checkpoint / TRAINER_STATE_NAME).is_file():
             complete = checkpoint
@@ -234,17 +238,22 @@ def check_job(job: TrainJob) -> Path:
 
 
 def staging_for(job: TrainJob, output_dir: Path) -> Path:
-    """The job's staging folder: an interrupted run of the same job resumes in it; another job's is refused
-    unless `overwrite`."""
+    """The job's staging folder. An interrupted run of the same job resumes in it; one of another job is replaced
+    when it holds no finished epoch (nothing to lose: features live in the cache), and otherwise kept unless
+    `overwrite`."""
     staging = staging_dir(output_dir)
     record = staging / "job.json"
     if staging.exists():
-        if record.is_file() and job.repeats(json.loads(record.read_text())):
+        recorded = json.loads(record.read_text()) if record.is_file() else {}
+        if job.repeats(recorded):
             print(f"Resuming the interrupted run in {staging}")
             return staging
-        if not job.overwrite:
-            raise InputError(f"output_dir: {staging} holds an interrupted run of a different job; rerun that "
-                             "job's command to resume it, or pass --overwrite to discard it.")
+        if last_complete_checkpoint(staging / "trainer") is not None and not job.overwrite:
+            mine = json.loads(json.dumps(asdict(job), default=str))
+            changed = sorted(key for key in mine if key != "overwrite" and recorded.get(key) != mine[key])
+            raise InputError(f"output_dir: {staging} holds an interrupted run of a different job (it differs in "
+                             f"{', '.join(changed)}); rerun that job's command to resume it, or pass --overwrite to "
+                             "discard it.")
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     write_text_atomic(record, json.dumps(asdict(job), default=str))

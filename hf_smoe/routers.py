@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from transformers.activations import ACT2FN
 
 from .modeling.configuration_smoe import InputError
 from .modeling.modeling_smoe import SMoERouter, SMoEStaticRouter
@@ -65,7 +66,15 @@ def read_router_metadata(path) -> dict:
     if metadata.get("format") != ROUTER_FORMAT:
         raise InputError(f"router: {path} is not an hf_smoe router file (format {metadata.get('format')!r}); "
                          "write one with `smoe adapt`.")
-    return metadata | {"info": json.loads(metadata["info"])}
+    try:
+        metadata |= {"info": json.loads(metadata["info"]), "router_hidden_size": int(metadata["router_hidden_size"])}
+        if metadata["routing"] not in ("router", "static") or metadata["router_activation"] not in ACT2FN:
+            raise ValueError(metadata["routing"], metadata["router_activation"])
+        metadata["experts_sha256"]  # noqa: B018  (must be there)
+    except (KeyError, ValueError, TypeError) as error:
+        raise InputError(f"router: {path} has damaged metadata ({type(error).__name__}: {error}); adapt it again "
+                         "with `smoe adapt`.") from None
+    return metadata
 
 
 def is_router_file(path) -> bool:
@@ -87,7 +96,7 @@ def load_router(path, model) -> torch.nn.Module:
                          f", this checkpoint's are {digest[:12]}); adapt it again on this checkpoint with "
                          "`smoe adapt`.")
     config = copy.copy(model.config)
-    config.router_hidden_size = int(metadata["router_hidden_size"])
+    config.router_hidden_size = metadata["router_hidden_size"]
     config.router_activation = metadata["router_activation"]
     router = SMoEStaticRouter(config) if metadata["routing"] == "static" else SMoERouter(config)
     try:

@@ -1,5 +1,7 @@
 """Configuration of the sparse Mixture-of-Experts reward model (remote code: imports only transformers)."""
 
+import difflib
+import inspect
 import math
 import os
 
@@ -189,6 +191,17 @@ class SMoERewardConfig(PretrainedConfig):
         if name and (os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name)):
             backbone["_name_or_path"] = os.path.basename(os.path.normpath(name))
         return output
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """An InputError for a keyword that is no option of this config or of `PretrainedConfig` (a misspelt
+        `num_expert=3` would otherwise be stored as an unused attribute, and the model built with the default)."""
+        known = set(inspect.signature(cls.__init__).parameters) | set(PretrainedConfig().to_dict())
+        unknown = sorted(set(options) - known - {"attn_implementation"})
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "see SMoERewardConfig's arguments."
+            raise InputError(f"{unknown[0]}: not an option of the model's config; {hint}")
 
     @property
     def routing(self) -> str:

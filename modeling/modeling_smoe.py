@@ -73,6 +73,9 @@ class SMoERewardOutput(ModelOutput):
 
 def mixture_reward(routing_weights: torch.Tensor, expert_rewards: torch.Tensor) -> torch.Tensor:
     """Eq. 2: r(x, y) = sum_k pi_k(x) r_k(x, y); (B, K) x (B, K) -> (B, 1)."""
+    if routing_weights.shape[-1] != expert_rewards.shape[-1]:
+        raise InputError(f"routing_weights: {routing_weights.shape[-1]} weights for {expert_rewards.shape[-1]} "
+                         "experts; give one weight per expert.")
     return (routing_weights * expert_rewards).sum(dim=-1, keepdim=True)
 
 
@@ -205,6 +208,7 @@ class SMoERewardModel(SMoEPreTrainedModel):
         `name_or_path` is a Hub id or folder (loaded with `AutoModel.from_pretrained(name_or_path, **backbone_kwargs)`)
         or an already-loaded backbone model. The tokenizer (loaded from the same place unless given) supplies the
         assistant-turn pattern stored in the config."""
+        SMoERewardConfig.check_options(config_overrides)
         if isinstance(name_or_path, PreTrainedModel):
             backbone, name_or_path = name_or_path, name_or_path.name_or_path
         else:
@@ -251,8 +255,15 @@ class SMoERewardModel(SMoEPreTrainedModel):
 
     def embed(self, input_ids, attention_mask=None, prompt_lengths=None, token_type_ids=None):
         """The backbone half of `forward`: (prompt representations g(x), response representations h(x, y))."""
+        if input_ids.dim() != 2:
+            raise InputError(f"input_ids: expected a (batch, length) tensor, got shape {tuple(input_ids.shape)}; "
+                             "batch a single sequence with input_ids.unsqueeze(0) (tokenizer(..., return_tensors='pt')"
+                             " does).")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if attention_mask.shape != input_ids.shape:
+            raise InputError(f"attention_mask: shape {tuple(attention_mask.shape)} differs from input_ids' "
+                             f"{tuple(input_ids.shape)}; pass the mask the tokenizer returned with them.")
         attention_mask, input_ids, token_type_ids = right_align(attention_mask.long(), input_ids, token_type_ids)
         lengths = attention_mask.sum(dim=1)
         if (lengths == 0).any():

@@ -93,11 +93,25 @@ def adapt_args(*extra, output):
 
 
 def stage_other_job(tmp_path):
-    """An interrupted run of another job (other seed) in the staging folder of tmp_path/out."""
-    staging = tmp_path / ".out.partial"
-    staging.mkdir()
-    (staging / "job.json").write_text(json.dumps({"dataset": "other.jsonl", "seed": 7}))
+    """An interrupted run of another job (other seed), with a finished epoch, in the staging folder of
+    tmp_path/out."""
+    checkpoint = tmp_path / ".out.partial" / "trainer" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    (tmp_path / ".out.partial" / "job.json").write_text(json.dumps({"dataset": "other.jsonl", "seed": 7}))
     return run_cli(*train_args(tmp_path))
+
+
+def rerun_after_a_refused_job(tmp_path):
+    """A run that failed before its first epoch (max_length too small for the data), then the fixed command."""
+    failed = run_cli(*train_args(tmp_path, "--max-length", 2))
+    assert failed.code == 2 and "max_length" in failed.stderr and (tmp_path / ".out.partial").exists()
+    return run_cli(*train_args(tmp_path))
+
+
+def check_fresh_run(result):
+    assert result.code == 0, result.stderr[-2000:]
+    assert "Resuming" not in result.stdout
 
 
 def earlier_output(tmp_path):
@@ -119,6 +133,17 @@ def check_replaced(outcome):
     assert not (folder / "eval_results.json").exists()  # nothing of the old run stays beside the new weights
     assert json.loads((folder / "results.json").read_text())["job"]["seed"] == 1
     assert not folder.with_name(".out.partial").exists() and not folder.with_name(".out.old").exists()
+
+
+def run_home_output(tmp_path):
+    with mock.patch.dict(os.environ, {"HOME": str(tmp_path)}):
+        return run_cli(*train_args(tmp_path, output="~/home-out")), tmp_path
+
+
+def check_home_output(outcome):
+    result, home = outcome
+    assert result.code == 0 and (home / "home-out" / "model.safetensors").is_file()
+    assert not Path("~").exists()
 
 
 def symlinked_tokenizer(tmp_path):
@@ -332,6 +357,10 @@ CASES = [
     Case("train --overwrite on someone else's files", "error", "holds files hf_smoe did not write", foreign_files),
     Case("train over another job's interrupted run", "error", "holds an interrupted run of a different job",
          stage_other_job),
+    Case("a fixed rerun after a failed job starts afresh", "handled", "", rerun_after_a_refused_job,
+         check_fresh_run),
+    Case("train --output-dir with ~ is expanded", "handled", "",
+         run_home_output, check_home_output),
     Case("eval --output is a folder", "error", "is a folder",
          lambda t: run_cli(*eval_args(world()["checkpoint"], "--output", t))),
     Case("eval --output not json", "error", "must be a .json file",

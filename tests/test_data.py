@@ -401,7 +401,7 @@ def test_pairs_of_every_format_share_one_schema_and_concatenate(hh_helpful):
       {"prompt": [{"role": "user"}], "chosen": [{"role": "assistant", "content": "x"}],
        "rejected": [{"role": "assistant", "content": "y"}]}], "trl",
      r"record 1: field 'prompt\[0\].content' must be text"),
-    ([{"chosen": "Human: hi\n\nAssistant: x", "rejected": "\n\nHuman: hi\n\nAssistant: y"}], "hh-rlhf",
+    ([{"chosen": "Hi\n\nAssistant: x", "rejected": "\n\nHuman: hi\n\nAssistant: y"}], "hh-rlhf",
      r"record 0: field 'chosen' does not open with a turn marker"),
     ([{"history": "q", "human_ref_A": "a", "human_ref_B": "b", "domain": "askvet_train"}], "shp",
      r"missing column\(s\) \['labels'\]"),
