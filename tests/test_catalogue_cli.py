@@ -433,7 +433,139 @@ CASES = [
 ]
 
 
-@parametrize(CASES)
+def with_config(tmp_path, **changes) -> Path:
+    """A copy of the checkpoint whose config.json was edited (keys set, or removed when None)."""
+    folder = copy_checkpoint(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key)
+        else:
+            config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def one_prompt_two_categories(tmp_path):
+    pairs = [{"prompt": [{"role": "user", "content": "hello how are you"}], "chosen": f"good {i}",
+              "rejected": f"bad {i}", "category": "ab"[i % 2]} for i in range(4)]
+    (tmp_path / "one.jsonl").write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    return run_cli(*[a if a != world()["pairs"] else tmp_path / "one.jsonl"
+                     for a in eval_args(world()["checkpoint"], "--output", tmp_path / "e.json")]), tmp_path
+
+
+def check_no_category_metrics(outcome):
+    result, folder = outcome
+    assert result.code == 0
+    written = json.loads((folder / "e.json").read_text())
+    assert written["pairs"] == 4 and "category_coverage" not in written
+
+
+def damaged_metadata(tmp_path, **changes):
+    def run(tmp_path):
+        from safetensors import safe_open
+
+        with safe_open(str(world()["router"]), "pt") as handle:
+            metadata = handle.metadata() | changes
+        tensors = load_file(world()["router"])
+        save_file(tensors, tmp_path / "r.safetensors", metadata={k: v for k, v in metadata.items() if v is not None})
+        return load_router(tmp_path / "r.safetensors", world()["model"])
+    return run
+
+
+def hh_variants(tmp_path):
+    """HH records as released, stripped of the leading blank line, and with Windows line ends."""
+    from hf_smoe.data import load_pairs
+
+    released = [{"chosen": "\n\nHuman: how do I cook rice?\n\nAssistant: Rinse it, then simmer it.",
+                 "rejected": "\n\nHuman: how do I cook rice?\n\nAssistant: Buy bread."}] * 3
+    variants = {"released": released,
+                "stripped": [{k: v.strip() for k, v in r.items()} for r in released],
+                "crlf": [{k: v.replace("\n", "\r\n") for k, v in r.items()} for r in released]}
+    loaded = {}
+    for name, records in variants.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        loaded[name] = load_pairs(tmp_path / f"{name}.jsonl").to_list()
+    return loaded
+
+
+def check_hh_variants(loaded):
+    expected = {"prompt": [{"role": "user", "content": "how do I cook rice?"}], "chosen": "Rinse it, then simmer it.",
+                "rejected": "Buy bread."}
+    for name, pairs in loaded.items():
+        assert len(pairs) == 3 and {k: pairs[0][k] for k in expected} == expected, name
+
+
+def text_file(name, data: bytes):
+    def run(tmp_path):
+        from hf_smoe.data import load_pairs
+
+        (tmp_path / name).write_bytes(data)
+        return load_pairs(tmp_path / name)
+    return run
+
+
+def existing_interpretation(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "interpretation.json").write_text('{"mine": true}')
+    return run_cli("interpret", world()["checkpoint"], "--dataset", world()["pairs"], "--output-dir", tmp_path / "out")
+
+
+def existing_chart(tmp_path):
+    (tmp_path / "r.png").write_bytes(b"my picture")
+    return run_cli(*adapt_args(output=tmp_path / "r.safetensors"))
+
+
+CASES_FOUND_LATER = [
+    Case("train --seed -1", "error", "--seed: must be between 0 and 2**32 - 1",
+         lambda t: run_cli(*train_args(t, "--seed", -1))),
+    Case("reproduce --seeds huge", "error", "--seeds: must be between 0 and 2**32 - 1",
+         lambda t: run_cli("reproduce", "table1", "--seeds", 2**40)),
+    Case("interpret --output-dir with an earlier interpretation", "error", "pass --overwrite", existing_interpretation),
+    Case("adapt over an existing chart", "error", "r.png exists; pass --overwrite", existing_chart),
+    Case("from_backbone num_expert typo", "error", "num_expert: not an option of the model's config; did you mean 'num_experts'",
+         lambda t: SMoERewardModel.from_backbone(world()["backbone"], num_expert=3)),
+    Case("HH transcripts stripped or with CRLF", "handled", "", hh_variants, check_hh_variants),
+    Case("checkpoint config num_experts edited", "error", "do not fit its config.json",
+         lambda t: run_cli(*eval_args(with_config(t, num_experts=4)))),
+    Case("checkpoint config num_experts removed", "error", "do not fit its config.json",
+         lambda t: run_cli(*eval_args(with_config(t, num_experts=None)))),
+    Case("checkpoint config preset unknown", "error", "preset: unknown preset",
+         lambda t: run_cli(*eval_args(with_config(t, preset="dense")))),
+    Case("eval one prompt in two categories", "warning", "category metrics left out", one_prompt_two_categories,
+         check_no_category_metrics),
+    Case("data file in Latin-1", "error", "line 1 is not UTF-8 text",
+         text_file("latin1.jsonl", '{"prompt": "Grüße", "chosen": "a", "rejected": "b"}\n'.encode("latin-1"))),
+    Case("data file with a lone surrogate", "error", "not valid Unicode",
+         text_file("surrogate.jsonl", b'{"prompt": "hi", "chosen": "a\\ud800", "rejected": "b"}\n')),
+    Case("interpret --generator mistyped", "error", "generator: ",
+         lambda t: run_cli("interpret", world()["checkpoint"], "--dataset", world()["pairs"], "--generator",
+                           "./no-such-model", "--output-dir", t / "out")),
+    Case("bench train --num-pairs 1", "error", "num_pairs: the train benchmark",
+         lambda t: run_cli("bench", "train", "--num-pairs", 1, "--backbone", world()["backbone"], "--output-dir", t)),
+    Case("bench --output-dir is a file", "error", "--output-dir: ",
+         lambda t: (t / "f").write_text("x") and run_cli("bench", "embed", "--backbone", world()["backbone"],
+                                                         "--output-dir", t / "f")),
+    Case("router metadata hidden size not a number", "error", "damaged metadata",
+         damaged_metadata(None, router_hidden_size="abc")),
+    Case("router metadata unknown activation", "error", "damaged metadata",
+         damaged_metadata(None, router_activation="swish9")),
+    Case("router metadata without routing", "error", "damaged metadata", damaged_metadata(None, routing=None)),
+    Case("load_pairs on a list", "error", "expected a Hub name, a file or folder path, or a datasets.Dataset",
+         lambda t: __import__("hf_smoe.data").data.load_pairs([{"prompt": "a", "chosen": "b", "rejected": "c"}])),
+    Case("forward 1-D input_ids", "error", "input_ids: expected a (batch, length) tensor",
+         lambda t: world()["model"](input_ids=torch.tensor([1, 2, 3]))),
+    Case("forward attention_mask of another shape", "error", "attention_mask: shape",
+         lambda t: world()["model"](input_ids=torch.ones(2, 5, dtype=torch.long),
+                                    attention_mask=torch.ones(2, 4, dtype=torch.long))),
+    Case("mixture_reward with other K", "error", "routing_weights: 2 weights for 3 experts",
+         lambda t: __import__("hf_smoe").modeling.modeling_smoe.mixture_reward(torch.ones(1, 2), torch.ones(1, 3))),
+    Case("split_pairs NaN fraction", "error", "must be >= 0",
+         lambda t: __import__("hf_smoe.data").data.split_pairs(generate_preference_set(16, seed=0), test=NAN)),
+]
+
+
+@parametrize(CASES + CASES_FOUND_LATER)
 def test_cli_and_api_failure(case, tmp_path):
     check_case(case, tmp_path)
 
