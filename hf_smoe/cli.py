@@ -273,7 +273,9 @@ def run(args) -> None:
                                       max_pairs=args.max_pairs, seed=args.seed, cache_dir=args.cache_dir,
                                       max_length=args.max_length)
         print_values(results, "{:.4f}")
-        path = write_evaluation(results, output)
+        job = {name: getattr(args, name) for name in ("checkpoint", "dataset", "format", "split", "max_pairs", "seed",
+                                                      "max_length", "cache_dir")}
+        path = write_evaluation(results, output, job)
         print(f"Written to {path}")
     elif args.command == "interpret":
         from .interpret import expert_table_markdown, interpret_checkpoint

@@ -11,8 +11,7 @@ from .backbones import check_model_source, loading
 from .data import load_pairs, split_pairs
 from .features import EmbeddingCache
 from .modeling.configuration_smoe import InputError, SMoERewardConfig
-from .outputs import write_text_atomic
-from .pipeline import category_metrics, has_categories, pick_device
+from .pipeline import category_metrics, has_categories, pick_device, save_run
 from .training import as_training_features, behaviour_metrics, head_outputs, loss_weights
 
 
@@ -66,13 +65,17 @@ def prompt_halves(features, pairs, seed: int = 0) -> tuple:
     return halves["train"], halves["test"]
 
 
-def write_evaluation(results: dict, output: str) -> Path:
-    return write_text_atomic(output, json.dumps(results, indent=2))
+def write_evaluation(results: dict, output, job: dict) -> Path:
+    """The results with the exact command, the job (checkpoint, data, seed, ...) and the versions (`save_run`)."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_run(output.parent, job, results, output.name)
+    return output
 
 
 def is_evaluation_file(path: Path) -> bool:
     """A JSON file `write_evaluation` wrote (so `smoe eval --overwrite` may replace it)."""
     try:
-        return "accuracy" in json.loads(path.read_text())
-    except (OSError, ValueError, TypeError):
+        return "accuracy" in json.loads(path.read_text())["results"]
+    except (OSError, ValueError, TypeError, KeyError):
         return False

@@ -117,7 +117,7 @@ def check_fresh_run(result):
 def earlier_output(tmp_path):
     """A finished run in tmp_path/out with an extra file (an old eval result) that a replacement must not keep."""
     assert run_cli(*train_args(tmp_path)).code == 0
-    (tmp_path / "out" / "eval_results.json").write_text('{"accuracy": 0.1}')
+    (tmp_path / "out" / "eval_results.json").write_text('{"results": {"accuracy": 0.1}}')
     return tmp_path / "out"
 
 
@@ -169,7 +169,7 @@ def foreign_files(tmp_path):
 
 def full_disk(tmp_path):
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "eval.json"))
-    with mock.patch("hf_smoe.evaluation.write_text_atomic", side_effect=full):
+    with mock.patch("hf_smoe.pipeline.write_text_atomic", side_effect=full):
         return run_cli(*eval_args(world()["checkpoint"], "--output", tmp_path / "eval.json"))
 
 
@@ -458,7 +458,8 @@ def check_no_category_metrics(outcome):
     result, folder = outcome
     assert result.code == 0
     written = json.loads((folder / "e.json").read_text())
-    assert written["pairs"] == 4 and "category_coverage" not in written
+    assert written["results"]["pairs"] == 4 and "category_coverage" not in written["results"]
+    assert written["job"]["dataset"].endswith("one.jsonl") and written["command"]
 
 
 def damaged_metadata(tmp_path, **changes):
