@@ -66,7 +66,7 @@ def add_checkpoint_data_arguments(parser) -> None:
     parser.add_argument("checkpoint", help="a folder written by `smoe train` / `smoe demo`, or a Hub id")
     parser.add_argument("--dataset", required=True, help="Hub dataset name or local file/folder")
     parser.add_argument("--format", default=None, help="data format (default: detected); see hf_smoe.data.FORMATS")
-    parser.add_argument("--split", default="test", help="Hub split to read")
+    parser.add_argument("--split", default=None, help="Hub split to read (default: test); local files have none")
     parser.add_argument("--max-pairs", type=at_least_one, default=None, help="keep a seeded random subset of this size")
     parser.add_argument("--max-length", type=at_least_one, default=1024, help="truncation length of prompt + response")
     parser.add_argument("--cache-dir", default=None, help="embedding cache root (default: $HF_SMOE_CACHE/features)")
@@ -269,7 +269,7 @@ def run(args) -> None:
 
         output = check_output_file(args.output or Path(args.checkpoint) / "eval_results.json", ".json",
                                    overwrite=args.overwrite or args.output is None, ours=is_evaluation_file)
-        results = evaluate_checkpoint(args.checkpoint, args.dataset, format=args.format, split=args.split,
+        results = evaluate_checkpoint(args.checkpoint, args.dataset, format=args.format, split=hub_split(args),
                                       max_pairs=args.max_pairs, seed=args.seed, cache_dir=args.cache_dir,
                                       max_length=args.max_length)
         print_values(results, "{:.4f}")
@@ -282,7 +282,7 @@ def run(args) -> None:
 
         result = interpret_checkpoint(
             args.checkpoint, args.dataset, generator=args.generator, generator_model=args.generator_model,
-            judge=args.judge, judge_model=args.judge_model, format=args.format, split=args.split,
+            judge=args.judge, judge_model=args.judge_model, format=args.format, split=hub_split(args),
             max_pairs=args.max_pairs, seed=args.seed, cache_dir=args.cache_dir, generation_cache=args.generation_cache,
             max_length=args.max_length, random_baseline=not args.no_random_baseline, output_dir=args.output_dir,
             overwrite=args.overwrite)
@@ -359,6 +359,14 @@ def run(args) -> None:
         options = {"embed": {"num_texts": args.num_texts}, "train": {"num_pairs": args.num_pairs},
                    "users": {"num_users": args.num_users}, "judge": {"num_prompts": args.num_prompts}}[args.what]
         print_record(run_bench(args.what, args.backbone, args.output_dir, seed=args.seed, **options))
+
+
+def hub_split(args) -> str:
+    """`--split` (default "test"), which only a Hub dataset has: given with a local file it is an error, not a no-op."""
+    if args.split is not None and Path(args.dataset).expanduser().exists():
+        raise InputError(f"--split: {args.dataset} is a local file or folder, which has no splits; drop --split, or "
+                         "give the split's own file.")
+    return args.split or "test"
 
 
 def parse_sizes(items: list) -> dict:

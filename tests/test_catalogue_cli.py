@@ -518,6 +518,8 @@ def existing_chart(tmp_path):
 
 
 CASES_FOUND_LATER = [
+    Case("eval --split with a local file", "error", "--split: ",
+         lambda t: run_cli(*eval_args(world()["checkpoint"], "--split", "validation"))),
     Case("train --seed -1", "error", "--seed: must be between 0 and 2**32 - 1",
          lambda t: run_cli(*train_args(t, "--seed", -1))),
     Case("reproduce --seeds huge", "error", "--seeds: must be between 0 and 2**32 - 1",
