@@ -88,6 +88,8 @@ def steer_responses(model, tokenizer, prompt, responses: list, expert: int, weig
     """Rewards of `responses` to `prompt` under the router's own weights and with `expert` set to `weight`."""
     if not responses:
         raise InputError("responses: give at least one response to score.")
+    if isinstance(prompt, str) and not prompt.strip():
+        raise InputError("prompt: empty text; the router reads the prompt, give one.")
     output = model(**encode_batch(tokenizer, [prompt] * len(responses), responses, model.device))
     steered = intervene(output.routing_weights, expert, weight)
     return {"routing_before": output.routing_weights[0].tolist(), "routing_after": steered[0].tolist(),

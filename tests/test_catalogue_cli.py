@@ -518,6 +518,12 @@ def existing_chart(tmp_path):
 
 
 CASES_FOUND_LATER = [
+    Case("steer --prompt empty", "error", "prompt: empty text",
+         lambda t: run_cli("steer", world()["checkpoint"], "--expert", 0, "--weight", 0.5, "--prompt", " ",
+                           "--responses", "hi")),
+    Case("steer --responses empty text", "error", "response: empty text",
+         lambda t: run_cli("steer", world()["checkpoint"], "--expert", 0, "--weight", 0.5, "--prompt", "hello",
+                           "--responses", "")),
     Case("eval --split with a local file", "error", "--split: ",
          lambda t: run_cli(*eval_args(world()["checkpoint"], "--split", "validation"))),
     Case("train --seed -1", "error", "--seed: must be between 0 and 2**32 - 1",
