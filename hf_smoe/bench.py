@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import torch
+from datasets import load_from_disk
 
 from .backbones import default_generator_path, is_default_backbone
 from .encoding import encode_batch, encode_pair
-from .features import EmbeddingCache, compute_dtype
+from .features import EmbeddingCache, compute_dtype, shard_damage
 from .generators import LocalGenerator, fast_dtype
 from .interpret import judge_prompt, prompt_text
 from .modeling.configuration_smoe import InputError
@@ -71,6 +72,7 @@ def bench_embed(backbone: str, num_texts: int = 64, seed: int = 0) -> dict:
         start = time.perf_counter()
         cache.embed(items)
         cached_seconds = time.perf_counter() - start
+        integrity = bench_cache_integrity(cache)
 
     start = time.perf_counter()
     for prompt, response in items:
@@ -83,7 +85,27 @@ def bench_embed(backbone: str, num_texts: int = 64, seed: int = 0) -> dict:
     cached, loop = tokens / cached_seconds, tokens / loop_seconds
     return {"texts": len(items), "tokens": tokens, "backbone_parameters": parameters,
             "cache_tokens_per_s": cached, "loop_tokens_per_s": loop, "speedup_vs_loop": cached / loop,
-            "matmul_flops_per_s": rate, "flop_bound_tokens_per_s": bound, "fraction_of_flop_bound": cached / bound}
+            "matmul_flops_per_s": rate, "flop_bound_tokens_per_s": bound, "fraction_of_flop_bound": cached / bound,
+            "embedding_s": cached_seconds, **integrity,
+            "fingerprint_vs_embedding": integrity["fingerprint_s"] / cached_seconds}
+
+
+def bench_cache_integrity(cache) -> dict:
+    """What the cache's integrity costs: the fingerprint (a sha256 of every backbone weight byte), and verifying
+    the shards' checksums against reading them with `load_from_disk`."""
+    start = time.perf_counter()
+    cache.fingerprint()
+    fingerprint = time.perf_counter() - start
+    shards = sorted(path for path in cache.directory.iterdir() if path.is_dir())
+    start = time.perf_counter()
+    intact = all([shard_damage(shard) is None for shard in shards])
+    verify = time.perf_counter() - start
+    start = time.perf_counter()
+    for shard in shards:
+        load_from_disk(str(shard))
+    load = time.perf_counter() - start
+    return {"fingerprint_s": fingerprint, "shards": len(shards), "shards_intact": intact, "shard_verify_s": verify,
+            "shard_load_s": load, "verify_vs_load": verify / load}
 
 
 def bench_train(backbone: str, num_pairs: int = 192, epochs: float = 3.0, seed: int = 0) -> dict:
