@@ -28,8 +28,8 @@ import gzip
 import inspect
 import itertools
 import json
-import os
 import math
+import os
 import random
 import re
 import warnings
@@ -724,13 +724,13 @@ def _describe(source) -> str:
 def _load_source(source, split: str, hub_options: dict) -> Dataset:
     if isinstance(source, Dataset):
         return source
-    if not isinstance(source, (str, os.PathLike)) and not isinstance(source, DatasetDict):
-        raise InputError(f"dataset: expected a Hub name, a file or folder path, or a datasets.Dataset; got "
-                         f"{type(source).__name__}. Wrap records with datasets.Dataset.from_list(records) (or "
-                         f"Dataset.from_pandas(frame)).")
     if isinstance(source, DatasetDict):
         raise InputError(f"dataset: got a DatasetDict with splits {list(source)}; pass one split, e.g. "
                          f"dataset[{next(iter(source), 'train')!r}].")
+    if not isinstance(source, (str, os.PathLike)):
+        raise InputError(f"dataset: expected a Hub name, a file or folder path, or a datasets.Dataset; got "
+                         f"{type(source).__name__}. Wrap records with datasets.Dataset.from_list(records) (or "
+                         f"Dataset.from_pandas(frame)).")
     path = Path(source).expanduser()
     if not path.exists():
         if _builder(path) or str(source).startswith((".", "/", "~")):

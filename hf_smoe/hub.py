@@ -17,7 +17,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoTokenizer
 
-from .backbones import cache_root
+from .backbones import cache_root, first_line
 from .modeling.configuration_smoe import InputError, LAMBDA_NAMES, SMoERewardConfig
 from .outputs import write_text_atomic
 
@@ -233,8 +233,7 @@ def push_checkpoint(output_dir, repo_id: str, *, token: str | None = None, priva
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         commit = api.create_commit(repo_id, operations=operations, commit_message=message, revision=revision)
     except (HfHubHTTPError, ConnectionError, httpx2.HTTPError) as error:  # OfflineModeIsEnabled is a ConnectionError
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"push_to_hub: {repo_id} could not be pushed ({reason}); the checkpoint is saved in "
+        raise InputError(f"push_to_hub: {repo_id} could not be pushed ({first_line(error)}); the checkpoint is saved in "
                          f"{output_dir}: push it again with `smoe push {output_dir} {repo_id}` once the Hub is "
                          "reachable (HF_HUB_OFFLINE unset) and your token may write there.") from None
     return commit.commit_url

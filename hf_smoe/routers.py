@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers.activations import ACT2FN
 
+from .backbones import first_line
 from .modeling.configuration_smoe import InputError
 from .modeling.modeling_smoe import SMoERouter, SMoEStaticRouter
 
@@ -104,7 +105,7 @@ def load_router(path, model) -> torch.nn.Module:
         router.load_state_dict(state)
     except (SafetensorError, RuntimeError) as error:
         raise InputError(f"router: {path} is damaged or does not fit this checkpoint's router "
-                         f"({str(error).splitlines()[0]}); adapt it again with `smoe adapt`.") from None
+                         f"({first_line(error)}); adapt it again with `smoe adapt`.") from None
     if not all(torch.isfinite(tensor).all() for tensor in state.values()):
         raise InputError(f"router: {path} holds NaN or infinite weights; adapt it again with `smoe adapt`.")
     return router.to(model.head.experts.weight.device).eval()
