@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .backbones import DEFAULT_BACKBONE
+from .backbones import DEFAULT_BACKBONE, first_line
 from .modeling.configuration_smoe import InputError
 
 
@@ -106,19 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Runs every unique text of the dataset through the frozen backbone once.")
     add_data_arguments(embed)
 
-    train = commands.add_parser("train", help="train a reward model and write (or push) its checkpoint",
-                                description="Loads pairs, splits them (seeded, category-stratified), caches "
-                                            "backbone features, trains the head with the Trainer, and writes a "
-                                            "checkpoint that loads with AutoModel, its model card and results.json.")
-    add_data_arguments(train)
-    train.add_argument("--preset", default="sparse", choices=["single", "vanilla", "micro", "sparse", "static"])
-    train.add_argument("--num-experts", type=at_least_one, default=None, help="K (default: 1 for single, else 5)")
-    train.add_argument("--epochs", type=positive_number, default=3.0)
-    train.add_argument("--output-dir", required=True,
-                       help="the checkpoint folder; built in .NAME.partial beside it and renamed when complete, so a "
-                            "killed run resumes from its last epoch when rerun")
-    add_overwrite_argument(train, "--output-dir")
-    train.add_argument("--push-to-hub", default=None, metavar="ORG/NAME", help="also push checkpoint + card")
+    commands.add_parser("train", add_help=False, help="train a reward model and write (or push) its checkpoint "
+                                                       "(`smoe train --help`: every TrainingArguments flag, YAML "
+                                                       "recipes)")
 
     evaluation = commands.add_parser("eval", help="every paper metric the data allows, for a checkpoint",
                                      description="Accuracy, loss terms, routing entropy, global entropy, expert "
@@ -254,15 +244,12 @@ def run(args) -> None:
         cache.pair_features(pairs)
         print(f"{len(pairs)} pairs cached in {cache.directory}")
     elif args.command == "train":
-        from .pipeline import TrainJob, train_reward_model
+        from .pipeline import train_reward_model
 
-        job = TrainJob(dataset=args.dataset, output_dir=args.output_dir, format=args.format, backbone=args.backbone,
-                       preset=args.preset, num_experts=args.num_experts, max_pairs=args.max_pairs,
-                       max_length=args.max_length, seed=args.seed, epochs=args.epochs, cache_dir=args.cache_dir,
-                       push_to_hub=args.push_to_hub, overwrite=args.overwrite)
-        results = train_reward_model(job)
+        data, model, training = parse_train_arguments(args.train_argv)
+        results = train_reward_model(data, model, training)
         print(json.dumps(results, indent=2, default=str))
-        print(f"Checkpoint, model card and results.json written to {args.output_dir}")
+        print(f"Checkpoint, model card and results.json written to {training.output_dir}")
     elif args.command == "eval":
         from .evaluation import evaluate_checkpoint, is_evaluation_file, write_evaluation
         from .outputs import check_output_file
@@ -369,6 +356,61 @@ def hub_split(args) -> str:
     return args.split or "test"
 
 
+def train_parser():
+    """`smoe train`'s parser: the data, model and training dataclasses (TRL's scripts are the model), with the
+    defaults `smoe train` adds to `SMoETrainingArguments`: a Trainer checkpoint per epoch (the last one kept) so a
+    killed run resumes."""
+    from transformers import HfArgumentParser
+
+    from .pipeline import DataArguments, ModelArguments
+    from .training import SMoETrainingArguments
+
+    parser = HfArgumentParser((DataArguments, ModelArguments, SMoETrainingArguments), prog="smoe train",
+                              description="Loads pairs, splits them (seeded, category-stratified), caches backbone "
+                                          "features, trains the head with the Trainer, and writes a checkpoint that "
+                                          "loads with AutoModel, its model card and results.json. A YAML recipe "
+                                          "(`smoe train recipe.yaml`) sets any of these flags; flags given after it "
+                                          "override it.")
+    parser.set_defaults(save_strategy="epoch", save_total_limit=1, seed=0)
+    return parser
+
+
+def parse_train_arguments(argv: list) -> tuple:
+    """(DataArguments, ModelArguments, SMoETrainingArguments) from `smoe train [RECIPE.yaml] [--flag value ...]`:
+    the recipe's keys are the flags' names, and flags on the command line override them."""
+    parser = train_parser()
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        recipe = read_recipe(argv[0])
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(recipe) - known)
+        if unknown:
+            raise InputError(f"recipe {argv[0]}: unknown key(s) {unknown}; keys are `smoe train` flags without the "
+                             "dashes (see `smoe train --help`).")
+        parser.set_defaults(**recipe)
+        for action in parser._actions:
+            if action.dest in recipe:
+                action.required = False
+        argv = argv[1:]
+    try:
+        return tuple(parser.parse_args_into_dataclasses(args=argv))
+    except ValueError as error:  # TrainingArguments' own checks of an inconsistent combination
+        raise InputError(f"training arguments: {first_line(error)}") from None
+
+
+def read_recipe(path: str) -> dict:
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"recipe: no such file {path}.") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"recipe {path}: not valid YAML ({first_line(error)}).") from None
+    if not isinstance(recipe, dict):
+        raise InputError(f"recipe {path}: expected a mapping of flag names to values, got {type(recipe).__name__}.")
+    return recipe
+
+
 def parse_sizes(items: list) -> dict:
     """`["hh=700", "dsp=150"]` -> {"hh": 700, "dsp": 150}."""
     sizes = {}
@@ -392,8 +434,12 @@ def print_record(record: dict) -> None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv[:1] == ["train"]:  # its own dataclass parser: every TrainingArguments flag
+        args = argparse.Namespace(command="train", train_argv=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0

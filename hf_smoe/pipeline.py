@@ -1,5 +1,7 @@
 """The main job end to end: preference data -> embedding cache -> Trainer -> checkpoint + model card (-> Hub)."""
 
+import copy
+import dataclasses
 import json
 import math
 import platform
@@ -21,7 +23,7 @@ from .features import EmbeddingCache, feature_root
 from .hub import check_repo_id, push_checkpoint, write_model_card
 from .metrics import (category_coverage, expert_category_labels, expert_purity, expert_specialization,
                       expert_specialization_top, pairwise_accuracy)
-from .modeling.configuration_smoe import LAMBDA_NAMES, InputError
+from .modeling.configuration_smoe import LAMBDA_NAMES, PRESETS, InputError, SMoERewardConfig, check_loss_weights
 from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE, mixture_reward
 from .outputs import check_output_dir, publish, staging_dir, write_text_atomic
 from .training import (SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics, head_outputs,
@@ -29,29 +31,56 @@ from .training import (SMoETrainer, SMoETrainingArguments, as_training_features,
 
 
 @dataclass
-class TrainJob:
-    """What `smoe train` does, as data: written next to every result so the run can be repeated exactly."""
+class DataArguments:
+    """The preference data of a run: where it comes from, how much of it, how it is split and where its features are
+    cached. `split_seed` draws the subset and the split; the training seed (`--seed`) is separate, so changing it
+    keeps the test set."""
 
-    dataset: str
-    output_dir: str
-    format: str | None = None
-    backbone: str = DEFAULT_BACKBONE
-    preset: str = "sparse"
-    num_experts: int | None = None
-    max_pairs: int | None = None
-    max_length: int = 1024
-    seed: int = 0
-    epochs: float = 3.0
-    cache_dir: str | None = None
-    push_to_hub: str | None = None
-    config_overrides: dict = field(default_factory=dict)
-    overwrite: bool = False  # replace an earlier hf_smoe output in output_dir (never someone else's files)
+    dataset: str = field(metadata={"help": "Hub dataset name or local file/folder"})
+    format: str | None = field(default=None, metadata={"help": "data format (default: detected); see "
+                                                               "hf_smoe.data.FORMATS"})
+    max_pairs: int | None = field(default=None, metadata={"help": "keep a seeded random subset of this size"})
+    max_length: int = field(default=1024, metadata={"help": "truncation length of prompt + response"})
+    cache_dir: str | None = field(default=None, metadata={"help": "embedding cache root (default: "
+                                                                  "$HF_SMOE_CACHE/features)"})
+    validation_fraction: float = field(default=0.1, metadata={"help": "share of each category's prompts"})
+    test_fraction: float = field(default=0.1, metadata={"help": "share of each category's prompts"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the subset and of the train/validation/test split"})
 
-    def repeats(self, other: dict) -> bool:
-        """Whether `other` (a job's record) is this job, so an interrupted run of it may resume."""
-        mine = {key: value for key, value in asdict(self).items() if key != "overwrite"}
-        return json.loads(json.dumps(mine, default=str)) == {key: value for key, value in other.items()
-                                                              if key != "overwrite"}
+
+@dataclass
+class ModelArguments:
+    """The reward model: its backbone, preset and K, and every config field a run may override (None: the preset's
+    or the config's default)."""
+
+    backbone: str = field(default=DEFAULT_BACKBONE, metadata={
+        "help": f"Hub id or folder of any AutoModel (default: {DEFAULT_BACKBONE}, the embedded copy)"})
+    preset: str = field(default="sparse", metadata={"help": "single, vanilla, micro, sparse or static"})
+    num_experts: int | None = field(default=None, metadata={"help": "K (default: 1 for single, else 5)"})
+    lambda_local: float | None = field(default=None, metadata={"help": "weight of L_ls (Eq. 4)"})
+    lambda_global: float | None = field(default=None, metadata={"help": "weight of L_gb (Eq. 5)"})
+    lambda_div: float | None = field(default=None, metadata={"help": "weight of L_div (Eq. 6)"})
+    lambda_uniform: float | None = field(default=None, metadata={"help": "weight of MiCRo's uniform prior"})
+    router_hidden_size: int | None = field(default=None, metadata={"help": "router MLP width (default 128)"})
+    router_activation: str | None = field(default=None, metadata={"help": "relu, gelu, silu or tanh"})
+    router_dropout: float | None = field(default=None, metadata={"help": "router dropout (default 0.2)"})
+    router_jitter_noise: float | None = field(default=None, metadata={"help": "multiplicative jitter on g(x) "
+                                                                              "(default 0.25)"})
+    pooling: str | None = field(default=None, metadata={"help": "last_token or mean"})
+    prompt_representation: str | None = field(default=None, metadata={"help": "same_pass or prompt_pass"})
+
+    def config_overrides(self) -> dict:
+        """The config fields this run sets (all but backbone, preset and K, which `from_backbone` takes)."""
+        return {name: value for name, value in asdict(self).items()
+                if value is not None and name not in ("backbone", "preset", "num_experts")}
+
+
+def job_record(data: DataArguments, model: ModelArguments, training) -> dict:
+    """The three argument sets of a run, JSON-ready: written beside its results, and compared to resume it."""
+    training_record = {key: value for key, value in training.to_dict().items()
+                       if key not in ("output_dir", "logging_dir", "overwrite_output_dir", "resume_from_checkpoint")}
+    return json.loads(json.dumps({"data": asdict(data), "model": asdict(model), "training": training_record},
+                                 default=str))
 
 
 def pick_device() -> torch.device:
@@ -153,17 +182,23 @@ def train_preset(backbone, tokenizer, features, preset: str, num_experts: int, s
     return model, evaluate_head(model, features)
 
 
-def train_head(model, features, output_dir: str, seed: int, epochs: float, resume: bool = False,
-               **argument_overrides):
-    """Trains `model`'s head on cached train features, evaluating on validation each epoch. With `resume` (and a
-    `save_strategy` in `argument_overrides`) it continues from the last complete Trainer checkpoint in `output_dir`,
-    ending bit-identical to an uninterrupted run."""
+def train_head(model, features, output_dir: str, seed: int, epochs: float, **argument_overrides):
+    """Trains `model`'s head on cached train features with the paper's settings, evaluating on validation each
+    epoch (`argument_overrides`: any other `SMoETrainingArguments`)."""
     check_epochs(epochs)
-    args = SMoETrainingArguments(output_dir=output_dir, seed=seed, num_train_epochs=epochs,
-                                 disable_tqdm=True, **argument_overrides)
+    args = SMoETrainingArguments(output_dir=output_dir, seed=seed, num_train_epochs=epochs, disable_tqdm=True,
+                                 **argument_overrides)
+    return run_trainer(model, features, args)
+
+
+def run_trainer(model, features, args, resume_from_checkpoint=None):
+    """An `SMoETrainer` on the train and validation features, trained (from `resume_from_checkpoint`, ending
+    bit-identical to an uninterrupted run); a head that ends with NaN or inf weights is refused."""
+    check_epochs(args.num_train_epochs)
     trainer = SMoETrainer(model, args, train_dataset=features["train"], eval_dataset=features["validation"])
-    trainer.remove_callback(PrinterCallback)  # every term stays in trainer.state.log_history; the caller summarises
-    trainer.train(resume_from_checkpoint=last_complete_checkpoint(output_dir) if resume else None)
+    if args.disable_tqdm:
+        trainer.remove_callback(PrinterCallback)  # quiet runs keep every term in trainer.state.log_history
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     check_finite_head(model)
     return trainer
 
@@ -198,10 +233,12 @@ def check_finite_head(model) -> None:
 
 
 def save_checkpoint(model, tokenizer, output_dir) -> None:
-    """The full model and its tokenizer; a tokenizer without a chat template gets the plain fallback written into
-    it, so `apply_chat_template` (the model card's snippet) reproduces the training encoding."""
+    """The full model and its tokenizer. A tokenizer without a chat template is saved with the plain fallback
+    written into a copy (the caller's tokenizer is left as it is: its template is part of the embedding cache's
+    key), so `apply_chat_template` (the model card's snippet) reproduces the training encoding."""
     model.save_pretrained(output_dir)
     if not getattr(tokenizer, "chat_template", None):
+        tokenizer = copy.deepcopy(tokenizer)
         tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     tokenizer.save_pretrained(output_dir)
 
@@ -221,69 +258,85 @@ def save_run(output_dir: Path, job, results, filename: str = "results.json") -> 
     write_text_atomic(output_dir / filename, json.dumps(record, indent=2, default=str))
 
 
-def check_job(job: TrainJob) -> Path:
-    """Every argument of `job` that can be checked before data or models load; returns the output folder."""
-    check_epochs(job.epochs)
-    for name in ("max_pairs", "max_length", "num_experts"):
-        value = getattr(job, name)
+def check_job(data: DataArguments, model: ModelArguments, training) -> Path:
+    """Every argument that can be checked before data or models load; returns the output folder."""
+    check_epochs(training.num_train_epochs)
+    if model.preset not in PRESETS:
+        raise InputError(f"preset: unknown preset {model.preset!r}; choose one of {sorted(PRESETS)}.")
+    for name, value in (("max_pairs", data.max_pairs), ("max_length", data.max_length),
+                        ("num_experts", model.num_experts)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise InputError(f"{name}: must be an integer >= 1, got {value!r}.")
-    if job.push_to_hub:
-        check_repo_id(job.push_to_hub)
-    feature_root(job.cache_dir)
-    protected = {name: path for name, path in (("backbone", job.backbone), ("dataset", job.dataset),
-                                               ("embedding cache", job.cache_dir))
+    for name, value in (("seed", training.seed), ("split_seed", data.split_seed)):
+        if not 0 <= value < 2**32:
+            raise InputError(f"{name}: must be between 0 and 2**32 - 1, got {value}.")
+    SMoERewardConfig.check_options(model.config_overrides())
+    check_loss_weights({name: value for name, value in model.config_overrides().items() if name in LAMBDA_NAMES})
+    if training.push_to_hub:
+        if not training.hub_model_id:
+            raise InputError("hub_model_id: --push_to_hub needs the repo to push to; pass --hub_model_id ORG/NAME.")
+        check_repo_id(training.hub_model_id)
+    feature_root(data.cache_dir)
+    protected = {name: path for name, path in (("backbone", model.backbone), ("dataset", data.dataset),
+                                               ("embedding cache", data.cache_dir))
                  if path and Path(path).exists()}
-    return check_output_dir(job.output_dir, overwrite=job.overwrite, protected=protected)
+    return check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir, protected=protected)
 
 
-def staging_for(job: TrainJob, output_dir: Path) -> Path:
-    """The job's staging folder. An interrupted run of the same job resumes in it; one of another job is replaced
-    when it holds no finished epoch (nothing to lose: features live in the cache), and otherwise kept unless
-    `overwrite`."""
+def staging_for(record: dict, output_dir: Path, overwrite: bool) -> Path:
+    """The run's staging folder. An interrupted run of the same job (`record`) resumes in it; one of another job
+    is replaced when it holds no finished epoch (nothing to lose: features live in the cache), and otherwise kept
+    unless `overwrite`."""
     staging = staging_dir(output_dir)
-    record = staging / "job.json"
+    record_file = staging / "job.json"
     if staging.exists():
-        recorded = json.loads(record.read_text()) if record.is_file() else {}
-        if job.repeats(recorded):
+        recorded = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        if recorded == record:
             print(f"Resuming the interrupted run in {staging}")
             return staging
-        if last_complete_checkpoint(staging / "trainer") is not None and not job.overwrite:
-            mine = json.loads(json.dumps(asdict(job), default=str))
-            changed = sorted(key for key in mine if key != "overwrite" and recorded.get(key) != mine[key])
+        if last_complete_checkpoint(staging / "trainer") is not None and not overwrite:
+            changed = sorted(f"{group}.{key}" for group, values in record.items() for key, value in values.items()
+                             if recorded.get(group, {}).get(key) != value)
             raise InputError(f"output_dir: {staging} holds an interrupted run of a different job (it differs in "
-                             f"{', '.join(changed)}); rerun that job's command to resume it, or pass --overwrite to "
-                             "discard it.")
+                             f"{', '.join(changed) or 'its record'}); rerun that job's command to resume it, or pass "
+                             "--overwrite to discard it.")
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    write_text_atomic(record, json.dumps(asdict(job), default=str))
+    write_text_atomic(record_file, json.dumps(record))
     return staging
 
 
-def train_reward_model(job: TrainJob) -> dict:
-    """Runs the main job and returns the test metrics; see `smoe train --help`. Everything is written to a staging
-    folder and renamed into `job.output_dir` when complete; a killed run resumes from its last epoch."""
-    output_dir = check_job(job)
-    pairs = load_pairs(job.dataset, job.format, max_pairs=job.max_pairs, seed=job.seed)
-    splits = split_for_training(pairs, job.seed)
-    model, tokenizer = load_backbone_model(job.backbone, job.preset, job.num_experts, job.seed,
-                                           **job.config_overrides)
-    staging = staging_for(job, output_dir)
-    cache = EmbeddingCache(model, tokenizer, cache_dir=job.cache_dir, max_length=job.max_length)
+def train_reward_model(data: DataArguments, model_args: ModelArguments, training) -> dict:
+    """`smoe train`: returns the test metrics. Everything is written to a staging folder and renamed into
+    `training.output_dir` when complete; a killed run resumes from its last saved checkpoint when rerun (or from
+    `training.resume_from_checkpoint`). `training` is an `SMoETrainingArguments`; with `push_to_hub` the finished
+    checkpoint and card are pushed to `hub_model_id`."""
+    output_dir = check_job(data, model_args, training)
+    pairs = load_pairs(data.dataset, data.format, max_pairs=data.max_pairs, seed=data.split_seed)
+    splits = split_for_training(pairs, data.split_seed, validation=data.validation_fraction,
+                                test=data.test_fraction)
+    model, tokenizer = load_backbone_model(model_args.backbone, model_args.preset, model_args.num_experts,
+                                           training.seed, **model_args.config_overrides())
+    record = job_record(data, model_args, training)
+    staging = staging_for(record, output_dir, training.overwrite_output_dir)
+    cache = EmbeddingCache(model, tokenizer, cache_dir=data.cache_dir, max_length=data.max_length)
     features = {name: cache.pair_features(split) for name, split in splits.items()}
-    train_head(model, features, str(staging / "trainer"), job.seed, job.epochs, resume=True,
-               save_strategy="epoch", save_total_limit=1)
+    trainer_args = dataclasses.replace(training, output_dir=str(staging / "trainer"), push_to_hub=False,
+                                       resume_from_checkpoint=None)
+    resume_from = training.resume_from_checkpoint or last_complete_checkpoint(trainer_args.output_dir)
+    run_trainer(model, features, trainer_args, resume_from)
     results = evaluate_head(model, features)
     shutil.rmtree(staging / "trainer")  # Trainer checkpoints only serve resuming
     save_checkpoint(model, tokenizer, staging)
     routing_keys = ("routing_entropy", "global_entropy", "expert_correlation")
-    write_model_card(staging, base_model=backbone_hub_id(job.backbone), datasets=[job.dataset],
+    repo_id = training.hub_model_id if training.push_to_hub else None
+    write_model_card(staging, base_model=backbone_hub_id(model_args.backbone), datasets=[data.dataset],
                      eval_results={"accuracy": results["accuracy"]},
-                     routing_stats={key: results[key] for key in routing_keys}, dataset_name=job.dataset,
-                     repo_id=job.push_to_hub)
-    save_run(staging, job, results)
+                     routing_stats={key: results[key] for key in routing_keys}, dataset_name=data.dataset,
+                     repo_id=repo_id)
+    save_run(staging, record, results)
     publish(staging, output_dir)  # job.json stays until here: a kill inside publish still resumes
     (output_dir / "job.json").unlink()
-    if job.push_to_hub:
-        results["pushed"] = push_checkpoint(output_dir, job.push_to_hub)
+    if repo_id:
+        results["pushed"] = push_checkpoint(output_dir, repo_id)
     return results

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .encoding import encode_pair
 from .losses import moe_preference_loss
@@ -34,14 +34,20 @@ class SMoETrainingArguments(TrainingArguments):
             experts').
         collapse_global_entropy (`float`, defaults to 0.5): an evaluation whose global entropy falls below this
             warns that routing has collapsed onto few experts (SPEC 7: healthy routing has high global entropy).
+        overwrite_output_dir (`bool`, defaults to False): `smoe train` replaces an earlier hf_smoe output in
+            `output_dir` only with it (`--overwrite`), and never a folder of files hf_smoe did not write.
     """
 
     learning_rate: float = 2e-3
+    optim: str = "adamw_torch"  # the paper's AdamW, unfused: the optimizer every reported result was trained with
     router_learning_rate: float = field(default=5e-4, metadata={"help": "Learning rate of the router."})
     warmup_steps: float = 0.05
     per_device_train_batch_size: int = 16
     per_device_eval_batch_size: int = 1024
-    num_train_epochs: float = 3.0
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs (App. A: 3).", "aliases": ["--epochs"]})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Replace an earlier hf_smoe output in output_dir (never files hf_smoe did not write).",
+        "aliases": ["--overwrite"]})
     eval_strategy: str = "epoch"
     save_strategy: str = "no"
     logging_steps: float = 10
@@ -143,24 +149,35 @@ class SMoETrainer(Trainer):
         if train_dataset is not None and "chosen_input_ids" not in train_dataset.column_names:
             train_dataset = as_training_features(train_dataset)
         eval_dataset = None if eval_dataset is None else as_training_features(eval_dataset)
-        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         self.lambdas = loss_weights(model.config)
+        kwargs.setdefault("compute_metrics", self.behaviour_metrics)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
+        if model.config.num_experts > 1:
+            self.add_callback(RoutingCollapseCallback())
         self._term_sums, self._term_count = defaultdict(float), 0
 
     def create_optimizer(self, model=None):
-        """AdamW with the experts at `learning_rate` and the router at `router_learning_rate` (App. A)."""
+        """The optimizer `TrainingArguments.optim` names (`get_optimizer_cls_and_kwargs`: AdamW by default, with
+        its betas and eps), over four groups: experts at `learning_rate` and router at `router_learning_rate` (App.
+        A), each split into weights with `weight_decay` and biases (and a static router's logits) without."""
         if self.optimizer is None:
-            head = (model or self.model).head
-            self.optimizer = torch.optim.AdamW(
-                [{"params": list(head.experts.parameters()), "lr": self.args.learning_rate},
-                 {"params": list(head.router.parameters()), "lr": self.args.router_learning_rate}],
-                weight_decay=self.args.weight_decay)
+            head = self.accelerator.unwrap_model(model or self.model).head
+            groups = []
+            for module, learning_rate in ((head.experts, self.args.learning_rate),
+                                          (head.router, self.args.router_learning_rate)):
+                decayed = set(self.get_decay_parameter_names(module)) - {"logits"}
+                for decay in (True, False):
+                    params = [parameter for name, parameter in module.named_parameters()
+                              if parameter.requires_grad and (name in decayed) == decay]
+                    if params:
+                        groups.append({"params": params, "lr": learning_rate,
+                                       "weight_decay": self.args.weight_decay if decay else 0.0})
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        head = model.head
-        prompt, chosen, rejected = pair_representations(model, inputs)
-        routing, chosen, rejected = head.router(prompt), head.experts(chosen), head.experts(rejected)
+        routing, chosen, rejected = head_outputs_of_batch(model, inputs)
         terms = moe_preference_loss(routing, chosen, rejected, **self.lambdas)
         for name, value in terms.items():
             if name != "loss":
@@ -175,15 +192,41 @@ class SMoETrainer(Trainer):
             self._term_sums, self._term_count = defaultdict(float), 0
         super().log(logs, start_time)
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Routing weights and both sides' expert rewards of a batch, as one (B, 3K) prediction: the Trainer gathers
+        them (across processes too) and `behaviour_metrics` computes the paper's set-level metrics, the objective
+        included, on the whole evaluation set. No per-batch loss: its mean would differ from the set's."""
+        with torch.no_grad():
+            outputs = torch.cat(head_outputs_of_batch(model, inputs), dim=-1)
+        return None, outputs, torch.zeros(len(outputs), device=outputs.device)
+
+    def behaviour_metrics(self, prediction) -> dict:
+        """`compute_metrics`: every loss term, accuracy, routing entropy, global entropy and expert correlation."""
+        routing, chosen, rejected = torch.as_tensor(prediction.predictions).float().chunk(3, dim=-1)
+        return behaviour_metrics({"routing_weights": routing, "chosen_expert_rewards": chosen,
+                                  "rejected_expert_rewards": rejected}, self.lambdas)
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        """All metrics on the whole evaluation set at once (they are set-level, not per-batch, quantities)."""
-        features = self.eval_dataset if eval_dataset is None else as_training_features(eval_dataset)
-        metrics = behaviour_metrics(head_outputs(self.model.head, features), self.lambdas)
-        if self.model.config.num_experts > 1 and metrics["global_entropy"] < self.args.collapse_global_entropy:
-            warnings.warn(f"Routing collapse: global entropy {metrics['global_entropy']:.3f} < "
-                          f"{self.args.collapse_global_entropy}: most prompts go to the same few experts. Raise "
-                          "lambda_global or check the router learning rate.", stacklevel=2)
-        metrics = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
+        """As `Trainer.evaluate`; a dataset given here may be any pair features (their feature columns are read)."""
+        return super().evaluate(None if eval_dataset is None else as_training_features(eval_dataset), ignore_keys,
+                                metric_key_prefix)
+
+
+def head_outputs_of_batch(model, inputs) -> tuple:
+    """(routing weights, chosen expert rewards, rejected expert rewards) of a batch, through the model as the
+    Trainer holds it (wrapped by DDP or not): the head reads the pair representations."""
+    head = getattr(model, "module", model).head
+    prompt, chosen, rejected = pair_representations(getattr(model, "module", model), inputs)
+    return head.router(prompt), head.experts(chosen), head.experts(rejected)
+
+
+class RoutingCollapseCallback(TrainerCallback):
+    """Warns when an evaluation's global entropy falls below `args.collapse_global_entropy`: most prompts go to the
+    same few experts (SPEC 7: healthy routing has high global entropy)."""
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        entropy = (metrics or {}).get("eval_global_entropy")
+        if entropy is not None and entropy < args.collapse_global_entropy:
+            warnings.warn(f"Routing collapse: global entropy {entropy:.3f} < {args.collapse_global_entropy}: most "
+                          "prompts go to the same few experts. Raise lambda_global or check the router learning "
+                          "rate.", stacklevel=2)

@@ -131,7 +131,7 @@ def check_replaced(outcome):
     result, folder = outcome
     assert result.code == 0
     assert not (folder / "eval_results.json").exists()  # nothing of the old run stays beside the new weights
-    assert json.loads((folder / "results.json").read_text())["job"]["seed"] == 1
+    assert json.loads((folder / "results.json").read_text())["job"]["training"]["seed"] == 1
     assert not folder.with_name(".out.partial").exists() and not folder.with_name(".out.old").exists()
 
 
@@ -291,18 +291,18 @@ def check_backbone_name(config):
 
 CASES = [
     # Arguments: refused by the parser (exit 2, one `smoe CMD: error:` line) before anything loads.
-    Case("train --epochs 0", "error", "--epochs: must be a finite number > 0",
+    Case("train --epochs 0", "error", "epochs: must be a number > 0",
          lambda t: run_cli(*train_args(t), "--epochs", 0)),
-    Case("train --epochs nan", "error", "--epochs: must be a finite number > 0",
+    Case("train --epochs nan", "error", "epochs: must be a number > 0",
          lambda t: run_cli(*train_args(t), "--epochs", "nan")),
-    Case("train --epochs -1", "error", "--epochs", lambda t: run_cli(*train_args(t), "--epochs", "-1")),
-    Case("train --max-pairs -5", "error", "--max-pairs: must be >= 1", lambda t: run_cli(*train_args(t), "--max-pairs", -5)),
-    Case("train --max-pairs 0", "error", "--max-pairs: must be >= 1", lambda t: run_cli(*train_args(t), "--max-pairs", 0)),
-    Case("train --max-pairs ten", "error", "expected an integer", lambda t: run_cli(*train_args(t), "--max-pairs", "ten")),
-    Case("train --num-experts 0", "error", "--num-experts: must be >= 1",
+    Case("train --epochs -1", "error", "epochs: must be a number > 0", lambda t: run_cli(*train_args(t), "--epochs", "-1")),
+    Case("train --max-pairs -5", "error", "max_pairs: must be an integer >= 1", lambda t: run_cli(*train_args(t), "--max-pairs", -5)),
+    Case("train --max-pairs 0", "error", "max_pairs: must be an integer >= 1", lambda t: run_cli(*train_args(t), "--max-pairs", 0)),
+    Case("train --max-pairs ten", "error", "invalid int value", lambda t: run_cli(*train_args(t), "--max-pairs", "ten")),
+    Case("train --num-experts 0", "error", "num_experts: must be an integer >= 1",
          lambda t: run_cli(*train_args(t), "--num-experts", 0)),
-    Case("train --max-length 0", "error", "--max-length: must be >= 1", lambda t: run_cli(*train_args(t), "--max-length", 0)),
-    Case("train --preset sparce", "error", "invalid choice", lambda t: run_cli(*train_args(t), "--preset", "sparce")),
+    Case("train --max-length 0", "error", "max_length: must be an integer >= 1", lambda t: run_cli(*train_args(t), "--max-length", 0)),
+    Case("train --preset sparce", "error", "preset: unknown preset", lambda t: run_cli(*train_args(t), "--preset", "sparce")),
     Case("eval --max-pairs 0", "error", "--max-pairs: must be >= 1",
          lambda t: run_cli(*eval_args(world()["checkpoint"], "--max-pairs", 0))),
     Case("adapt --n 0", "error", "--n: must be >= 1", lambda t: run_cli(*adapt_args("--n", 0, output=t / "r.safetensors"))),
@@ -311,7 +311,7 @@ CASES = [
     Case("adapt --method unknown", "error", "invalid choice",
          lambda t: run_cli(*adapt_args("--method", "bayes", output=t / "r.safetensors"))),
     Case("train --push-to-hub bad id", "error", "is not a valid Hub repo id",
-         lambda t: run_cli(*train_args(t), "--push-to-hub", "org/bad id!")),
+         lambda t: run_cli(*train_args(t), "--push_to_hub", "--hub_model_id", "org/bad id!")),
     Case("train --dataset missing", "error", "no such file",
          lambda t: run_cli(*[a if a != world()["pairs"] else t / "missing.jsonl" for a in train_args(t)])),
     # Backbones and checkpoints that are not what they claim.
@@ -526,7 +526,7 @@ CASES_FOUND_LATER = [
                            "--responses", "")),
     Case("eval --split with a local file", "error", "--split: ",
          lambda t: run_cli(*eval_args(world()["checkpoint"], "--split", "validation"))),
-    Case("train --seed -1", "error", "--seed: must be between 0 and 2**32 - 1",
+    Case("train --seed -1", "error", "seed: must be between 0 and 2**32 - 1",
          lambda t: run_cli(*train_args(t, "--seed", -1))),
     Case("reproduce --seeds huge", "error", "--seeds: must be between 0 and 2**32 - 1",
          lambda t: run_cli("reproduce", "table1", "--seeds", 2**40)),
@@ -644,7 +644,7 @@ def test_a_killed_train_resumes_bit_identical(tmp_path, where):
 
 
 REAL_PROCESS_CASES = {
-    "argument": (["train", "--dataset", "pairs.jsonl", "--output-dir", "out", "--epochs", "0"], "--epochs"),
+    "argument": (["train", "--dataset", "pairs.jsonl", "--output-dir", "out", "--epochs", "0"], "epochs"),
     "data file": (["embed", "--dataset", "{broken}"], "line 2"),
     "checkpoint": (["eval", "{damaged}", "--dataset", "{pairs}"], "holds NaN or infinite weights"),
 }

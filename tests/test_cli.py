@@ -55,7 +55,8 @@ def test_train_on_real_hh_data_with_a_tiny_backbone(backbone_dirs, tmp_path, cap
                  "--cache-dir", str(tmp_path / "cache")])
     assert code == 0
     results = json.loads((output / "results.json").read_text())
-    assert results["job"]["max_pairs"] == 60 and results["job"]["preset"] == "sparse"
+    assert results["job"]["data"]["max_pairs"] == 60 and results["job"]["model"]["preset"] == "sparse"
+    assert results["job"]["training"]["num_train_epochs"] == 1 and results["job"]["training"]["seed"] == 0
     assert 0.0 <= results["results"]["accuracy"] <= 1.0
     check_checkpoint(output, tmp_path)
 
@@ -95,6 +96,6 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     code = main(["train", "--dataset", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "out")])
     error = capsys.readouterr().err
     assert code == 2 and error.count("\n") == 1 and "missing.jsonl" in error
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--dataset", "x", "--output-dir", "y", "--preset", "sparce"])
-    assert exit_info.value.code == 2
+    assert main(["train", "--dataset", "x", "--output-dir", "y", "--no-such-flag", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--no-such-flag" in error

@@ -9,7 +9,7 @@ from datasets import Dataset
 from hf_smoe import SMoERewardModel
 from hf_smoe.features import EmbeddingCache
 from hf_smoe.training import (PairCollator, SMoETrainer, SMoETrainingArguments, behaviour_metrics, head_outputs,
-                              tokenize_pairs)
+                              loss_weights, tokenize_pairs)
 
 WORDS = ["cat", "dog", "sun", "rain", "code", "math", "poem", "story"]
 
@@ -66,13 +66,45 @@ def test_training_updates_only_the_head_with_two_learning_rates(setup, tmp_path)
     trainer.train()
     for name, tensor in model.backbone.state_dict().items():
         assert torch.equal(tensor, backbone_before[name]), name  # bit-identical frozen backbone
-    groups = trainer.optimizer.param_groups
-    assert [g["initial_lr"] for g in groups] == [2e-3, 5e-4]
-    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.head.experts.parameters()}
-    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.head.router.parameters()}
+    by_learning_rate = {}
+    for group in trainer.optimizer.param_groups:
+        by_learning_rate.setdefault(group["initial_lr"], set()).update(id(p) for p in group["params"])
+    assert by_learning_rate == {2e-3: {id(p) for p in model.head.experts.parameters()},
+                                5e-4: {id(p) for p in model.head.router.parameters()}}
     logged = {key for entry in trainer.state.log_history for key in entry}
     assert {"rm", "local_sparsity", "global_balance", "diversity", "uniform_prior"} <= logged
     assert {"eval_accuracy", "eval_routing_entropy", "eval_global_entropy", "eval_expert_correlation"} <= logged
+
+
+@pytest.mark.parametrize("preset", ["sparse", "static"])
+def test_the_optimizer_comes_from_the_training_arguments(setup, tmp_path, preset):
+    """`--optim`, betas and weight decay are honoured; biases and a static router's logits get no weight decay."""
+    build, _, _, train, valid = setup
+    model = build(preset=preset)
+    args = arguments(tmp_path, optim="adamw_torch", adam_beta1=0.8, weight_decay=0.1, max_steps=1, eval_strategy="no")
+    trainer = SMoETrainer(model, args, train_dataset=train)
+    trainer.train()
+    assert type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer) \
+        is torch.optim.AdamW
+    decay = {id(p): group["weight_decay"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert all(group["betas"] == (0.8, 0.999) for group in trainer.optimizer.param_groups)
+    for name, parameter in model.head.named_parameters():
+        expected = 0.0 if name.endswith(("bias", "logits")) else 0.1
+        assert decay[id(parameter)] == expected, name
+    assert len(decay) == len(list(model.head.parameters()))
+
+
+def test_trainer_evaluation_matches_the_metrics_on_the_whole_set(setup, tmp_path):
+    """`evaluate` runs the Trainer's loop in batches of `per_device_eval_batch_size` and `compute_metrics` on the
+    gathered set: the same numbers as the metrics computed on all pairs at once (to float rounding: the batches'
+    matmuls round differently)."""
+    build, _, _, train, valid = setup
+    model = build()
+    expected = behaviour_metrics(head_outputs(model.head, valid.with_format("torch")), loss_weights(model.config))
+    trainer = SMoETrainer(model, arguments(tmp_path, per_device_eval_batch_size=7), eval_dataset=valid)
+    metrics = trainer.evaluate()
+    for name, value in expected.items():
+        assert metrics[f"eval_{name}"] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
 
 def test_training_learns_the_toy_preference(setup, tmp_path):
