@@ -27,7 +27,8 @@ from .generators import LocalGenerator, fast_dtype
 from .interpret import judge_prompt, prompt_text
 from .modeling.configuration_smoe import InputError
 from .outputs import write_text_atomic
-from .pipeline import load_backbone_model, pick_device, run_command
+from .distributed import pick_device
+from .pipeline import load_backbone_model, run_command
 from .routers import score_users
 from .synthetic import generate_preference_set
 from .training import (PairCollator, SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics,

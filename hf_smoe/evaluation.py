@@ -11,7 +11,8 @@ from .backbones import check_model_source, loading
 from .data import load_pairs, split_pairs
 from .features import EmbeddingCache
 from .modeling.configuration_smoe import InputError, SMoERewardConfig
-from .pipeline import category_metrics, has_categories, pick_device, save_run
+from .distributed import pick_device
+from .pipeline import category_metrics, has_categories, save_run
 from .training import as_training_features, behaviour_metrics, head_outputs, loss_weights
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .backbones import cache_root
 from .data import PAIR_METADATA
+from .distributed import state
 from .encoding import as_messages, encode_pair
 from .modeling.configuration_smoe import InputError
 
@@ -158,7 +159,9 @@ class EmbeddingCache:
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def embed(self, items) -> None:
-        """Makes sure every (prompt, response) in `items` is cached, computing only the missing ones."""
+        """Makes sure every (prompt, response) in `items` is cached, computing only the missing ones. Under several
+        processes each embeds a disjoint share of the batches (batch i on process i mod N) into its own shards,
+        and all wait for the others before reading: no text is embedded twice."""
         done = set(self._load()[0])
         todo = {}
         for prompt, response in items:
@@ -171,10 +174,13 @@ class EmbeddingCache:
                      todo.items()]
         # a fixed plan: longest first, ties by key, so a resumed run forms exactly the batches of an uninterrupted one
         encodings.sort(key=lambda item: (-len(item[1]["input_ids"]), item[0]))
-        progress = tqdm(total=sum(len(e["input_ids"]) for _, e in encodings), unit="tok", unit_scale=True,
-                        desc="Embedding", disable=not self.show_progress)
+        process = state()
+        batches = list(self._length_buckets(encodings))[process.process_index::process.num_processes]
+        progress = tqdm(total=sum(len(e["input_ids"]) for batch in batches for _, e in batch), unit="tok",
+                        unit_scale=True, desc="Embedding",
+                        disable=not self.show_progress or not process.is_local_main_process)
         shard = []
-        for batch in self._length_buckets(encodings):
+        for batch in batches:
             shard.extend(self._forward(batch))
             progress.update(sum(len(e["input_ids"]) for _, e in batch))
             if len(shard) >= self.shard_size:
@@ -183,6 +189,7 @@ class EmbeddingCache:
         if shard:
             self._write_shard(shard)
         progress.close()
+        process.wait_for_everyone()
         self._features = None
 
     def lookup(self, items):
@@ -251,7 +258,10 @@ class EmbeddingCache:
         `shard-NNNNN` name, so a shard on disk is always complete and a new one never takes an existing name."""
         self.directory.mkdir(parents=True, exist_ok=True)
         shards = self._shards()
+        # the next index this process may take: processes take indices in turn (i mod N), so they never collide
+        process = state()
         index = int(SHARD_NAME.fullmatch(shards[-1].name).group(1)) + 1 if shards else 0
+        index += (process.process_index - index) % process.num_processes
         partial = self.directory / f"shard-{index:05d}.{os.getpid()}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         with quiet_datasets_progress():
@@ -269,7 +279,7 @@ class EmbeddingCache:
                 except OSError:
                     if not target.exists():
                         raise
-            index += 1  # another process took this name meanwhile
+            index += process.num_processes  # another job's process took this name meanwhile
         self._verified.add(target.name)
 
     def _load_shard(self, folder: Path):

@@ -88,12 +88,16 @@ def preset_lambdas(preset: str) -> dict:
 
 
 def moe_preference_loss(routing_weights, chosen_rewards, rejected_rewards, *, lambda_local, lambda_global,
-                        lambda_div, lambda_uniform=0.0) -> dict:
+                        lambda_div, lambda_uniform=0.0, global_batch: tuple | None = None) -> dict:
     """Eq. 7 (plus MiCRo's prior): L = L_RM + l_ls L_ls + l_gb L_gb + l_div L_div + l_uniform L_uniform.
 
     Args:
         routing_weights: (B, K) pi(x) for each pair's prompt.
         chosen_rewards, rejected_rewards: (B, K) per-expert rewards r_k(x, y_w), r_k(x, y_l).
+        global_batch: (routing_weights, chosen_rewards, rejected_rewards) of the whole batch when this process
+            holds a share of it (multi-process training, gathered with gradients): the batch-level terms (global
+            balance, Eq. 5; expert diversity, Eq. 6) are computed on it, so N processes with batch b optimise the
+            objective of one process with batch N b. The per-pair terms stay on this process's pairs.
     Returns:
         dict of scalar tensors: `loss` (weighted total) and the unweighted terms `rm`, `local_sparsity`,
         `global_balance`, `diversity`, `uniform_prior`.
@@ -109,11 +113,14 @@ def moe_preference_loss(routing_weights, chosen_rewards, rejected_rewards, *, la
                         "lambda_uniform": lambda_uniform})
     routing_weights, chosen_rewards, rejected_rewards = (
         t.float() for t in (routing_weights, chosen_rewards, rejected_rewards))
+    all_routing, all_chosen, all_rejected = (
+        (routing_weights, chosen_rewards, rejected_rewards) if global_batch is None
+        else (t.float() for t in global_batch))
     terms = {
         "rm": mixture_nll(routing_weights, chosen_rewards, rejected_rewards),
         "local_sparsity": local_sparsity(routing_weights),
-        "global_balance": global_balance(routing_weights),
-        "diversity": expert_diversity(chosen_rewards, rejected_rewards),
+        "global_balance": global_balance(all_routing),
+        "diversity": expert_diversity(all_chosen, all_rejected),
         "uniform_prior": uniform_prior(routing_weights),
     }
     terms["loss"] = (terms["rm"] + lambda_local * terms["local_sparsity"] + lambda_global * terms["global_balance"]

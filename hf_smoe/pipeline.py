@@ -19,6 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from . import SMoERewardModel, __version__
 from .backbones import DEFAULT_BACKBONE, backbone_hub_id, loading, resolve_backbone
 from .data import load_pairs, split_pairs
+from .distributed import pick_device, state
 from .features import EmbeddingCache, feature_root
 from .hub import check_repo_id, push_checkpoint, write_model_card
 from .metrics import (category_coverage, expert_category_labels, expert_purity, expert_specialization,
@@ -81,10 +82,6 @@ def job_record(data: DataArguments, model: ModelArguments, training) -> dict:
                        if key not in ("output_dir", "logging_dir", "overwrite_output_dir", "resume_from_checkpoint")}
     return json.loads(json.dumps({"data": asdict(data), "model": asdict(model), "training": training_record},
                                  default=str))
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_backbone_model(backbone: str, preset: str, num_experts, seed: int, **config_overrides):
@@ -210,17 +207,18 @@ def check_epochs(epochs) -> None:
 
 def last_complete_checkpoint(folder) -> str | None:
     """The newest Trainer checkpoint in `folder` that was written to the end (its trainer_state.json is written
-    last), after removing any a kill cut short; None when there is none."""
-    folder = Path(folder)
-    complete = None
-    if not folder.is_dir():
-        return None
-    for checkpoint in sorted(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda p: int(p.name.split("-")[-1])):
-        if (checkpoint / TRAINER_STATE_NAME).is_file():
-            complete = checkpoint
-        else:
-            shutil.rmtree(checkpoint)
-    return str(complete) if complete else None
+    last); None when there is none."""
+    complete = [path for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                if (path / TRAINER_STATE_NAME).is_file()]
+    return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
+
+
+def remove_cut_checkpoints(folder) -> None:
+    """Deletes the Trainer checkpoints a kill cut short (no trainer_state.json), so none is mistaken for a
+    finished one."""
+    for path in Path(folder).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if not (path / TRAINER_STATE_NAME).is_file():
+            shutil.rmtree(path)
 
 
 def check_finite_head(model) -> None:
@@ -293,6 +291,7 @@ def staging_for(record: dict, output_dir: Path, overwrite: bool) -> Path:
         recorded = json.loads(record_file.read_text()) if record_file.is_file() else {}
         if recorded == record:
             print(f"Resuming the interrupted run in {staging}")
+            remove_cut_checkpoints(staging / "trainer")
             return staging
         if last_complete_checkpoint(staging / "trainer") is not None and not overwrite:
             changed = sorted(f"{group}.{key}" for group, values in record.items() for key, value in values.items()
@@ -310,7 +309,9 @@ def train_reward_model(data: DataArguments, model_args: ModelArguments, training
     """`smoe train`: returns the test metrics. Everything is written to a staging folder and renamed into
     `training.output_dir` when complete; a killed run resumes from its last saved checkpoint when rerun (or from
     `training.resume_from_checkpoint`). `training` is an `SMoETrainingArguments`; with `push_to_hub` the finished
-    checkpoint and card are pushed to `hub_model_id`."""
+    checkpoint and card are pushed to `hub_model_id`. Under `torchrun` / `accelerate launch` every process trains
+    its share of each batch and the main process alone writes and pushes."""
+    process = state()
     output_dir = check_job(data, model_args, training)
     pairs = load_pairs(data.dataset, data.format, max_pairs=data.max_pairs, seed=data.split_seed)
     splits = split_for_training(pairs, data.split_seed, validation=data.validation_fraction,
@@ -318,7 +319,10 @@ def train_reward_model(data: DataArguments, model_args: ModelArguments, training
     model, tokenizer = load_backbone_model(model_args.backbone, model_args.preset, model_args.num_experts,
                                            training.seed, **model_args.config_overrides())
     record = job_record(data, model_args, training)
-    staging = staging_for(record, output_dir, training.overwrite_output_dir)
+    if process.is_main_process:
+        staging_for(record, output_dir, training.overwrite_output_dir)
+    process.wait_for_everyone()
+    staging = staging_dir(output_dir)
     cache = EmbeddingCache(model, tokenizer, cache_dir=data.cache_dir, max_length=data.max_length)
     features = {name: cache.pair_features(split) for name, split in splits.items()}
     trainer_args = dataclasses.replace(training, output_dir=str(staging / "trainer"), push_to_hub=False,
@@ -326,7 +330,15 @@ def train_reward_model(data: DataArguments, model_args: ModelArguments, training
     resume_from = training.resume_from_checkpoint or last_complete_checkpoint(trainer_args.output_dir)
     run_trainer(model, features, trainer_args, resume_from)
     results = evaluate_head(model, features)
-    shutil.rmtree(staging / "trainer")  # Trainer checkpoints only serve resuming
+    if process.is_main_process:
+        publish_run(model, tokenizer, staging, output_dir, record, results, data, model_args, training)
+    process.wait_for_everyone()
+    return results
+
+
+def publish_run(model, tokenizer, staging, output_dir, record, results, data, model_args, training) -> None:
+    """Checkpoint, card and results into the staging folder, renamed into place, then pushed if asked."""
+    shutil.rmtree(staging / "trainer", ignore_errors=True)  # Trainer checkpoints only serve resuming
     save_checkpoint(model, tokenizer, staging)
     routing_keys = ("routing_entropy", "global_entropy", "expert_correlation")
     repo_id = training.hub_model_id if training.push_to_hub else None
@@ -339,4 +351,3 @@ def train_reward_model(data: DataArguments, model_args: ModelArguments, training
     (output_dir / "job.json").unlink()
     if repo_id:
         results["pushed"] = push_checkpoint(output_dir, repo_id)
-    return results

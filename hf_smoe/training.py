@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .distributed import gather_with_grad, is_distributed, launched_processes
 from .encoding import encode_pair
 from .losses import moe_preference_loss
 from .metrics import (COLLAPSED_BELOW_GLOBAL_ENTROPY, expert_correlation, global_entropy, pairwise_accuracy,
@@ -53,8 +54,14 @@ class SMoETrainingArguments(TrainingArguments):
     logging_steps: float = 10
     remove_unused_columns: bool = False
     dataloader_pin_memory: bool = False  # batches are a few small vectors
+    ddp_find_unused_parameters: bool = False  # the frozen backbone holds no trainable parameter; the head uses all
     collapse_global_entropy: float = field(default=COLLAPSED_BELOW_GLOBAL_ENTROPY,
                                            metadata={"help": "Warn below this global entropy."})
+
+    def __post_init__(self):
+        if launched_processes() > 1 and not torch.cuda.is_available():
+            self.use_cpu = True  # processes on a CPU-only machine train with DDP over gloo, not as N separate runs
+        super().__post_init__()
 
 
 def tokenize_pairs(pairs, tokenizer, max_length: int = 1024):
@@ -177,8 +184,11 @@ class SMoETrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        routing, chosen, rejected = head_outputs_of_batch(model, inputs)
-        terms = moe_preference_loss(routing, chosen, rejected, **self.lambdas)
+        """The objective on this process's pairs, its batch-level terms on the global batch (gathered with their
+        gradients when several processes train: DDP then averages gradients into exactly one process's)."""
+        outputs = head_outputs_of_batch(model, inputs)
+        global_batch = tuple(gather_with_grad(t) for t in outputs) if is_distributed() else None
+        terms = moe_preference_loss(*outputs, **self.lambdas, global_batch=global_batch)
         for name, value in terms.items():
             if name != "loss":
                 self._term_sums[name] += value.item()
@@ -213,11 +223,12 @@ class SMoETrainer(Trainer):
 
 
 def head_outputs_of_batch(model, inputs) -> tuple:
-    """(routing weights, chosen expert rewards, rejected expert rewards) of a batch, through the model as the
-    Trainer holds it (wrapped by DDP or not): the head reads the pair representations."""
-    head = getattr(model, "module", model).head
+    """(routing weights, chosen expert rewards, rejected expert rewards) of a batch. The head runs through the
+    model's own forward as the Trainer holds it, so a DDP wrapper synchronises its gradients; the pair's two
+    responses go through together and the prompt is routed once."""
     prompt, chosen, rejected = pair_representations(getattr(model, "module", model), inputs)
-    return head.router(prompt), head.experts(chosen), head.experts(rejected)
+    output = model(prompt_embeddings=prompt, response_embeddings=torch.stack([chosen, rejected], dim=1))
+    return output.routing_weights, output.expert_rewards[:, 0], output.expert_rewards[:, 1]
 
 
 class RoutingCollapseCallback(TrainerCallback):

@@ -119,13 +119,17 @@ class SMoERewardHead(nn.Module):
         self.experts = nn.Linear(config.hidden_size, config.num_experts)  # row k is (w_k, b_k)
 
     def forward(self, prompt_embeddings, response_embeddings, routing_weights=None):
-        """Returns (logits (B, 1), expert_rewards (B, K), routing_weights (B, K))."""
+        """Returns (logits (B, 1), expert_rewards (B, K), routing_weights (B, K)). `response_embeddings` may also be
+        (B, R, H), R responses to each prompt (a preference pair: R = 2), routed once: logits (B, R, 1) and
+        expert_rewards (B, R, K)."""
         expert_rewards = self.experts(response_embeddings)
         if routing_weights is None:
             routing_weights = self.router(prompt_embeddings)
         else:
-            routing_weights = check_routing_weights(routing_weights, expert_rewards)
-        return mixture_reward(routing_weights, expert_rewards), expert_rewards, routing_weights
+            first = expert_rewards[:, 0] if expert_rewards.dim() == 3 else expert_rewards  # (B, K)
+            routing_weights = check_routing_weights(routing_weights, first)
+        per_response = routing_weights.unsqueeze(1) if expert_rewards.dim() == 3 else routing_weights
+        return mixture_reward(per_response, expert_rewards), expert_rewards, routing_weights
 
 
 def check_routing_weights(routing_weights, expert_rewards: torch.Tensor) -> torch.Tensor:
@@ -234,8 +238,8 @@ class SMoERewardModel(SMoEPreTrainedModel):
             self.backbone.requires_grad_(False)
         return self
 
-    def forward(self, input_ids, attention_mask=None, prompt_lengths=None, routing_weights=None,
-                token_type_ids=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, prompt_lengths=None, routing_weights=None,
+                token_type_ids=None, prompt_embeddings=None, response_embeddings=None, **kwargs):
         """
         Args:
             input_ids, attention_mask: chat-template(x) + y, padded on either side.
@@ -244,9 +248,17 @@ class SMoERewardModel(SMoEPreTrainedModel):
                 tokens. Found from `config.assistant_turn_pattern` when omitted.
             routing_weights (`torch.FloatTensor` of shape `(num_experts,)` or `(batch_size, num_experts)`,
                 *optional*): replaces the router's weights (steering, personalization, ablation).
+            prompt_embeddings, response_embeddings (*optional*, instead of `input_ids`): the backbone's
+                representations, e.g. from an embedding cache: g(x) `(batch_size, hidden_size)` and h(x, y)
+                `(batch_size, hidden_size)`, or `(batch_size, R, hidden_size)` for R responses to each prompt.
             kwargs: accepted and ignored, so that callers passing generic flags (TRL, pipelines) work.
         """
-        prompt_embeddings, response_embeddings = self.embed(input_ids, attention_mask, prompt_lengths, token_type_ids)
+        if input_ids is not None:
+            prompt_embeddings, response_embeddings = self.embed(input_ids, attention_mask, prompt_lengths,
+                                                                token_type_ids)
+        elif prompt_embeddings is None or response_embeddings is None:
+            raise InputError("input_ids: required, or prompt_embeddings and response_embeddings (the backbone's "
+                             "representations, e.g. cached).")
         head_dtype = self.head.experts.weight.dtype
         logits, expert_rewards, routing_weights = self.head(
             prompt_embeddings.to(head_dtype), response_embeddings.to(head_dtype), routing_weights)
