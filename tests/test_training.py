@@ -166,3 +166,19 @@ def test_bad_dataset_is_named(setup, tmp_path):
     with pytest.raises(ValueError, match="train_dataset"):
         SMoETrainer(build(), arguments(tmp_path), train_dataset=pairs.remove_columns("chosen").rename_column(
             "rejected", "chosen_input").select(range(4)))
+
+
+def test_saving_a_checkpoint_leaves_the_callers_tokenizer_as_it_is(backbone_dirs, tmp_path):
+    """The plain fallback template is written into the saved copy only: the caller's tokenizer (whose template is
+    part of the embedding cache's key) is unchanged."""
+    from transformers import AutoTokenizer
+
+    from hf_smoe.modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE
+    from hf_smoe.pipeline import save_checkpoint
+    from hf_smoe.testing import word_tokenizer
+
+    tokenizer = word_tokenizer("bert")
+    assert tokenizer.chat_template is None
+    save_checkpoint(SMoERewardModel.from_backbone(backbone_dirs["bert"], num_experts=2), tokenizer, tmp_path / "ck")
+    assert tokenizer.chat_template is None
+    assert AutoTokenizer.from_pretrained(tmp_path / "ck").chat_template == PLAIN_CHAT_TEMPLATE
