@@ -157,7 +157,7 @@ class SMoETrainer(Trainer):
             train_dataset = as_training_features(train_dataset)
         eval_dataset = None if eval_dataset is None else as_training_features(eval_dataset)
         self.lambdas = loss_weights(model.config)
-        kwargs.setdefault("compute_metrics", self.behaviour_metrics)
+        kwargs.setdefault("compute_metrics", self.set_metrics)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
         if model.config.num_experts > 1:
             self.add_callback(RoutingCollapseCallback())
@@ -210,7 +210,7 @@ class SMoETrainer(Trainer):
             outputs = torch.cat(head_outputs_of_batch(model, inputs), dim=-1)
         return None, outputs, torch.zeros(len(outputs), device=outputs.device)
 
-    def behaviour_metrics(self, prediction) -> dict:
+    def set_metrics(self, prediction) -> dict:
         """`compute_metrics`: every loss term, accuracy, routing entropy, global entropy and expert correlation."""
         routing, chosen, rejected = torch.as_tensor(prediction.predictions).float().chunk(3, dim=-1)
         return behaviour_metrics({"routing_weights": routing, "chosen_expert_rewards": chosen,

@@ -715,3 +715,49 @@ def test_a_killed_embed_resumes_bit_identical(tmp_path):
     assert reference.keys() == resumed.keys()
     for key, (prompt, response) in reference.items():
         assert torch.equal(prompt, resumed[key][0]) and torch.equal(response, resumed[key][1]), key
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint_flag_after_a_kill_is_bit_identical(tmp_path):
+    """`--resume_from_checkpoint PATH` (the Trainer's own flag) after `kill -9`: the final weights are exactly those
+    of an uninterrupted run."""
+    w = world()
+
+    def args(output, *extra):
+        return [str(a) for a in ("train", "--dataset", w["pairs"], "--backbone", w["backbone"], "--max_length", 64,
+                                 "--num_train_epochs", 3, "--num_experts", 3, "--cache_dir", w["cache"],
+                                 "--output_dir", output, *extra)]
+
+    assert run_cli(*args(tmp_path / "reference")).code == 0
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SAVE, "1", "after", *args(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    checkpoint = next((tmp_path / ".run.partial" / "trainer").glob("checkpoint-*"))
+    assert run_cli(*args(tmp_path / "run", "--resume_from_checkpoint", checkpoint)).code == 0
+    reference, result = (load_file(tmp_path / name / "model.safetensors") for name in ("reference", "run"))
+    for name in reference:
+        assert torch.equal(reference[name], result[name]), name
+
+
+def test_a_recipe_and_the_same_flags_give_the_same_run(tmp_path):
+    """`smoe train recipe.yaml` and the same settings as flags: identical metrics; flags after the recipe win."""
+    w = world()
+    settings = {"dataset": str(w["pairs"]), "backbone": w["backbone"], "max_length": 64, "num_train_epochs": 1,
+                "num_experts": 2, "cache_dir": str(w["cache"]), "learning_rate": 1e-3, "lambda_div": 0.5,
+                "per_device_train_batch_size": 32}
+    flags = [str(a) for key, value in settings.items() for a in (f"--{key}", value)]
+    assert run_cli("train", *flags, "--output_dir", tmp_path / "flags").code == 0
+    (tmp_path / "recipe.yaml").write_text("".join(f"{key}: {value}\n" for key, value in settings.items())
+                                          + f"output_dir: {tmp_path / 'recipe'}\n")
+    assert run_cli("train", tmp_path / "recipe.yaml").code == 0
+    by_flags, by_recipe = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("flags", "recipe"))
+    assert by_flags["results"] == by_recipe["results"]
+    assert by_recipe["job"]["training"]["learning_rate"] == 1e-3 and by_recipe["job"]["model"]["lambda_div"] == 0.5
+    assert run_cli("train", tmp_path / "recipe.yaml", "--lambda_div", 0.25, "--output_dir", tmp_path / "o").code == 0
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["job"]["model"]["lambda_div"] == 0.25
+
+
+def test_a_recipe_with_an_unknown_key_is_one_line(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("dataset: x\noutput_dir: y\nnum_expert: 3\n")
+    result = run_cli("train", tmp_path / "recipe.yaml")
+    assert result.code == 2 and "unknown key(s) ['num_expert']" in result.stderr and "Traceback" not in result.stderr
