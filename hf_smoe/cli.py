@@ -12,37 +12,22 @@ from .backbones import DEFAULT_BACKBONE, first_line
 from .modeling.configuration_smoe import InputError
 
 
-def at_least_one(text: str) -> int:
-    """argparse type: an integer >= 1 (pair counts, lengths, K)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def number_type(kind, accepts, expected: str):
+    """An argparse type: a `kind` number for which `accepts(value)` holds; `expected` says which, in the error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text}")
+        return value
+    return parse
 
 
-def positive_number(text: str) -> float:
-    """argparse type: a finite number > 0 (epochs)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def seed_value(text: str) -> int:
-    """argparse type: a seed torch and numpy accept (0 to 2**32 - 1)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32 - 1, got {value}")
-    return value
+at_least_one = number_type(int, lambda value: value >= 1, "an integer >= 1")  # pair counts, lengths, K
+positive_number = number_type(float, lambda value: math.isfinite(value) and value > 0, "a finite number > 0")
+seed_value = number_type(int, lambda value: 0 <= value < 2**32, "an integer between 0 and 2**32 - 1")
 
 
 def add_overwrite_argument(parser, what: str) -> None:

@@ -1,9 +1,7 @@
 """The failure catalogue of `hf_smoe.data` (issue 12): bad data files in their real formats, through `load_pairs` and
 through `smoe embed`. Each case writes its file into tmp_path; `check` recomputes the expected pairs by hand."""
 
-import contextlib
 import gzip
-import io
 import json
 import math
 import shutil
@@ -11,7 +9,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from catalogue import Case, CliResult, check_case, parametrize
+from catalogue import Case, CliResult, check_case, parametrize, run_cli
 from hf_smoe.data import HELPSTEER2_CRITERIA, PERSONAL_LLM_REWARD_MODELS, load_pairs
 from hf_smoe.testing import save_tiny_backbone
 
@@ -229,24 +227,11 @@ def tiny_backbone(tmp_path):
     return save_tiny_backbone(tmp_path / "bb", "llama")
 
 
-def cli(*argv) -> CliResult:
-    """`run_cli`, also when argparse itself refuses an argument (it exits 2 after its `smoe CMD: error:` line)."""
-    from hf_smoe.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            code = main([str(arg) for arg in argv])
-        except SystemExit as exit:
-            code = exit.code
-    return CliResult(code, stdout.getvalue(), stderr.getvalue())
-
-
 def embed(path, *extra):
     """`smoe embed` on the file `path(tmp_path)` writes, with a tiny saved backbone that the error comes before."""
     def run(tmp_path):
         dataset = path(tmp_path)  # written first: the backbone is built only if the data is read
-        return cli("embed", "--dataset", dataset, "--backbone", tiny_backbone(tmp_path), "--cache-dir",
+        return run_cli("embed", "--dataset", dataset, "--backbone", tiny_backbone(tmp_path), "--cache-dir",
                    tmp_path / "cache", *extra)
     return run
 
@@ -255,7 +240,7 @@ def embed_webgpt_with_nan(tmp_path):
     records = webgpt_records(6)
     records[0]["score"] = [NAN, 0.5]
     path = parquet(tmp_path / "webgpt.parquet", records)
-    return cli("embed", "--dataset", path, "--format", "webgpt", "--backbone", tiny_backbone(tmp_path),
+    return run_cli("embed", "--dataset", path, "--format", "webgpt", "--backbone", tiny_backbone(tmp_path),
                    "--cache-dir", tmp_path / "cache", "--max-length", 64)
 
 
@@ -427,8 +412,8 @@ CASES = [
 
     # Through the CLI: one line, exit 2, before the backbone is loaded.
     Case("cli corrupt jsonl line", "error", "line 3 is not valid JSON", run=embed(with_corrupt_line)),
-    Case("cli max-pairs -5", "error", "must be >= 1", run=embed(corrupt_jsonl, "--max-pairs", "-5")),
-    Case("cli max-pairs 0", "error", "must be >= 1", run=embed(corrupt_jsonl, "--max-pairs", "0")),
+    Case("cli max-pairs -5", "error", "must be an integer >= 1", run=embed(corrupt_jsonl, "--max-pairs", "-5")),
+    Case("cli max-pairs 0", "error", "must be an integer >= 1", run=embed(corrupt_jsonl, "--max-pairs", "0")),
     Case("cli truncated jsonl.gz", "error", "the gzip data is corrupt or cut off", run=embed(truncated_gz)),
     Case("cli every pair dropped", "error", "no usable pair", run=embed(webgpt_all_ties)),
     Case("cli tool role", "error", "field 'prompt[1].role' must be one of system, user, assistant, got 'tool'",
