@@ -4,7 +4,6 @@ import json
 import warnings
 from pathlib import Path
 
-import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .backbones import check_model_source, loading
@@ -12,7 +11,7 @@ from .data import load_pairs, split_pairs
 from .features import EmbeddingCache
 from .modeling.configuration_smoe import InputError, SMoERewardConfig
 from .distributed import pick_device
-from .pipeline import category_metrics, has_categories, save_run
+from .pipeline import category_metrics, has_categories, non_finite_parameters, save_run
 from .training import as_training_features, behaviour_metrics, head_outputs, loss_weights
 
 
@@ -28,7 +27,7 @@ def load_checkpoint(checkpoint):
                              f"{config.model_type!r}); train one with `smoe train`.")
         model = AutoModel.from_pretrained(source, config=config).to(pick_device()).eval()
         tokenizer = AutoTokenizer.from_pretrained(source)
-    broken = [name for name, parameter in model.named_parameters() if not torch.isfinite(parameter).all()]
+    broken = non_finite_parameters(model)
     if broken:
         raise InputError(f"checkpoint: {checkpoint} holds NaN or infinite weights ({', '.join(broken[:3])}"
                          f"{', ...' if len(broken) > 3 else ''}); the file is damaged or its training diverged: "

@@ -221,9 +221,14 @@ def remove_cut_checkpoints(folder) -> None:
             shutil.rmtree(path)
 
 
+def non_finite_parameters(module) -> list:
+    """Names of `module`'s parameters that hold NaN or inf."""
+    return [name for name, parameter in module.named_parameters() if not torch.isfinite(parameter).all()]
+
+
 def check_finite_head(model) -> None:
     """A head whose weights hold NaN or inf scores nothing: refused before it can be saved."""
-    broken = [name for name, parameter in model.head.named_parameters() if not torch.isfinite(parameter).all()]
+    broken = non_finite_parameters(model.head)
     if broken:
         weights = ", ".join(f"{name}={model.config.to_dict()[name]}" for name in LAMBDA_NAMES)
         raise InputError(f"training diverged: the head's weights {broken[:3]} hold NaN or inf (loss weights "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .distributed import gather_with_grad, is_distributed, launched_processes
+from .distributed import gather_with_grad, launched_processes
 from .encoding import encode_pair
 from .losses import moe_preference_loss
 from .metrics import (COLLAPSED_BELOW_GLOBAL_ENTROPY, expert_correlation, global_entropy, pairwise_accuracy,
@@ -187,7 +187,7 @@ class SMoETrainer(Trainer):
         """The objective on this process's pairs, its batch-level terms on the global batch (gathered with their
         gradients when several processes train: DDP then averages gradients into exactly one process's)."""
         outputs = head_outputs_of_batch(model, inputs)
-        global_batch = tuple(gather_with_grad(t) for t in outputs) if is_distributed() else None
+        global_batch = tuple(gather_with_grad(t) for t in outputs)  # the tensors themselves in one process
         terms = moe_preference_loss(*outputs, **self.lambdas, global_batch=global_batch)
         for name, value in terms.items():
             if name != "loss":
