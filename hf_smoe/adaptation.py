@@ -10,10 +10,10 @@ import math
 
 import torch
 
+from .features import FEATURE_COLUMNS, as_training_features
 from .losses import expert_losses
 from .metrics import pairwise_accuracy
 from .modeling.modeling_smoe import mixture_reward
-from .training import FEATURE_COLUMNS, as_training_features
 from .modeling.configuration_smoe import InputError
 
 

@@ -20,19 +20,18 @@ from pathlib import Path
 import torch
 from datasets import load_from_disk
 
-from .backbones import default_generator_path, is_default_backbone
 from .encoding import encode_batch, encode_pair
-from .features import EmbeddingCache, compute_dtype, shard_damage
+from .evaluation import behaviour_metrics, head_outputs
+from .features import EmbeddingCache, as_training_features, compute_dtype, shard_damage
 from .generators import LocalGenerator, fast_dtype
 from .interpret import judge_prompt, prompt_text
+from .loading import default_generator_path, is_default_backbone, load_backbone_model, pick_device
+from .losses import loss_weights
 from .modeling.configuration_smoe import InputError
-from .outputs import write_text_atomic
-from .distributed import pick_device
-from .pipeline import load_backbone_model, run_command
+from .outputs import run_command, write_text_atomic
 from .routers import score_users
 from .synthetic import generate_preference_set
-from .training import (PairCollator, SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics,
-                       head_outputs, loss_weights, tokenize_pairs)
+from .training import PairCollator, SMoETrainer, SMoETrainingArguments, tokenize_pairs
 
 
 def machine() -> str:

@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .backbones import DEFAULT_BACKBONE, first_line
+from .loading import DEFAULT_BACKBONE, first_line
 from .modeling.configuration_smoe import InputError
 
 
@@ -155,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="table4, fig6: test prompts judged per expert from its top 10%% and from the rest "
                                 "(App. A: 100)")
     reproduce.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    reproduce.add_argument("--data-root", default="../shared/data", help="folder with hh-rlhf/ and dsp/")
+    reproduce.add_argument("--data-root", default=None,
+                           help="folder with hh-rlhf/, dsp/ and webgpt/ (default: $HF_SMOE_DATA; required for "
+                                "every experiment but table1 --datasets demo)")
     reproduce.add_argument("--cache-dir", default=None)
     reproduce.add_argument("--output-dir", default=None, help="default: outputs/reproduce/EXPERIMENT")
 
@@ -221,7 +223,7 @@ def run(args) -> None:
     elif args.command == "embed":
         from .data import load_pairs
         from .features import EmbeddingCache
-        from .pipeline import load_backbone_model
+        from .loading import load_backbone_model
 
         pairs = load_pairs(args.dataset, args.format, max_pairs=args.max_pairs, seed=args.seed)
         model, tokenizer = load_backbone_model(args.backbone, "sparse", None, args.seed)
@@ -229,7 +231,7 @@ def run(args) -> None:
         cache.pair_features(pairs)
         print(f"{len(pairs)} pairs cached in {cache.directory}")
     elif args.command == "train":
-        from .pipeline import train_reward_model
+        from .training_job import train_reward_model
 
         data, model, training = parse_train_arguments(args.train_argv)
         results = train_reward_model(data, model, training)
@@ -261,11 +263,13 @@ def run(args) -> None:
         print(expert_table_markdown(result))
         print(f"Written to {Path(args.output_dir or args.checkpoint) / 'interpretation.json'} and interpretation.md")
     elif args.command == "reproduce":
-        from .experiments import reproduce_fig2, reproduce_personalization, reproduce_table1, reproduce_table8
+        from .experiments import (reproduce_fig2, reproduce_personalization, reproduce_table1, reproduce_table8,
+                                  resolve_data_root)
 
         sizes = parse_sizes(args.size)
+        only_generated = bool(args.datasets) and set(args.datasets) == {"demo"}  # the demo set needs no files
         options = {"backbone": args.backbone, "epochs": args.epochs, "cache_dir": args.cache_dir,
-                   "data_root": Path(args.data_root),
+                   "data_root": None if only_generated else resolve_data_root(args.data_root),
                    "output_dir": args.output_dir or f"outputs/reproduce/{args.experiment}"}
         if args.experiment == "table1":
             if "general" in (args.datasets or ()):
@@ -300,7 +304,7 @@ def run(args) -> None:
             reproduce_table8(dataset=dataset, seeds=tuple(args.seeds or (0,)), size=sizes.get(dataset), **options)
         print(f"Written to {options['output_dir']}/")
     elif args.command == "steer":
-        from .evaluation import load_checkpoint
+        from .loading import load_checkpoint
         from .steering import steer_responses
 
         model, tokenizer = load_checkpoint(args.checkpoint)
@@ -347,7 +351,7 @@ def train_parser():
     killed run resumes."""
     from transformers import HfArgumentParser
 
-    from .pipeline import DataArguments, ModelArguments
+    from .training_job import DataArguments, ModelArguments
     from .training import SMoETrainingArguments
 
     parser = HfArgumentParser((DataArguments, ModelArguments, SMoETrainingArguments), prog="smoe train",

@@ -11,10 +11,10 @@ import shutil
 import time
 from pathlib import Path
 
-from .backbones import DEFAULT_BACKBONE, DEFAULT_BACKBONE_HUB_ID, default_backbone_path
 from .hub import write_model_card
-from .pipeline import cached_features, load_frozen_backbone, save_checkpoint, save_run, split_for_training, train_preset
-from .outputs import RUN_RECORD, check_output_dir, publish, staging_dir
+from .loading import DEFAULT_BACKBONE, DEFAULT_BACKBONE_HUB_ID, default_backbone_path, load_frozen_backbone
+from .outputs import RUN_RECORD, check_output_dir, publish, save_run, staging_dir
+from .training_job import cached_features, save_checkpoint, split_for_training, train_preset
 from .synthetic import generate_preference_set
 
 PRESETS = ("single", "vanilla", "micro", "sparse")
@@ -78,6 +78,6 @@ def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, n
     print(f"\nDone in {time.time() - started:.0f} s. The sparse checkpoint, its model card and results.json are in "
           f"{output}/.\nNext:\n"
           f"  AutoModel.from_pretrained({str(output)!r}, trust_remote_code=True)   # load it anywhere\n"
-          "  smoe train --dataset ../shared/data/hh-rlhf/helpful-base.test.jsonl.gz --output-dir outputs/hh\n"
+          "  smoe train --dataset YOUR_PAIRS.jsonl_OR_HUB_ID --output_dir outputs/my-rm   # your preference data\n"
           "  smoe --help")
     return results

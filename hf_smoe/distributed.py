@@ -19,11 +19,6 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def pick_device() -> torch.device:
-    """This process's device: CUDA (its local GPU) when there is one, else CPU."""
-    return state().device
-
-
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -1,38 +1,110 @@
-"""`smoe eval`: every paper metric the data allows, for a saved checkpoint, computed on cached features."""
+"""Evaluation, in one place: a head's outputs on cached features and the paper's metrics over a whole set.
+
+`behaviour_metrics` (every loss term, accuracy, routing entropy, global entropy, expert correlation) is what the
+Trainer's `compute_metrics` returns on the gathered evaluation set, what a finished training run reports on test,
+and what `smoe eval` reports for a checkpoint; `category_metrics` adds coverage, purity and specialization (App. A)
+when the data has categories.
+"""
 
 import json
 import warnings
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+import torch
 
-from .backbones import check_model_source, loading
 from .data import load_pairs, split_pairs
-from .features import EmbeddingCache
-from .modeling.configuration_smoe import InputError, SMoERewardConfig
-from .distributed import pick_device
-from .pipeline import category_metrics, has_categories, non_finite_parameters, save_run
-from .training import as_training_features, behaviour_metrics, head_outputs, loss_weights
+from .features import FEATURE_COLUMNS, EmbeddingCache, as_training_features
+from .loading import load_checkpoint
+from .losses import loss_weights, moe_preference_loss
+from .metrics import (category_coverage, expert_category_labels, expert_correlation, expert_purity,
+                      expert_specialization, expert_specialization_top, global_entropy, pairwise_accuracy,
+                      routing_entropy)
+from .modeling.configuration_smoe import InputError
+from .modeling.modeling_smoe import mixture_reward
+from .outputs import save_run
 
 
-def load_checkpoint(checkpoint):
-    """(model in eval mode on the best device, tokenizer) of an hf_smoe checkpoint folder or Hub id. A foreign
-    checkpoint is refused from its config, before any weights load; a damaged one (unreadable, or weights that are
-    not finite numbers) is refused before it can score anything."""
-    source = check_model_source("checkpoint", checkpoint)
-    with loading("checkpoint", checkpoint):
-        config = AutoConfig.from_pretrained(source)
-        if config.model_type != SMoERewardConfig.model_type:
-            raise InputError(f"checkpoint: {checkpoint} is not an hf_smoe reward model (model_type "
-                             f"{config.model_type!r}); train one with `smoe train`.")
-        model = AutoModel.from_pretrained(source, config=config).to(pick_device()).eval()
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    broken = non_finite_parameters(model)
-    if broken:
-        raise InputError(f"checkpoint: {checkpoint} holds NaN or infinite weights ({', '.join(broken[:3])}"
-                         f"{', ...' if len(broken) > 3 else ''}); the file is damaged or its training diverged: "
-                         "restore or retrain it.")
-    return model, tokenizer
+@torch.no_grad()
+def head_outputs(head, features, batch_size: int = 4096) -> dict:
+    """Routing weights and per-expert rewards of every pair in `features`, in eval mode, read `batch_size` pairs at
+    a time (only the K-wide outputs of the whole set are held)."""
+    was_training = head.training
+    head.eval()
+    device = next(head.parameters()).device
+    parts = {"routing_weights": [], "chosen_expert_rewards": [], "rejected_expert_rewards": []}
+    for start in range(0, len(features), batch_size):
+        batch = features[start:start + batch_size]
+        columns = {name: batch[name].to(device) for name in FEATURE_COLUMNS}
+        parts["routing_weights"].append(head.router(columns["prompt_embedding"]))
+        parts["chosen_expert_rewards"].append(head.experts(columns["chosen_embedding"]))
+        parts["rejected_expert_rewards"].append(head.experts(columns["rejected_embedding"]))
+    head.train(was_training)
+    num_experts = head.experts.out_features
+    return {name: torch.cat(values) if values else torch.empty(0, num_experts, device=device)
+            for name, values in parts.items()}
+
+
+def behaviour_metrics(outputs: dict, lambdas: dict) -> dict:
+    """Every loss term plus accuracy, routing entropy, global entropy and expert correlation, as floats."""
+    routing, chosen, rejected = (outputs["routing_weights"], outputs["chosen_expert_rewards"],
+                                 outputs["rejected_expert_rewards"])
+    terms = moe_preference_loss(routing, chosen, rejected, **lambdas)
+    metrics = {name: value.item() for name, value in terms.items()}
+    metrics.update(
+        accuracy=pairwise_accuracy(mixture_reward(routing, chosen), mixture_reward(routing, rejected)).item(),
+        routing_entropy=routing_entropy(routing).item(),
+        global_entropy=global_entropy(routing).item(),
+        expert_correlation=expert_correlation(chosen, rejected).item(),
+    )
+    return metrics
+
+
+def has_categories(pairs) -> bool:
+    """Whether category recovery can be measured: every pair has a category and there are at least two (with one,
+    coverage and purity would be 1.0 whatever the router does)."""
+    return "category" in pairs.column_names and None not in pairs["category"] and len(set(pairs["category"])) > 1
+
+
+def category_metrics(model_head, validation, test) -> dict:
+    """Category coverage, expert purity and expert specialization (App. A, Eq. 11-12): experts are labelled on
+    validation, measured on test. Also the test accuracy within each category (the paper's Table 9)."""
+    names = sorted(set(validation["category"]) | set(test["category"]))
+    if len(names) < 2:
+        raise InputError(f"category: coverage and purity need at least two categories, the data has {names}.")
+    if len(validation) == 0 or len(test) == 0:
+        raise InputError("category: experts are labelled on one split and measured on another; both need pairs.")
+    codes = {name: i for i, name in enumerate(names)}
+    val_categories = torch.tensor([codes[c] for c in validation["category"]])
+    test_categories = torch.tensor([codes[c] for c in test["category"]])
+    val_routing = head_outputs(model_head, as_training_features(validation))["routing_weights"].cpu()
+    test_outputs = {k: v.cpu() for k, v in head_outputs(model_head, as_training_features(test)).items()}
+    labels = expert_category_labels(val_routing, val_categories, len(names))
+    chosen, rejected = test_outputs["chosen_expert_rewards"], test_outputs["rejected_expert_rewards"]
+    return {"category_coverage": category_coverage(labels, len(names)).item(),
+            "expert_purity": expert_purity(test_outputs["routing_weights"], test_categories, labels).item(),
+            "expert_specialization": expert_specialization(chosen, rejected, test_categories, labels,
+                                                           len(names)).item(),
+            "expert_specialization_top10": expert_specialization_top(chosen, rejected,
+                                                                     test_outputs["routing_weights"]).item(),
+            "expert_categories": [names[i] for i in labels.tolist()],
+            "accuracy_by_category": accuracy_by_category(test_outputs, test_categories, names)}
+
+
+def accuracy_by_category(outputs: dict, categories: torch.Tensor, names: list) -> dict:
+    """Pairwise accuracy of the mixture reward within each category present."""
+    chosen, rejected = (mixture_reward(outputs["routing_weights"], outputs[f"{side}_expert_rewards"]).squeeze(-1)
+                        for side in ("chosen", "rejected"))
+    return {name: pairwise_accuracy(chosen[categories == code], rejected[categories == code]).item()
+            for code, name in enumerate(names) if (categories == code).any()}
+
+
+def evaluate_head(model, features) -> dict:
+    """Test metrics of a trained head, with category recovery when the data has categories."""
+    test = as_training_features(features["test"])
+    metrics = behaviour_metrics(head_outputs(model.head, test), loss_weights(model.config))
+    if has_categories(features["test"]):
+        metrics.update(category_metrics(model.head, features["validation"], features["test"]))
+    return metrics
 
 
 def evaluate_checkpoint(checkpoint, dataset, *, format=None, split="test", max_pairs=None, seed=0, cache_dir=None,

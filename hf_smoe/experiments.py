@@ -9,6 +9,7 @@ row reads the same cached backbone features and uses the same Trainer settings; 
 JSON beside the exact command that produced them.
 """
 
+import os
 import random
 import statistics
 import time
@@ -19,22 +20,23 @@ import torch
 from datasets import Dataset, concatenate_datasets
 
 from .adaptation import expert_rewards_of, routed_accuracy
-from .backbones import DEFAULT_BACKBONE
 from .data import DSP_CRITERIA, dirichlet_users, load_pairs
+from .evaluation import head_outputs
+from .features import as_training_features
 from .generators import load_describer_and_judge
 from .interpret import (SAMPLES_PER_STRATUM, distinct_prompts, expert_table_markdown, interpret_head,
                         judge_agreement, routing_by_prompt, score_descriptions)
 from .metrics import expert_category_labels, routing_diagnosis
 from .personalization import adapt_router
-from .pipeline import (cached_features, load_frozen_backbone, run_command, save_checkpoint, save_run,
-                       split_for_training, train_preset)
+from .loading import DEFAULT_BACKBONE, load_frozen_backbone
+from .outputs import run_command, save_run
+from .training_job import cached_features, save_checkpoint, split_for_training, train_preset
 from .plots import plot_flip_rates, plot_gains, plot_interpretability_vs_experts, plot_routing_heatmap
 from .steering import STEERING_WEIGHTS, random_target_report, steering_report, target_experts
 from .synthetic import generate_preference_set
-from .training import as_training_features, head_outputs
 from .modeling.configuration_smoe import InputError
 
-DATA_ROOT = Path("../shared/data")  # the shared data folder beside the project root (see --data-root)
+DATA_ROOT_VARIABLE = "HF_SMOE_DATA"  # where the reproductions read HH-RLHF, DSP and WebGPT when --data-root is not given
 PRESETS = ("single", "vanilla", "micro", "sparse")
 # Labelling experts on the 50 top validation examples and measuring purity on the 50 top test examples (App. A)
 # needs >= 50 examples of each category in both splits, so the reproductions hold out 20% + 20% of prompts.
@@ -79,32 +81,48 @@ def reproduction_data(name: str, size: int | None = None, **changes) -> Reproduc
     return replace(DATASETS[name], **({"size": size} if size else {}), **changes)
 
 
-def hh_mixture(size: int, seed: int = 0, data_root: Path = DATA_ROOT):
+def resolve_data_root(data_root=None) -> Path:
+    """The folder holding the reproductions' public data (`hh-rlhf/`, `dsp/`, `webgpt/`, see the shared data
+    README): `data_root` (`--data-root`), else `$HF_SMOE_DATA`. The package carries no default: where the data lives
+    is the user's to say."""
+    root = data_root or os.environ.get(DATA_ROOT_VARIABLE)
+    if not root:
+        raise InputError(f"data_root: the reproductions read HH-RLHF, DSP and WebGPT from a folder; pass --data-root "
+                         f"DIR or set {DATA_ROOT_VARIABLE}=DIR (the folder holding hh-rlhf/, dsp/ and webgpt/).")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InputError(f"data_root: no such folder {root}; pass --data-root DIR or set {DATA_ROOT_VARIABLE}=DIR.")
+    return root
+
+
+def hh_mixture(size: int, seed: int = 0, data_root=None):
     """`size` random pairs from each of HH helpful-base and harmless-base, with the subset as category."""
+    data_root = resolve_data_root(data_root)
     subsets = [load_pairs(data_root / "hh-rlhf" / f"{subset}-base.test.jsonl.gz", "hh-rlhf", max_pairs=size,
                           seed=seed, category=subset) for subset in ("helpful", "harmless")]
     return concatenate_datasets(subsets)
 
 
-def dsp_with_criterion(size: int, seed: int = 0, data_root: Path = DATA_ROOT):
+def dsp_with_criterion(size: int, seed: int = 0, data_root=None):
     """Every pair of `size` random DSP queries, criterion appended, plus a `query` column (the prompt without the
     criterion) so that a query's four domains stay in one split."""
-    path = data_root / "dsp" / "domain_specific_preference.test.json"
+    path = resolve_data_root(data_root) / "dsp" / "domain_specific_preference.test.json"
     queries = [prompt[-1]["content"] for prompt in load_pairs(path, "dsp", append_criterion=False)["prompt"]]
     kept = set(random.Random(seed).sample(sorted(set(queries)), size))
     pairs = load_pairs(path, "dsp").select([row for row, query in enumerate(queries) if query in kept])
     return pairs.add_column("query", [query for query in queries if query in kept])
 
 
-def general_mixture(hh_size: int = 700, webgpt_size: int = 300, seed: int = 0, data_root: Path = DATA_ROOT):
+def general_mixture(hh_size: int = 700, webgpt_size: int = 300, seed: int = 0, data_root=None):
     """The personalization experiments' general training data (Table 5): HH helpful + harmless and WebGPT, each pair
     with its source as category (never an input)."""
+    data_root = resolve_data_root(data_root)
     webgpt = load_pairs(data_root / "webgpt" / "webgpt.test.json", "webgpt", max_pairs=webgpt_size, seed=seed,
                         category="webgpt")
     return concatenate_datasets([hh_mixture(hh_size, seed, data_root), webgpt])
 
 
-def load_reproduction_pairs(data: ReproductionData, seed: int = 0, data_root: Path = DATA_ROOT):
+def load_reproduction_pairs(data: ReproductionData, seed: int = 0, data_root=None):
     if data.name == "hh":
         return hh_mixture(data.size, seed, data_root)
     if data.name == "dsp":
@@ -112,7 +130,7 @@ def load_reproduction_pairs(data: ReproductionData, seed: int = 0, data_root: Pa
     return generate_preference_set(num_prompts=data.size, seed=seed)
 
 
-def prepare(data: ReproductionData, backbone, tokenizer, *, cache_dir=None, data_root: Path = DATA_ROOT):
+def prepare(data: ReproductionData, backbone, tokenizer, *, cache_dir=None, data_root=None):
     """The dataset's pairs split by `group_by` (seed 0: the split is fixed across seeds, so the spread over seeds
     is the training's) and the cached features of each split."""
     pairs = load_reproduction_pairs(data, 0, data_root)
@@ -221,7 +239,7 @@ def without_test(splits: dict) -> dict:
 
 
 def reproduce_table1(datasets=tuple(DATASETS), seeds=(0, 1, 2), output_dir="outputs/reproduce/table1",
-                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, cache_dir=None, data_root=DATA_ROOT,
+                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, cache_dir=None, data_root=None,
                      sizes: dict | None = None, measure_on: str = "test") -> dict:
     """Table 1 (category recovery) for `single`, `vanilla`, `micro` and `sparse` on each dataset, mean ± std over
     `seeds`; experts are labelled on the 50 top validation examples and scored on test (App. A). Writes
@@ -289,7 +307,7 @@ def table8_markdown(rows: list, dataset: str) -> str:
 
 
 def reproduce_table8(dataset: str = "hh", seeds=(0,), output_dir="outputs/reproduce/table8",
-                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, cache_dir=None, data_root=DATA_ROOT,
+                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, cache_dir=None, data_root=None,
                      size: int | None = None, grid=LAMBDA_GRID) -> list:
     """Table 8 (App. C): the sparse preset for every (λ_ls, λ_gb, λ_div) of `grid`, everything else fixed, with
     SPEC 7's collapse diagnosis of each row. Writes table8.md and results.json to `output_dir`."""
@@ -348,7 +366,7 @@ def dsp_user_pairs(pairs, users: dict):
 
 
 def reproduce_fig2(seeds=(0, 1, 2), output_dir="outputs/reproduce/fig2", backbone=DEFAULT_BACKBONE,
-                   epochs: float = 3.0, cache_dir=None, data_root=DATA_ROOT, size: int | None = None,
+                   epochs: float = 3.0, cache_dir=None, data_root=None, size: int | None = None,
                    num_experts: int = 10) -> dict:
     """Fig. 2 (attribute steering, §5.2) on DSP: train attribute-conditioned (criterion appended), choose each
     domain's target expert from the top-100 validation examples, then on test pairs *without* the criterion set the
@@ -421,7 +439,7 @@ PERSONALIZATION_ROWS = (("single", "single", None, {}), ("HyRe", "static", "hyre
 PERSONALIZATION_EXPERTS = 20
 
 
-def personalization_data(backbone, tokenizer, *, cache_dir=None, data_root=DATA_ROOT, dsp_queries: int = 150,
+def personalization_data(backbone, tokenizer, *, cache_dir=None, data_root=None, dsp_queries: int = 150,
                          general_sizes: tuple = (700, 300), users: dict | None = None):
     """(splits, features) of the general training mixture (split by prompt), and features of DSP without the
     criterion, split by query: adaptation pairs are drawn from the train + validation queries, accuracy is measured
@@ -438,7 +456,7 @@ def personalization_data(backbone, tokenizer, *, cache_dir=None, data_root=DATA_
                                                        max_length=DATASETS["dsp"].max_length))
 
 
-def general_data(backbone, tokenizer, *, cache_dir=None, data_root=DATA_ROOT, sizes: tuple = (700, 300)):
+def general_data(backbone, tokenizer, *, cache_dir=None, data_root=None, sizes: tuple = (700, 300)):
     """(splits, features) of the general mixture (`general_mixture(*sizes)`, split by prompt 80/10/10, seed 0): the
     paper's real-world setting for personalization and interpretability (§6). HH and DSP share a max length
     (Table 1), so their cached features are reused."""
@@ -474,7 +492,7 @@ def adapt_per_domain(model, method, targets: dict, n_values, adaptation_sets: in
 def reproduce_personalization(n_values=(50,), seeds=(0, 1, 2), adaptation_sets: int = 3,
                               num_experts: int = PERSONALIZATION_EXPERTS,
                               output_dir="outputs/reproduce/table5", backbone=DEFAULT_BACKBONE, epochs: float = 3.0,
-                              cache_dir=None, data_root=DATA_ROOT, dsp_queries: int = 150,
+                              cache_dir=None, data_root=None, dsp_queries: int = 150,
                               general_sizes: tuple = (700, 300), num_users: int | None = None,
                               alpha: float = 0.3) -> dict:
     """Table 5 / 12 (n = 50) and Fig. 8 (several n): train every row on the general mixture, adapt its router to
@@ -599,7 +617,7 @@ DSP_DESCRIPTIONS = {"academy": "asks for a response in an academic, scholarly st
                     "literature": "asks for a response in a literary, artistic style"}
 
 
-def interpretation_setting(name: str, backbone, tokenizer, *, cache_dir=None, data_root=DATA_ROOT,
+def interpretation_setting(name: str, backbone, tokenizer, *, cache_dir=None, data_root=None,
                            general_sizes: tuple = (700, 300), dsp_queries: int | None = None):
     """(splits, features, K, sparse config overrides) of one Table 4 dataset."""
     if name == "general":
@@ -635,7 +653,7 @@ def oracle_fidelity(head, describing, measuring, judge, descriptions: dict, seed
 
 def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=(0, 1, 2), generator: str = "local",
                      generator_model=None, judge=None, judge_model=None, output_dir="outputs/reproduce/table4",
-                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, cache_dir=None, data_root=DATA_ROOT,
+                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, cache_dir=None, data_root=None,
                      generation_cache=None, per_stratum: int = SAMPLES_PER_STRATUM, general_sizes: tuple = (700, 300),
                      dsp_queries: int | None = None, num_experts: int | None = None) -> dict:
     """Table 4 (§6.1): accuracy, description fidelity and top-10% expert specialization of single / vanilla / MiCRo /
@@ -732,7 +750,7 @@ FIG6_EXPERTS = (10, 20, 30, 40, 50)
 
 def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", generator_model=None, judge=None,
                    judge_model=None, output_dir="outputs/reproduce/fig6", backbone=DEFAULT_BACKBONE,
-                   epochs: float = 3.0, cache_dir=None, data_root=DATA_ROOT, generation_cache=None,
+                   epochs: float = 3.0, cache_dir=None, data_root=None, generation_cache=None,
                    per_stratum: int = SAMPLES_PER_STRATUM, general_sizes: tuple = (700, 300)) -> dict:
     """Fig. 6 (App. B): the sparse model on the general mixture (λ_gb = 1.0) for each K, its description fidelity
     and top-10% expert specialization against K. Writes fig6.md, fig6.png and results.json."""

@@ -26,12 +26,13 @@ import datasets as datasets_progress  # its progress-bar switches
 from datasets import Dataset, concatenate_datasets, load_from_disk
 from tqdm.auto import tqdm
 
-from .backbones import cache_root
 from .data import PAIR_METADATA
 from .distributed import state
 from .encoding import as_messages, encode_pair
+from .loading import cache_root
 from .modeling.configuration_smoe import InputError
 
+FEATURE_COLUMNS = ("prompt_embedding", "chosen_embedding", "rejected_embedding")  # a pair's three vectors
 CACHE_FORMAT_VERSION = 2  # 2: shards carry a checksum manifest; weights digest over every byte
 MANIFEST = "checksums.json"
 SHARD_NAME = re.compile(r"shard-(\d+)")
@@ -332,6 +333,15 @@ class EmbeddingCache:
         for folder, _ in damaged:
             self._verified.discard(folder.name)
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def as_training_features(features):
+    """The pair-feature columns the trainer reads, as torch tensors."""
+    missing = [name for name in FEATURE_COLUMNS if name not in features.column_names]
+    if missing:
+        raise InputError(f"train_dataset: missing feature columns {missing}; build it with "
+                         "EmbeddingCache.pair_features.")
+    return features.select_columns(list(FEATURE_COLUMNS)).with_format("torch")
 
 
 def _process_alive(pid: int) -> bool:

@@ -20,9 +20,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .backbones import cache_root, check_model_source, default_generator_path, loading
 from .features import weights_digest
-from .distributed import pick_device
+from .loading import cache_root, check_model_source, default_generator_path, loading, pick_device
 from .modeling.configuration_smoe import InputError
 
 # Surface forms of the two answers whose next-token probabilities are pooled: small models often write "Yes" or

@@ -17,7 +17,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoTokenizer
 
-from .backbones import cache_root, first_line
+from .loading import cache_root, first_line
 from .modeling.configuration_smoe import InputError, LAMBDA_NAMES, SMoERewardConfig
 from .outputs import write_text_atomic
 

@@ -18,16 +18,15 @@ import torch
 
 from .data import load_pairs
 from .encoding import as_messages
-from .evaluation import load_checkpoint, prompt_halves
-from .features import EmbeddingCache
+from .evaluation import head_outputs, prompt_halves
+from .features import EmbeddingCache, as_training_features
 from .generators import TextGenerator, load_describer_and_judge
 from .hub import is_hub_id, write_expert_table
+from .loading import load_checkpoint
 from .metrics import (description_fidelity, expert_specialization_top, pairwise_accuracy, top_examples,
                       top_percent_count)
 from .modeling.modeling_smoe import mixture_reward
-from .outputs import check_output_file, write_text_atomic
-from .pipeline import run_command, save_run
-from .training import as_training_features, head_outputs
+from .outputs import check_output_file, run_command, save_run, write_text_atomic
 from .modeling.configuration_smoe import InputError
 
 # Fig. 4, word for word; the paper prints it as running text, the line breaks here restore its sections.

@@ -87,6 +87,11 @@ def preset_lambdas(preset: str) -> dict:
     return {name: PRESETS[preset][name] for name in LAMBDA_NAMES}
 
 
+def loss_weights(config) -> dict:
+    """The objective's weights (lambda_local, lambda_global, lambda_div, lambda_uniform) of a model config."""
+    return {name: getattr(config, name) for name in LAMBDA_NAMES}
+
+
 def moe_preference_loss(routing_weights, chosen_rewards, rejected_rewards, *, lambda_local, lambda_global,
                         lambda_div, lambda_uniform=0.0, global_batch: tuple | None = None) -> dict:
     """Eq. 7 (plus MiCRo's prior): L = L_RM + l_ls L_ls + l_gb L_gb + l_div L_div + l_uniform L_uniform.

@@ -9,9 +9,16 @@ name and renamed (`write_text_atomic`).
 
 import json
 import os
+import platform
 import shutil
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
+import torch
+import transformers
+
+from . import __version__
 from .modeling.configuration_smoe import InputError, SMoERewardConfig
 
 RUN_RECORD = "results.json"  # what `save_run` writes last into every folder a command fills
@@ -99,3 +106,18 @@ def write_text_atomic(path, text: str) -> Path:
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def run_command() -> str:
+    """The command line that started this process, as the user typed it (`smoe ...` for the console script)."""
+    program = "smoe" if Path(sys.argv[0]).name == "smoe" else sys.argv[0]
+    return " ".join([program, *sys.argv[1:]])
+
+
+def save_run(output_dir: Path, job, results, filename: str = "results.json") -> None:
+    """The exact command, the job and the environment beside the results (`output_dir/filename`)."""
+    record = {"command": run_command(), "job": job if isinstance(job, dict) else asdict(job),
+              "versions": {"hf_smoe": __version__, "transformers": transformers.__version__,
+                           "torch": torch.__version__, "python": platform.python_version()},
+              "results": results}
+    write_text_atomic(output_dir / filename, json.dumps(record, indent=2, default=str))

@@ -6,11 +6,10 @@ router's metadata.
 """
 
 import random
-from pathlib import Path
 
 from .adaptation import expert_rewards_of, hedge_adapt, hyre_weights, routed_accuracy
 from .data import load_pairs
-from .evaluation import load_checkpoint
+from .loading import load_checkpoint
 from .features import EmbeddingCache
 from .plots import plot_weight_shift
 from .outputs import check_output_file

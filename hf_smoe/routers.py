@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers.activations import ACT2FN
 
-from .backbones import first_line
+from .loading import first_line
 from .modeling.configuration_smoe import InputError
 from .modeling.modeling_smoe import SMoERouter, SMoEStaticRouter
 

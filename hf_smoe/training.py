@@ -15,13 +15,11 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .distributed import gather_with_grad, launched_processes
 from .encoding import encode_pair
-from .losses import moe_preference_loss
-from .metrics import (COLLAPSED_BELOW_GLOBAL_ENTROPY, expert_correlation, global_entropy, pairwise_accuracy,
-                      routing_entropy)
-from .modeling.configuration_smoe import InputError, LAMBDA_NAMES
-from .modeling.modeling_smoe import mixture_reward
+from .evaluation import behaviour_metrics
+from .features import as_training_features
+from .losses import loss_weights, moe_preference_loss
+from .metrics import COLLAPSED_BELOW_GLOBAL_ENTROPY
 
-FEATURE_COLUMNS = ("prompt_embedding", "chosen_embedding", "rejected_embedding")
 SIDES = ("chosen", "rejected")
 
 
@@ -101,50 +99,6 @@ def pair_representations(model, inputs):
                               inputs[f"{side}_prompt_lengths"]) for side in SIDES]
     dtype = model.head.experts.weight.dtype
     return embeddings[0][0].to(dtype), embeddings[0][1].to(dtype), embeddings[1][1].to(dtype)
-
-
-def loss_weights(config) -> dict:
-    """The objective's weights (lambda_local, lambda_global, lambda_div, lambda_uniform) of a model config."""
-    return {name: getattr(config, name) for name in LAMBDA_NAMES}
-
-
-def as_training_features(features):
-    """The pair-feature columns the trainer reads, as torch tensors."""
-    missing = [name for name in FEATURE_COLUMNS if name not in features.column_names]
-    if missing:
-        raise InputError(f"train_dataset: missing feature columns {missing}; build it with "
-                         "EmbeddingCache.pair_features.")
-    return features.select_columns(list(FEATURE_COLUMNS)).with_format("torch")
-
-
-@torch.no_grad()
-def head_outputs(head, features) -> dict:
-    """Routing weights and per-expert rewards of every pair in `features`, in eval mode."""
-    was_training = head.training
-    head.eval()
-    device = next(head.parameters()).device
-    everything = features[:]  # one dict of stacked tensors
-    columns = {name: everything[name].to(device) for name in FEATURE_COLUMNS}
-    outputs = {"routing_weights": head.router(columns["prompt_embedding"]),
-               "chosen_expert_rewards": head.experts(columns["chosen_embedding"]),
-               "rejected_expert_rewards": head.experts(columns["rejected_embedding"])}
-    head.train(was_training)
-    return outputs
-
-
-def behaviour_metrics(outputs: dict, lambdas: dict) -> dict:
-    """Every loss term plus accuracy, routing entropy, global entropy and expert correlation, as floats."""
-    routing, chosen, rejected = (outputs["routing_weights"], outputs["chosen_expert_rewards"],
-                                 outputs["rejected_expert_rewards"])
-    terms = moe_preference_loss(routing, chosen, rejected, **lambdas)
-    metrics = {name: value.item() for name, value in terms.items()}
-    metrics.update(
-        accuracy=pairwise_accuracy(mixture_reward(routing, chosen), mixture_reward(routing, rejected)).item(),
-        routing_entropy=routing_entropy(routing).item(),
-        global_entropy=global_entropy(routing).item(),
-        expert_correlation=expert_correlation(chosen, rejected).item(),
-    )
-    return metrics
 
 
 class SMoETrainer(Trainer):

@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from hf_smoe import SMoERewardModel, encode_pair  # noqa: E402
-from hf_smoe.pipeline import save_checkpoint  # noqa: E402
+from hf_smoe.training_job import save_checkpoint  # noqa: E402
 from hf_smoe.synthetic import generate_preference_set  # noqa: E402
 from hf_smoe.testing import save_tiny_backbone, word_tokenizer  # noqa: E402
 

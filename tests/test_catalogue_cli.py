@@ -28,8 +28,8 @@ from hf_smoe.adaptation import hedge_adapt, hedge_targets
 from hf_smoe.encoding import encode_batch
 from hf_smoe.hub import push_checkpoint
 from hf_smoe.losses import moe_preference_loss
-from hf_smoe.modeling.configuration_smoe import InputError
-from hf_smoe.pipeline import category_metrics, evaluate_head, save_checkpoint, train_head
+from hf_smoe.evaluation import category_metrics, evaluate_head
+from hf_smoe.training_job import save_checkpoint, train_head
 from hf_smoe.routers import load_router, save_router
 from hf_smoe.synthetic import generate_preference_set
 from hf_smoe.testing import save_tiny_backbone, word_tokenizer
@@ -169,7 +169,7 @@ def foreign_files(tmp_path):
 
 def full_disk(tmp_path):
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "eval.json"))
-    with mock.patch("hf_smoe.pipeline.write_text_atomic", side_effect=full):
+    with mock.patch("hf_smoe.outputs.write_text_atomic", side_effect=full):
         return run_cli(*eval_args(world()["checkpoint"], "--output", tmp_path / "eval.json"))
 
 
@@ -517,7 +517,15 @@ def existing_chart(tmp_path):
     return run_cli(*adapt_args(output=tmp_path / "r.safetensors"))
 
 
+def reproduce_without_data_root(tmp_path):
+    with mock.patch.dict(os.environ):
+        os.environ.pop("HF_SMOE_DATA", None)
+        return run_cli("reproduce", "table1", "--datasets", "hh", "--output-dir", tmp_path / "out")
+
+
 CASES_FOUND_LATER = [
+    Case("reproduce without --data-root or HF_SMOE_DATA", "error", "data_root: the reproductions read HH-RLHF",
+         reproduce_without_data_root),
     Case("steer --prompt empty", "error", "prompt: empty text",
          lambda t: run_cli("steer", world()["checkpoint"], "--expert", 0, "--weight", 0.5, "--prompt", " ",
                            "--responses", "hi")),

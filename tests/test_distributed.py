@@ -20,9 +20,9 @@ from hf_smoe.synthetic import generate_preference_set
 DUMP_EACH_RANK = textwrap.dedent("""
     import os, sys
     from safetensors.torch import save_file
-    import hf_smoe.pipeline as pipeline
+    import hf_smoe.training_job as training_job
 
-    trained = pipeline.run_trainer
+    trained = training_job.run_trainer
 
     def run_and_dump(model, features, args, resume_from_checkpoint=None):
         trainer = trained(model, features, args, resume_from_checkpoint)
@@ -30,7 +30,7 @@ DUMP_EACH_RANK = textwrap.dedent("""
         save_file(state, os.path.join(os.environ["DUMP_DIR"], f"rank{os.environ['RANK']}.safetensors"))
         return trainer
 
-    pipeline.run_trainer = run_and_dump
+    training_job.run_trainer = run_and_dump
     from hf_smoe.cli import main
     sys.exit(main(sys.argv[1:]))
 """)

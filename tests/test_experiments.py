@@ -12,12 +12,14 @@ from datasets import Dataset, Value
 
 from hf_smoe.cli import main
 from hf_smoe.data import CRITERION_TEMPLATE, DSP_CRITERIA, load_pairs
-from hf_smoe.evaluation import load_checkpoint
-from hf_smoe.experiments import (DATA_ROOT, SPLIT_FRACTIONS, category_probe, dsp_with_criterion, hh_mixture,
+from hf_smoe.loading import load_checkpoint
+from hf_smoe.experiments import (SPLIT_FRACTIONS, category_probe, dsp_with_criterion, hh_mixture,
                                  reproduce_fig2, reproduce_fig6, reproduce_personalization, reproduce_table1,
-                                 reproduce_table4, reproduce_table8, dsp_user_pairs, summarize, without_criterion)
+                                 reproduce_table4, reproduce_table8, dsp_user_pairs, resolve_data_root, summarize,
+                                 without_criterion)
 from hf_smoe.metrics import routing_diagnosis
-from hf_smoe.pipeline import split_for_training
+from hf_smoe.modeling.configuration_smoe import InputError
+from hf_smoe.training_job import split_for_training
 from hf_smoe.testing import save_tiny_causal_lm
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -28,7 +30,18 @@ def test_hh_mixture_is_both_subsets_with_the_subset_as_category():
     assert pairs["category"] == ["helpful"] * 7 + ["harmless"] * 7
     helpful = load_pairs(SHARED_DATA / "hh-rlhf" / "helpful-base.test.jsonl.gz", max_pairs=7, seed=3)
     assert pairs.select(range(7))["chosen"] == helpful["chosen"]
-    assert DATA_ROOT == Path("../shared/data")  # the documented default, relative to the project root
+
+
+def test_the_data_root_is_the_flag_else_the_environment_and_never_a_packaged_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_SMOE_DATA", raising=False)
+    with pytest.raises(InputError, match="data_root: .*pass --data-root DIR or set HF_SMOE_DATA=DIR"):
+        resolve_data_root()
+    with pytest.raises(InputError, match="data_root: no such folder"):
+        resolve_data_root(tmp_path / "missing")
+    monkeypatch.setenv("HF_SMOE_DATA", str(SHARED_DATA))
+    assert resolve_data_root() == SHARED_DATA
+    assert resolve_data_root(tmp_path) == tmp_path  # the flag wins over the variable
+    assert hh_mixture(3, seed=0)["chosen"] == hh_mixture(3, seed=0, data_root=SHARED_DATA)["chosen"]
 
 
 def test_dsp_keeps_every_pair_of_the_sampled_queries_and_their_domains_together():

