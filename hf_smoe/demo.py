@@ -70,7 +70,7 @@ def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, n
     write_model_card(staging, base_model=DEFAULT_BACKBONE_HUB_ID, datasets=["hf_smoe synthetic demo"],
                      eval_results={"accuracy": sparse["accuracy"]},
                      routing_stats={k: sparse[k] for k in ("routing_entropy", "global_entropy", "expert_correlation")},
-                     dataset_name="hf_smoe synthetic demo (generated)")
+                     dataset_name="hf_smoe synthetic demo (generated)", destination=output)
     (staging / "demo_table.md").write_text(table + "\n")
     save_run(staging, {"demo": {"num_prompts": num_prompts, "num_experts": num_experts, "epochs": epochs,
                                "seed": seed, "backbone": DEFAULT_BACKBONE}}, results)

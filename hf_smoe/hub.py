@@ -151,12 +151,13 @@ def split_routing_stats(routing_stats: dict, num_experts: int) -> tuple:
 
 
 def write_model_card(output_dir, *, base_model: str, datasets: list, eval_results: dict, routing_stats: dict,
-                     dataset_name: str | None = None, repo_id: str | None = None) -> Path:
+                     dataset_name: str | None = None, repo_id: str | None = None, destination=None) -> Path:
     """Writes README.md into a saved checkpoint: method, K, preset, λ's, routing statistics, usage, citation, and
     `eval_results` as model-index metadata on `dataset_name` (default: the first of `datasets`). Returns its path.
 
     `base_model` and `datasets` go into the metadata only when they are Hub ids ('namespace/name', not a local
-    path); the text names them either way. `repo_id` is what the usage snippet loads (default: `output_dir`).
+    path); the text names them either way. `repo_id` is what the usage snippet loads (default: `destination`, the
+    folder the checkpoint ends up in when `output_dir` is a staging folder, else `output_dir`).
     """
     output_dir = Path(output_dir)
     config = read_smoe_config(output_dir)
@@ -164,7 +165,8 @@ def write_model_card(output_dir, *, base_model: str, datasets: list, eval_result
     if eval_results and dataset_name is None:
         raise InputError("dataset_name: eval_results need the dataset they were measured on; pass dataset_name or "
                          "datasets.")
-    model_name = repo_id.split("/")[-1] if repo_id else output_dir.resolve().name
+    destination = Path(destination or output_dir).resolve()
+    model_name = repo_id.split("/")[-1] if repo_id else destination.name
     routing_scalars, routing_per_expert = split_routing_stats(routing_stats, config["num_experts"])
     card_data = ModelCardData(
         model_name=model_name if eval_results else None, base_model=base_model if is_hub_id(base_model) else None,
@@ -173,7 +175,7 @@ def write_model_card(output_dir, *, base_model: str, datasets: list, eval_result
         eval_results=eval_results_metadata(eval_results, dataset_name) if eval_results else None,
     )
     card = ModelCard.from_template(
-        card_data, template_path=str(template_path()), model_name=model_name, load_from=repo_id or str(output_dir),
+        card_data, template_path=str(template_path()), model_name=model_name, load_from=repo_id or str(destination),
         backbone=public_name(base_model), training_data=[public_name(name) for name in datasets],
         eval_dataset=dataset_name, eval_results=eval_results,
         num_experts=config["num_experts"], preset=config["preset"],

@@ -260,7 +260,7 @@ def publish_run(model, tokenizer, staging, output_dir, record, results, data, mo
     write_model_card(staging, base_model=backbone_hub_id(model_args.backbone), datasets=[data.dataset],
                      eval_results={"accuracy": results["accuracy"]},
                      routing_stats={key: results[key] for key in routing_keys}, dataset_name=data.dataset,
-                     repo_id=repo_id)
+                     repo_id=repo_id, destination=output_dir)
     save_run(staging, record, results)
     publish(staging, output_dir)  # job.json stays until here: a kill inside publish still resumes
     (output_dir / "job.json").unlink()

@@ -43,7 +43,10 @@ def check_checkpoint(output: Path, tmp_path) -> None:
     with torch.no_grad():
         local = AutoModel.from_pretrained(output)(**batch)
     torch.testing.assert_close(torch.tensor(remote["logits"]), local.logits, atol=1e-5, rtol=0)
-    assert "model-index" in (output / "README.md").read_text()
+    card = (output / "README.md").read_text()
+    assert "model-index" in card
+    assert f'AutoModel.from_pretrained("{output.resolve()}", trust_remote_code=True)' in card  # not the staging folder
+    assert ".partial" not in card
     assert json.loads((output / "results.json").read_text())["command"]
 
 

@@ -39,7 +39,7 @@ LOADER = BLOCK_HF_SMOE + textwrap.dedent("""
     with torch.no_grad():
         out = model(**batch)
     results = {k: out[k].tolist() for k in ("logits", "expert_rewards", "routing_weights")}
-    tokenizer = AutoTokenizer.from_pretrained(repo_id)
+    tokenizer = AutoTokenizer.from_pretrained(repo_id, trust_remote_code=True)  # as the card says
     results["tokenizer"] = {"chat_template": tokenizer.chat_template,
                             "input_ids": tokenizer("hello how are you today").input_ids}
 
@@ -114,9 +114,11 @@ def test_pushed_model_loads_where_hf_smoe_is_not_installed(checkpoint, pushed, h
     tokenizer = tokenizers["llama"]
     batch = encode_batch(tokenizer, padding_side="left")
     (tmp_path / "batch.json").write_text(json.dumps({k: v.tolist() for k, v in batch.items()}))
-    subprocess.run([sys.executable, "-I", "-c", LOADER, REPO_ID, str(tmp_path / "batch.json"),
-                    str(tmp_path / "out.json")], check=True, cwd=tmp_path, timeout=300,
-                   env=hub_server.client_env(tmp_path / "hf_home"))
+    loaded = subprocess.run([sys.executable, "-I", "-c", LOADER, REPO_ID, str(tmp_path / "batch.json"),
+                             str(tmp_path / "out.json")], cwd=tmp_path, timeout=300, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, env=hub_server.client_env(tmp_path / "hf_home"))
+    assert loaded.returncode == 0, loaded.stderr
+    assert "custom code" not in loaded.stdout + loaded.stderr  # no trust_remote_code question on any load
     results = json.loads((tmp_path / "out.json").read_text())
 
     with torch.no_grad():

@@ -1,5 +1,8 @@
 """SMoETrainer: the paper's optimiser settings, logged terms, exact resume, token path = cached path."""
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -183,3 +186,20 @@ def test_saving_a_checkpoint_leaves_the_callers_tokenizer_as_it_is(backbone_dirs
     save_checkpoint(SMoERewardModel.from_backbone(backbone_dirs["bert"], num_experts=2), tokenizer, tmp_path / "ck")
     assert tokenizer.chat_template is None
     assert AutoTokenizer.from_pretrained(tmp_path / "ck").chat_template == PLAIN_CHAT_TEMPLATE
+
+
+@pytest.mark.slow
+def test_a_saved_tokenizer_loads_with_a_bare_auto_tokenizer_where_hf_smoe_is_imported(checkpoint_and_data):
+    """transformers reads config.json before the tokenizer files; importing hf_smoe registers our model_type, so
+    no trust_remote_code question is asked (stdin closed: a question would fail or warn)."""
+    checkpoint_dir = checkpoint_and_data[-1] / "checkpoint"
+    loader = ("import sys, hf_smoe; from transformers import AutoTokenizer; "
+              "t = AutoTokenizer.from_pretrained(sys.argv[1]); print(t('hello there').input_ids)")
+    loaded = subprocess.run([sys.executable, "-c", loader, str(checkpoint_dir)], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert loaded.returncode == 0, loaded.stderr
+    assert "custom code" not in loaded.stderr and "model of type" not in loaded.stderr, loaded.stderr
+    from transformers import AutoTokenizer
+    expected = AutoTokenizer.from_pretrained(checkpoint_dir)("hello there").input_ids
+    assert loaded.stdout.strip() == str(expected)
