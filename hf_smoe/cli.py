@@ -71,6 +71,11 @@ def add_generator_arguments(parser) -> None:
                         help="folder of cached answers (default: $HF_SMOE_CACHE/generations)")
 
 
+TRAINING_FLAGS_HELP = ("Any `smoe train` training flag (--learning_rate, --router_learning_rate, "
+                       "--per_device_train_batch_size, --optim, --weight_decay, --bf16, ...; see `smoe train --help`) "
+                       "applies to every head the command trains.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoe", description="Sparse Mixture-of-Experts reward models: train, read, steer and personalize.")
@@ -78,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="offline end-to-end demo on the embedded defaults",
                                description="Embeds a generated preference set with SmolLM2-135M-Instruct, trains "
-                                           "single, vanilla, micro and sparse, and compares them.")
+                                           "single, vanilla, micro and sparse, and compares them.",
+                               epilog=TRAINING_FLAGS_HELP)
     demo.add_argument("--output-dir", default="outputs/demo", help="where the sparse checkpoint is written")
     demo.add_argument("--num-prompts", type=at_least_one, default=None,
                       help="prompts to generate (default: the set's own)")
@@ -123,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser(
         "reproduce", help="the paper's controlled experiments on the shared data (Markdown + JSON + command)",
+        epilog=TRAINING_FLAGS_HELP,
         description="table1: category recovery (single, vanilla, micro, sparse; mean ± std over seeds) on HH "
                     "helpful+harmless, DSP with its criterion, and the demo set, with routing heatmaps. table8: the "
                     "λ grid of App. C on one dataset with the collapse diagnosis of each row. fig2: steering flip "
@@ -214,12 +221,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TRAINING_COMMANDS = ("demo", "reproduce")  # they train heads, and take any training flag beside their own
+SET_BY_THE_COMMAND = {"output_dir": "--output-dir", "num_train_epochs": "--epochs", "seed": "--seed / --seeds",
+                      "overwrite_output_dir": "the command's own output rule"}
+
+
+def parse_training_overrides(command: str, argv: list) -> dict:
+    """The `SMoETrainingArguments` flags given to `smoe demo` / `smoe reproduce` beside their own (any `smoe train`
+    training flag: `--learning_rate 1e-3 --per_device_train_batch_size 32 --optim adamw_torch_fused`), as
+    {field: value} for every head the command trains."""
+    if not argv:
+        return {}
+    from transformers import HfArgumentParser
+
+    from .training import SMoETrainingArguments
+
+    parser = HfArgumentParser(SMoETrainingArguments, prog=f"smoe {command}",
+                              usage=f"smoe {command} [its options] [training flags, see `smoe train --help`]")
+    for action in parser._actions:  # only the flags given on the command line come back
+        action.default, action.required = argparse.SUPPRESS, False
+    overrides = vars(parser.parse_args(argv))
+    clash = sorted(set(overrides) & set(SET_BY_THE_COMMAND))
+    if clash:
+        raise InputError(f"{clash[0]}: `smoe {command}` sets it itself; use {SET_BY_THE_COMMAND[clash[0]]}.")
+    try:
+        SMoETrainingArguments(output_dir="unused", **overrides)
+    except ValueError as error:  # TrainingArguments' own checks of an inconsistent combination
+        raise InputError(f"training arguments: {first_line(error)}") from None
+    return overrides
+
+
 def run(args) -> None:
     if args.command == "demo":
         from .demo import run_demo
 
         run_demo(output_dir=args.output_dir, num_prompts=args.num_prompts, num_experts=args.num_experts,
-                 epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir)
+                 epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir,
+                 training=parse_training_overrides("demo", args.training_argv))
     elif args.command == "embed":
         from .data import load_pairs
         from .features import EmbeddingCache
@@ -269,6 +307,7 @@ def run(args) -> None:
         sizes = parse_sizes(args.size)
         only_generated = bool(args.datasets) and set(args.datasets) == {"demo"}  # the demo set needs no files
         options = {"backbone": args.backbone, "epochs": args.epochs, "cache_dir": args.cache_dir,
+                   "training": parse_training_overrides("reproduce", args.training_argv),
                    "data_root": None if only_generated else resolve_data_root(args.data_root),
                    "output_dir": args.output_dir or f"outputs/reproduce/{args.experiment}"}
         if args.experiment == "table1":
@@ -428,7 +467,9 @@ def main(argv=None) -> int:
     if argv[:1] == ["train"]:  # its own dataclass parser: every TrainingArguments flag
         args = argparse.Namespace(command="train", train_argv=argv[1:])
     else:
-        args = parser.parse_args(argv)
+        args, args.training_argv = parser.parse_known_args(argv)
+        if args.training_argv and args.command not in TRAINING_COMMANDS:
+            parser.error(f"unrecognized arguments: {' '.join(args.training_argv)}")
     if args.command is None:
         parser.print_help()
         return 0

@@ -42,7 +42,7 @@ def is_demo_output(folder: Path) -> bool:
 
 
 def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, num_experts: int = 4,
-             epochs: float = 3.0, seed: int = 0, cache_dir: str | None = None) -> dict:
+             epochs: float = 3.0, seed: int = 0, cache_dir: str | None = None, training: dict | None = None) -> dict:
     """Runs the demo; its folder is built beside `output_dir` and renamed into place, replacing an earlier demo's
     output (and nothing else)."""
     started = time.time()
@@ -60,7 +60,7 @@ def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, n
     results, models = {}, {}
     for preset in PRESETS:
         models[preset], results[preset] = train_preset(backbone, tokenizer, features, preset, num_experts, seed,
-                                                       epochs, str(staging / "trainer" / preset))
+                                                       epochs, str(staging / "trainer" / preset), training)
         print(f"  trained {preset:<8} test accuracy {results[preset]['accuracy']:.3f}")
 
     table = format_table(results)
@@ -73,7 +73,7 @@ def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, n
                      dataset_name="hf_smoe synthetic demo (generated)", destination=output)
     (staging / "demo_table.md").write_text(table + "\n")
     save_run(staging, {"demo": {"num_prompts": num_prompts, "num_experts": num_experts, "epochs": epochs,
-                               "seed": seed, "backbone": DEFAULT_BACKBONE}}, results)
+                               "training": training or {}, "seed": seed, "backbone": DEFAULT_BACKBONE}}, results)
     publish(staging, output)
     print(f"\nDone in {time.time() - started:.0f} s. The sparse checkpoint, its model card and results.json are in "
           f"{output}/.\nNext:\n"

@@ -100,21 +100,22 @@ def cached_features(backbone, tokenizer, splits: dict, *, cache_dir=None, max_le
 
 
 def train_preset(backbone, tokenizer, features, preset: str, num_experts: int, seed: int, epochs: float,
-                 output_dir: str, **config_overrides):
-    """A fresh head of `preset` (K = 1 for `single`) trained on cached features; returns (model, test metrics)."""
+                 output_dir: str, training: dict | None = None, **config_overrides):
+    """A fresh head of `preset` (K = 1 for `single`) trained on cached features; returns (model, test metrics).
+    `training`: `SMoETrainingArguments` fields to change (`smoe demo` / `smoe reproduce` flags)."""
     torch.manual_seed(seed)
     model = SMoERewardModel.from_backbone(backbone, tokenizer=tokenizer, preset=preset,
                                           num_experts=None if preset == "single" else num_experts, **config_overrides)
-    train_head(model, features, output_dir, seed, epochs)
+    train_head(model, features, output_dir, seed, epochs, **(training or {}))
     return model, evaluate_head(model, features)
 
 
 def train_head(model, features, output_dir: str, seed: int, epochs: float, **argument_overrides):
     """Trains `model`'s head on cached train features with the paper's settings, evaluating on validation each
-    epoch (`argument_overrides`: any other `SMoETrainingArguments`)."""
+    epoch, quietly unless asked (`argument_overrides`: any other `SMoETrainingArguments`)."""
     check_epochs(epochs)
-    args = SMoETrainingArguments(output_dir=output_dir, seed=seed, num_train_epochs=epochs, disable_tqdm=True,
-                                 **argument_overrides)
+    args = SMoETrainingArguments(output_dir=output_dir, seed=seed, num_train_epochs=epochs,
+                                 **{"disable_tqdm": True, **argument_overrides})
     return run_trainer(model, features, args)
 
 

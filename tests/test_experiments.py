@@ -156,6 +156,34 @@ def test_table8_runs_the_grid_with_a_diagnosis_per_row(backbone_dirs, tmp_path):
         assert diagnosis == (f"**{row['diagnosis']}**" if row["diagnosis"] == "healthy" else row["diagnosis"])
 
 
+def test_training_flags_reach_every_head_a_reproduction_trains(backbone_dirs, tmp_path, monkeypatch):
+    """`smoe reproduce ... --learning_rate 0 ...`: any training flag beside the command's own reaches each head's
+    Trainer and the run's record."""
+    import hf_smoe.experiments as experiments
+
+    seen, train_preset = [], experiments.train_preset
+
+    def recording(*args, **kwargs):
+        seen.append(args[8])  # `training`, after output_dir
+        return train_preset(*args, **kwargs)
+
+    monkeypatch.setattr(experiments, "train_preset", recording)
+    code = main([str(arg) for arg in (
+        "reproduce", "table1", "--datasets", "hh", "--size", "hh=30", "--seeds", 0, "--epochs", 1,
+        "--backbone", backbone_dirs["llama"], "--data-root", SHARED_DATA, "--cache-dir", tmp_path / "cache",
+        "--output-dir", tmp_path / "out", "--learning_rate", 0, "--router_learning_rate", 0,
+        "--per_device_train_batch_size", 8)])
+    assert code == 0
+    expected = {"learning_rate": 0.0, "router_learning_rate": 0.0, "per_device_train_batch_size": 8}
+    assert seen == [expected] * 4  # single, vanilla, micro, sparse
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["job"]["training"] == expected
+
+
+def test_reproduce_refuses_training_flags_it_sets_itself(capsys):
+    assert main(["reproduce", "table1", "--num_train_epochs", "2"]) == 2
+    assert "num_train_epochs: `smoe reproduce` sets it itself; use --epochs" in capsys.readouterr().err
+
+
 def test_reproduce_rejects_a_bad_size_in_one_line(capsys):
     assert main(["reproduce", "table1", "--size", "hh=lots"]) == 2
     assert "--size: expected DATASET=N" in capsys.readouterr().err

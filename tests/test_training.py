@@ -172,6 +172,22 @@ def test_bad_dataset_is_named(setup, tmp_path):
             "rejected", "chosen_input").select(range(4)))
 
 
+def test_train_preset_trains_with_the_training_overrides(setup, backbone_dirs, tmp_path):
+    """Both learning rates 0: the head leaves training exactly as a fresh head of the same seed starts."""
+    from hf_smoe.training_job import train_preset
+
+    build, tokenizer, _, train, validation = setup
+    features = {"train": train, "validation": validation, "test": validation}
+    model, _ = train_preset(backbone_dirs["llama"], tokenizer, features, "sparse", 3, 0, 1, str(tmp_path),
+                            {"learning_rate": 0.0, "router_learning_rate": 0.0})
+    torch.manual_seed(0)
+    fresh = SMoERewardModel.from_backbone(backbone_dirs["llama"], num_experts=3, tokenizer=tokenizer, preset="sparse")
+    for name, tensor in head_state(fresh).items():
+        assert torch.equal(head_state(model)[name], tensor), name
+    trained, _ = train_preset(backbone_dirs["llama"], tokenizer, features, "sparse", 3, 0, 1, str(tmp_path))
+    assert not torch.equal(head_state(trained)["experts.weight"], head_state(fresh)["experts.weight"])
+
+
 def test_saving_a_checkpoint_leaves_the_callers_tokenizer_as_it_is(backbone_dirs, tmp_path):
     """The plain fallback template is written into the saved copy only: the caller's tokenizer (whose template is
     part of the embedding cache's key) is unchanged."""
