@@ -13,7 +13,7 @@ def as_messages(prompt) -> list:
     return list(prompt)
 
 
-def encode_pair(tokenizer, prompt, response: str, max_length: int | None = None) -> dict:
+def encode_pair(tokenizer, prompt, response: str, max_length: int | None = None, allow_empty: bool = False) -> dict:
     """Encodes chat-template(prompt) + response.
 
     Uses the tokenizer's chat template, or, for tokenizers without one, the plain HH-style fallback
@@ -25,12 +25,15 @@ def encode_pair(tokenizer, prompt, response: str, max_length: int | None = None)
     a long prompt is kept whole. Only a `max_length` too small for the least that must survive (that leading token,
     the assistant-turn opener, the response's final token and the end-of-turn tokens) raises `InputError`.
 
+    An empty response is an error in preference data; a policy's empty completion (`allow_empty=True`, online RL)
+    is scored on the template's empty assistant turn.
+
     Returns:
         dict with `input_ids`, `attention_mask` (lists) and `prompt_lengths` (int: tokens up to and including the
         assistant-turn opener).
     """
     messages = as_messages(prompt)
-    if not response:
+    if not response and not allow_empty:
         raise InputError("response: empty text; every pair needs two non-empty responses.")
     prompt_ids = render_ids(tokenizer, messages, add_generation_prompt=True)
     full_ids = render_ids(tokenizer, messages + [{"role": "assistant", "content": response}],
@@ -45,10 +48,12 @@ def encode_pair(tokenizer, prompt, response: str, max_length: int | None = None)
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "prompt_lengths": len(prompt_ids)}
 
 
-def encode_batch(tokenizer, prompts, responses, device=None) -> dict:
+def encode_batch(tokenizer, prompts, responses, device=None, max_length: int | None = None,
+                 allow_empty: bool = False) -> dict:
     """Model inputs (`input_ids`, `attention_mask`, `prompt_lengths` tensors) of (prompt, response) pairs, padded
     into one batch on `device`: what `SMoERewardModel.forward` and `.embed` take."""
-    encoded = [encode_pair(tokenizer, prompt, response) for prompt, response in zip(prompts, responses)]
+    encoded = [encode_pair(tokenizer, prompt, response, max_length, allow_empty)
+               for prompt, response in zip(prompts, responses)]
     batch = tokenizer.pad([{"input_ids": e["input_ids"]} for e in encoded], return_tensors="pt")
     batch["prompt_lengths"] = torch.tensor([e["prompt_lengths"] for e in encoded])
     return {name: tensor.to(device) for name, tensor in batch.items()}

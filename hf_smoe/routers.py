@@ -111,6 +111,16 @@ def load_router(path, model) -> torch.nn.Module:
     return router.to(model.head.experts.weight.device).eval()
 
 
+def set_router(model, router) -> torch.nn.Module:
+    """Puts `router` on `model` in place, so that every forward routes with it (`AutoModel` users, TRL's
+    `reward_funcs=model`): a router file (`smoe adapt --output`, refused when adapted on other experts) or a router
+    module. Returns the router it replaced."""
+    if not isinstance(router, torch.nn.Module):
+        router = load_router(router, model)
+    previous, model.head.router = model.head.router, router.to(model.head.experts.weight.device)
+    return previous
+
+
 @torch.no_grad()
 def score_users(head, routers: list, prompt_embeddings: torch.Tensor, response_embeddings: torch.Tensor):
     """(U, N) rewards of N (prompt, response) representations for U users: the expert rewards are computed once and

@@ -19,6 +19,7 @@ from .evaluation import behaviour_metrics
 from .features import as_training_features
 from .losses import loss_weights, moe_preference_loss
 from .metrics import COLLAPSED_BELOW_GLOBAL_ENTROPY
+from .modeling.configuration_smoe import InputError
 
 SIDES = ("chosen", "rejected")
 
@@ -119,22 +120,13 @@ class SMoETrainer(Trainer):
 
     def create_optimizer(self, model=None):
         """The optimizer `TrainingArguments.optim` names (`get_optimizer_cls_and_kwargs`: AdamW by default, with
-        its betas and eps), over four groups: experts at `learning_rate` and router at `router_learning_rate` (App.
-        A), each split into weights with `weight_decay` and biases (and a static router's logits) without."""
+        its betas and eps), with the experts at `learning_rate` and the router at `router_learning_rate` (App. A)."""
         if self.optimizer is None:
-            head = self.accelerator.unwrap_model(model or self.model).head
-            groups = []
-            for module, learning_rate in ((head.experts, self.args.learning_rate),
-                                          (head.router, self.args.router_learning_rate)):
-                decayed = set(self.get_decay_parameter_names(module)) - {"logits"}
-                for decay in (True, False):
-                    params = [parameter for name, parameter in module.named_parameters()
-                              if parameter.requires_grad and (name in decayed) == decay]
-                    if params:
-                        groups.append({"params": params, "lr": learning_rate,
-                                       "weight_decay": self.args.weight_decay if decay else 0.0})
+            model = model or self.model
+            rates = {"backbone": self.args.learning_rate, "experts": self.args.learning_rate,
+                     "router": self.args.router_learning_rate}
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            self.optimizer = optimizer_cls(optimizer_groups(self, model, rates), **optimizer_kwargs)
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -174,6 +166,32 @@ class SMoETrainer(Trainer):
         """As `Trainer.evaluate`; a dataset given here may be any pair features (their feature columns are read)."""
         return super().evaluate(None if eval_dataset is None else as_training_features(eval_dataset), ignore_keys,
                                 metric_key_prefix)
+
+
+def parameter_role(name: str) -> str:
+    """`backbone`, `experts` or `router`: the part of an `SMoERewardModel` a parameter belongs to, from its name
+    (wrappers such as DDP or peft only add prefixes)."""
+    parts = name.split(".")
+    for part in parts:
+        if part == "backbone":
+            return "backbone"
+        if part == "head":
+            return "router" if "router" in parts else "experts"
+    raise InputError(f"model: parameter {name!r} is neither in the backbone nor in the head; train an "
+                     "SMoERewardModel.")
+
+
+def optimizer_groups(trainer, model, learning_rates: dict) -> list:
+    """The trainable parameters of `model` in groups: one learning rate per part (`learning_rates`, keyed by
+    `parameter_role`), each split into weights with `weight_decay` and biases, norms and a static router's logits
+    without."""
+    decayed = {name for name in trainer.get_decay_parameter_names(model) if not name.endswith("logits")}
+    groups = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            groups.setdefault((parameter_role(name), name in decayed), []).append(parameter)
+    return [{"params": params, "lr": learning_rates[role], "weight_decay": trainer.args.weight_decay if decay else 0.0}
+            for (role, decay), params in groups.items()]
 
 
 def head_outputs_of_batch(model, inputs) -> tuple:

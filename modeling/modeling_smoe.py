@@ -182,6 +182,7 @@ class SMoEPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
+    supports_gradient_checkpointing = True  # the backbone's layers checkpoint (TRL turns it on by default)
 
     def _init_weights(self, module):
         if isinstance(module, SMoEStaticRouter):
@@ -227,6 +228,12 @@ class SMoERewardModel(SMoEPreTrainedModel):
         config = SMoERewardConfig(backbone_config=backbone.config, num_experts=num_experts, preset=preset,
                                   **config_overrides)
         return cls(config, backbone=backbone).eval()
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.backbone.set_input_embeddings(value)
 
     def train(self, mode: bool = True):
         """A frozen backbone stays in eval mode (no dropout), so its features match the embedding cache's, and without

@@ -1,0 +1,122 @@
+"""`SMoERewardTrainer`: TRL's `RewardTrainer`, training the paper's objective end to end (`pip install hf-smoe[trl]`).
+
+`smoe train` (`SMoETrainer`) trains the head on a frozen backbone's cached features. This trainer runs the backbone
+every step, so the backbone can be unfrozen, partly frozen or LoRA-adapted (`peft_config`), on TRL's dataset
+formats (standard or conversational, explicit or implicit prompt) and with TRL's defaults (gradient checkpointing,
+bf16). The loss is Eq. 7 with the model config's λ's; the experts and the router take their own learning rates
+(App. A) and the backbone takes `learning_rate`.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from datasets import Dataset
+from torch.nn.utils.rnn import pad_sequence
+from trl import RewardConfig, RewardTrainer
+
+from .data import load_pairs
+from .distributed import gather_with_grad
+from .losses import loss_weights, moe_preference_loss
+from .metrics import pairwise_accuracy
+from .modeling.configuration_smoe import InputError
+from .modeling.modeling_smoe import mixture_reward
+from .training import SIDES, optimizer_groups, tokenize_pairs
+
+TOKEN_COLUMNS = [f"{side}_{name}" for side in SIDES for name in ("input_ids", "prompt_lengths")]
+
+
+@dataclass
+class SMoERewardTrainerConfig(RewardConfig):
+    """`RewardConfig` with the head's learning rates. `learning_rate` (TRL's default, 1e-4) is the backbone's, for
+    its trainable parameters (unfrozen layers or LoRA adapters); the head keeps the paper's rates.
+
+    Args:
+        experts_learning_rate (`float`, defaults to 2e-3): learning rate of the K experts (App. A).
+        router_learning_rate (`float`, defaults to 5e-4): learning rate of the router (App. A).
+    """
+
+    experts_learning_rate: float = field(default=2e-3, metadata={"help": "Learning rate of the experts."})
+    router_learning_rate: float = field(default=5e-4, metadata={"help": "Learning rate of the router."})
+
+
+@dataclass
+class PreferenceCollator:
+    """TRL's batch layout (the chosen rows, then the rejected rows, right-padded) plus each row's prompt length,
+    known from the encoding, so the model never has to search for the assistant-turn pattern."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: list) -> dict:
+        sequences = [torch.tensor(row[f"{side}_input_ids"]) for side in SIDES for row in rows]
+        return {"input_ids": pad_sequence(sequences, batch_first=True, padding_value=self.pad_token_id),
+                "attention_mask": pad_sequence([torch.ones_like(ids) for ids in sequences], batch_first=True),
+                "prompt_lengths": torch.tensor([row[f"{side}_prompt_lengths"] for side in SIDES for row in rows])}
+
+
+class SMoERewardTrainer(RewardTrainer):
+    """`trl.RewardTrainer` for `SMoERewardModel`s with the paper's objective. Takes a TRL `RewardConfig` or an
+    `SMoERewardTrainerConfig` (default: the latter's defaults, i.e. TRL's with the head's learning rates).
+
+    With `peft_config` the head is trained and saved in full beside the adapters (added to `modules_to_save`) and
+    the backbone is unfrozen for the adapters (`config.freeze_backbone = False`); for an unfrozen or partly frozen
+    backbone build the model with `freeze_backbone=False` (and freeze what should stay frozen).
+    """
+
+    def __init__(self, model, args: RewardConfig | None = None, train_dataset=None, eval_dataset=None,
+                 peft_config=None, **kwargs):
+        if args is None:
+            args = SMoERewardTrainerConfig(f"{type(model).__name__}-trl")
+        if peft_config is not None:
+            peft_config.modules_to_save = sorted({*(peft_config.modules_to_save or []), "head"})
+            model.config.freeze_backbone = False  # peft freezes the base weights itself; keep its adapters trainable
+        super().__init__(model, args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         peft_config=peft_config, **kwargs)
+        if kwargs.get("data_collator") is None:
+            self.data_collator = PreferenceCollator(self.processing_class.pad_token_id)  # pad token set by TRL
+        self.lambdas = loss_weights(self.model.config)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """TRL's preference formats, read by `hf_smoe.data` (the same rules as `smoe train`) and encoded with the
+        model's chat template and each row's prompt length; long pairs are truncated to `max_length` as in training
+        (the prompt loses its oldest tokens first), not dropped."""
+        if not isinstance(dataset, Dataset):
+            raise InputError(f"{dataset_name}_dataset: a `datasets.Dataset` is needed (got {type(dataset).__name__}); "
+                             "materialise a streamed dataset first.")
+        if set(TOKEN_COLUMNS) <= set(dataset.column_names):
+            return dataset
+        return tokenize_pairs(load_pairs(dataset, "trl"), processing_class, max_length=args.max_length)
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = TOKEN_COLUMNS
+
+    def create_optimizer(self, model=None):
+        """`optim`'s class and kwargs (`get_optimizer_cls_and_kwargs`), one learning rate per part."""
+        if self.optimizer is None:
+            model = model or self.model
+            rates = {"backbone": self.args.learning_rate,
+                     "experts": getattr(self.args, "experts_learning_rate", SMoERewardTrainerConfig.experts_learning_rate),
+                     "router": getattr(self.args, "router_learning_rate", SMoERewardTrainerConfig.router_learning_rate)}
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_cls(optimizer_groups(self, model, rates), **optimizer_kwargs)
+        return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Eq. 7 on the batch: each pair routed by its prompt (read from the chosen row), the batch-level terms over
+        the global batch when several processes train. Logs every term, the accuracy and the rewards."""
+        mode = "train" if self.model.training else "eval"
+        outputs = model(**inputs, use_cache=False)
+        routing = outputs.routing_weights.chunk(2)[0]
+        chosen, rejected = outputs.expert_rewards.chunk(2)
+        terms = moe_preference_loss(routing, chosen, rejected, **self.lambdas,
+                                    global_batch=tuple(gather_with_grad(t) for t in (routing, chosen, rejected)))
+        with torch.no_grad():
+            metrics = {name: value for name, value in terms.items() if name != "loss"}
+            metrics["accuracy"] = pairwise_accuracy(mixture_reward(routing, chosen), mixture_reward(routing, rejected))
+            metrics["mean_reward"] = outputs.logits.mean()
+            for name, value in metrics.items():
+                self._metrics[mode][name].append(self.accelerator.gather_for_metrics(value.detach()).mean().item())
+        if return_outputs:
+            return terms["loss"], {"logits": outputs.logits, "routing_weights": outputs.routing_weights,
+                                   "expert_rewards": outputs.expert_rewards}
+        return terms["loss"]
