@@ -2,6 +2,8 @@
 (GRPO reward functions with per-user routers), run against the real TRL and peft."""
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -248,3 +250,19 @@ def test_smoe_reward_loads_a_checkpoint_by_path(checkpoint_and_data):
     prompts, completions = ["what is the cat ?", "hello"], ["a kind answer", [{"role": "assistant", "content": "hi"}]]
     from_path = smoe_reward(str(folder / "checkpoint"))(prompts, completions)
     assert from_path == pytest.approx(smoe_reward(model, tokenizer=tokenizer)(prompts, completions), abs=1e-6)
+
+
+def test_the_readmes_grpo_snippet_runs(checkpoint_and_data, tmp_path, monkeypatch):
+    """README "Use it in RL", as written, with the tiny checkpoint, router and policy in place of the real ones."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = re.search(r"## Use it in RL.*?```python\n(.*?)```", readme, re.S).group(1)
+    model, _, _, folder = checkpoint_and_data
+    router = routers_for(model, tmp_path)["alice"]
+    policy = save_tiny_causal_lm(tmp_path / "policy")
+    monkeypatch.setattr("hf_smoe.loading.default_generator_path", lambda: policy)
+    monkeypatch.chdir(tmp_path)
+    for placeholder, path in (('"outputs/demo"', folder / "checkpoint"), ('"outputs/ana.safetensors"', router)):
+        assert placeholder in snippet
+        snippet = snippet.replace(placeholder, repr(str(path)))
+    exec(snippet, {})
+    assert (tmp_path / "outputs" / "grpo").is_dir()
