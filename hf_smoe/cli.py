@@ -137,9 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "WebGPT, adapt the router to each DSP domain from n = 50 (fig8: 5 to 100) pairs; table13: to 5 "
                     "Dirichlet(0.3) users over the DSP domains. table4: describe and judge the experts of single, "
                     "vanilla, micro, sparse and the random baseline (general mixture K = 20; DSP with the criterion "
-                    "K = 5). fig6: fidelity and specialization of sparse against K on the general mixture.")
+                    "K = 5). fig6: fidelity and specialization of sparse against K on the general mixture. table14: "
+                    "GRPO post-training of a policy with the universal and the domain-adapted sparse reward model, "
+                    "and the win rate of one over the other on unseen DSP queries (App. I; needs hf-smoe[trl]).")
     reproduce.add_argument("experiment", choices=["table1", "table8", "fig2", "table5", "fig8", "table13", "table4",
-                                                  "fig6"])
+                                                  "fig6", "table14"])
     reproduce.add_argument("--datasets", nargs="+", default=None, choices=["hh", "dsp", "demo", "general"],
                            help="table1: datasets (default: hh dsp demo); table8: the first one (default: hh); "
                                 "table4: general and/or dsp (default: both)")
@@ -161,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--samples-per-stratum", type=at_least_one, default=100,
                            help="table4, fig6: test prompts judged per expert from its top 10%% and from the rest "
                                 "(App. A: 100)")
+    reproduce.add_argument("--domain", default="entertainment", choices=["academy", "business", "entertainment",
+                                                                         "literature"],
+                           help="table14: the DSP domain the router is adapted to and the policy is aligned with")
+    reproduce.add_argument("--steps", type=at_least_one, default=100,
+                           help="table14: GRPO steps per policy (8 completions each: 2 prompts x 4 rollouts)")
+    reproduce.add_argument("--eval-prompts", type=at_least_one, default=100,
+                           help="table14: unseen DSP queries the two policies answer for the win rates")
+    reproduce.add_argument("--policy", default=None,
+                           help="table14: causal LM to post-train (default: the embedded SmolLM2-135M-Instruct)")
     reproduce.add_argument("--backbone", default=DEFAULT_BACKBONE)
     reproduce.add_argument("--data-root", default=None,
                            help="folder with hh-rlhf/, dsp/ and webgpt/ (default: $HF_SMOE_DATA; required for "
@@ -335,6 +346,13 @@ def run(args) -> None:
             else:
                 reproduce_fig6(k_values=tuple(args.k_values or (10, 20, 30, 40, 50)), seeds=tuple(args.seeds or (0,)),
                                **readers, **options)
+        elif args.experiment == "table14":
+            from .experiments import reproduce_table14
+
+            reproduce_table14(domain=args.domain, steps=args.steps, seed=(args.seeds or [0])[0], policy=args.policy,
+                              eval_prompts=args.eval_prompts, **options,
+                              **({"num_experts": args.num_experts} if args.num_experts else {}),
+                              **({"dsp_queries": sizes["dsp"]} if "dsp" in sizes else {}))
         elif args.experiment == "fig2":
             reproduce_fig2(seeds=tuple(args.seeds or (0, 1, 2)), size=sizes.get("dsp"), **options,
                            **({"num_experts": args.num_experts} if args.num_experts else {}))

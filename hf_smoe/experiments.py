@@ -9,6 +9,7 @@ row reads the same cached backbone features and uses the same Trainer settings; 
 JSON beside the exact command that produced them.
 """
 
+import copy
 import os
 import random
 import statistics
@@ -22,7 +23,7 @@ from datasets import Dataset, concatenate_datasets
 from .adaptation import expert_rewards_of, routed_accuracy
 from .data import DSP_CRITERIA, dirichlet_users, load_pairs
 from .evaluation import head_outputs
-from .features import as_training_features
+from .features import EmbeddingCache, as_training_features
 from .generators import load_describer_and_judge
 from .interpret import (SAMPLES_PER_STRATUM, distinct_prompts, expert_table_markdown, interpret_head,
                         judge_agreement, routing_by_prompt, score_descriptions)
@@ -446,14 +447,19 @@ def personalization_data(backbone, tokenizer, *, cache_dir=None, data_root=None,
     on the test queries. With `users`, the DSP pairs are relabelled by each user (`dsp_user_pairs`)."""
     general, general_features = general_data(backbone, tokenizer, cache_dir=cache_dir, data_root=data_root,
                                              sizes=general_sizes)
-    dsp = without_criterion(dsp_with_criterion(dsp_queries, 0, data_root))
-    dsp_splits = split_for_training(dsp, 0, group_by="query", **SPLIT_FRACTIONS)
-    targets = {"pool": concatenate_datasets([dsp_splits["train"], dsp_splits["validation"]]),
-               "test": dsp_splits["test"]}
+    targets = dsp_targets(dsp_queries, data_root)
     if users:
         targets = {name: dsp_user_pairs(split, users) for name, split in targets.items()}
     return (general, general_features, cached_features(backbone, tokenizer, targets, cache_dir=cache_dir,
                                                        max_length=DATASETS["dsp"].max_length))
+
+
+def dsp_targets(dsp_queries: int, data_root=None) -> dict:
+    """DSP pairs without the criterion, split by query (Table 1's split): `pool` (train + validation queries: what
+    adaptation draws from) and `test`."""
+    dsp = without_criterion(dsp_with_criterion(dsp_queries, 0, data_root))
+    splits = split_for_training(dsp, 0, group_by="query", **SPLIT_FRACTIONS)
+    return {"pool": concatenate_datasets([splits["train"], splits["validation"]]), "test": splits["test"]}
 
 
 def general_data(backbone, tokenizer, *, cache_dir=None, data_root=None, sizes: tuple = (700, 300)):
@@ -790,3 +796,101 @@ def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", 
                    "judge_identity": judging.identity, "general_sizes": list(general_sizes)},
                   {"runs": runs, "summary": summary})
     return summary
+
+
+TABLE14_DOMAIN = "entertainment"  # the DSP domain personalization helps most in Table 5 (the paper picks such ones)
+
+
+def unseen_dsp_queries(excluded, count: int, seed: int = 0, data_root=None) -> list:
+    """`count` DSP queries (seeded) outside `excluded`: held-out prompts no model of the run has seen."""
+    path = resolve_data_root(data_root) / "dsp" / "domain_specific_preference.test.json"
+    queries = sorted({prompt[-1]["content"] for prompt in load_pairs(path, "dsp", append_criterion=False)["prompt"]}
+                     - set(excluded))
+    if count > len(queries):
+        raise InputError(f"eval_prompts: {count} requested, but DSP has {len(queries)} queries outside the run's.")
+    return random.Random(seed).sample(queries, count)
+
+
+def reproduce_table14(domain: str = TABLE14_DOMAIN, steps: int = 100, seed: int = 0, n: int = 50,
+                      eval_prompts: int = 100, output_dir="outputs/reproduce/table14", backbone=DEFAULT_BACKBONE,
+                      policy=None, epochs: float = 3.0, training: dict | None = None, cache_dir=None, data_root=None,
+                      dsp_queries: int = 150, general_sizes: tuple = (700, 300),
+                      num_experts: int = PERSONALIZATION_EXPERTS, learning_rate: float = 1e-5,
+                      max_completion_length: int = 48, max_new_tokens: int = 64) -> dict:
+    """Table 14 (App. I): GRPO post-training of `policy` (default: the embedded SmolLM2-135M-Instruct as a causal
+    LM) on DSP queries with (a) the universal sparse reward model (Table 5's: general mixture, K = 20) and (b) the
+    same model with its router adapted by Hedge to `domain` from `n` pairs. On `eval_prompts` unseen DSP queries,
+    the greedy answers of (b) and (a) are compared by two judges that are not the reward optimised: a `single`
+    reward model trained on the domain's pool pairs (the target attribute) and one trained on the general mixture
+    (overall quality); each judge's own accuracy is reported."""
+    from .alignment import answers, grpo_policy, judge_margins, win_rates
+    from .loading import default_generator_path
+    from .rewards import smoe_reward
+    from .routers import set_router
+
+    output, started = Path(output_dir), time.time()
+    policy = str(policy or default_generator_path())
+    backbone_model, tokenizer = load_frozen_backbone(backbone)
+    _, general, targets = personalization_data(backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root,
+                                               dsp_queries=dsp_queries, general_sizes=general_sizes)
+    pairs = dsp_targets(dsp_queries, data_root)
+    if domain not in set(pairs["test"]["category"]):
+        raise InputError(f"domain: {domain!r} is not a DSP domain; choose one of {sorted(DSP_CRITERIA)}.")
+    in_domain = {name: features.filter(lambda pair: pair["category"] == domain) for name, features in targets.items()}
+    universal, _ = train_preset(backbone_model, tokenizer, general, "sparse", num_experts, seed, epochs,
+                                str(output / "trainer"), training, lambda_global=1.0)
+    personalized = copy.deepcopy(universal)
+    set_router(personalized, adapt_router(universal, in_domain["pool"].shuffle(seed=seed).select(range(n)), "hedge",
+                                          seed=seed))
+    accuracy = {name: routed_accuracy(model.head.router, *expert_rewards_of(model.head, in_domain["test"]))[0]
+                for name, model in (("universal", universal), ("personalized", personalized))}
+    judges = {"target": train_preset(backbone_model, tokenizer, {"train": in_domain["pool"], "validation":
+                                                                 in_domain["test"], "test": in_domain["test"]},
+                                     "single", None, seed, epochs, str(output / "trainer"), training),
+              "quality": train_preset(backbone_model, tokenizer, general, "single", None, seed, epochs,
+                                      str(output / "trainer"), training)}
+    queries = sorted(set(pairs["pool"]["query"]))
+    rewards = {}
+    for name, model in (("personalized", personalized), ("universal", universal)):
+        reward = smoe_reward(model, tokenizer=tokenizer, max_length=DATASETS["dsp"].max_length)
+        rewards[name] = grpo_policy(policy, reward, queries, output / f"policy_{name}", steps=steps, seed=seed,
+                                    learning_rate=learning_rate, max_completion_length=max_completion_length)
+        print(f"{name}: GRPO mean reward {rewards[name]['rewards'][0]:.3f} -> {rewards[name]['rewards'][-1]:.3f}")
+    held_out = unseen_dsp_queries(set(pairs["pool"]["query"]) | set(pairs["test"]["query"]), eval_prompts, seed,
+                                  data_root)
+    texts = {name: answers(output / f"policy_{name}", held_out, max_new_tokens) for name in rewards}
+    cache = EmbeddingCache(judges["quality"][0], tokenizer, cache_dir=cache_dir, max_length=DATASETS["dsp"].max_length)
+    margins = {name: judge_margins(judge, cache, held_out, texts["personalized"], texts["universal"])
+               for name, (judge, _) in judges.items()}
+    record = {"win_rates": {name: win_rates(m) for name, m in margins.items()},
+              "judge_accuracy": {name: metrics["accuracy"] for name, (_, metrics) in judges.items()},
+              "reward_model_accuracy": accuracy, "grpo_rewards": rewards,
+              "answers": [{"prompt": prompt, "personalized": texts["personalized"][row],
+                           "universal": texts["universal"][row],
+                           **{f"{name}_margin": margins[name][row].item() for name in margins}}
+                          for row, prompt in enumerate(held_out)],
+              "seconds": time.time() - started}
+    write_results(output, "table14", table14_markdown(record, domain, steps, n),
+                  {"experiment": "table14", "domain": domain, "steps": steps, "seed": seed, "n": n,
+                   "eval_prompts": eval_prompts, "policy": policy, "backbone": backbone, "epochs": epochs,
+                   "training": training or {}, "dsp_queries": dsp_queries, "general_sizes": list(general_sizes),
+                   "num_experts": num_experts, "learning_rate": learning_rate,
+                   "max_completion_length": max_completion_length, "max_new_tokens": max_new_tokens}, record)
+    return record
+
+
+def table14_markdown(record: dict, domain: str, steps: int, n: int) -> str:
+    rates, accuracy = record["win_rates"], record["judge_accuracy"]
+    lines = [f"### Personalized alignment on DSP {domain} (App. I analogue; GRPO {steps} steps x 8 completions; "
+             f"win rates on {len(record['answers'])} unseen queries, %)", "",
+             "| policy trained with | win rate, target attribute | win rate, quality |", "|---|---|---|"]
+    for label, side in ((f"personalized (Hedge, {n} {domain} pairs)", "first"), ("universal", "second"),
+                        ("ties", "ties")):
+        lines.append(f"| {label} | {100 * rates['target'][side]:.1f} | {100 * rates['quality'][side]:.1f} |")
+    universal, personalized = (100 * record["reward_model_accuracy"][name] for name in ("universal", "personalized"))
+    lines += ["", f"Judges (not the reward optimised): target attribute = a `single` reward model on the {domain} "
+              f"pool pairs, {100 * accuracy['target']:.1f}% on the domain's test pairs; quality = a `single` reward "
+              f"model on the general mixture, {100 * accuracy['quality']:.1f}% on its test split. The reward models "
+              f"optimised: {universal:.1f}% (universal) and {personalized:.1f}% (personalized) on the {domain} test "
+              "pairs."]
+    return "\n".join(lines) + "\n"

@@ -10,12 +10,13 @@ import pytest
 import torch
 from datasets import Dataset, Value
 
+from hf_smoe import encode_pair
 from hf_smoe.cli import main
 from hf_smoe.data import CRITERION_TEMPLATE, DSP_CRITERIA, load_pairs
 from hf_smoe.loading import load_checkpoint
 from hf_smoe.experiments import (SPLIT_FRACTIONS, category_probe, dsp_with_criterion, hh_mixture,
                                  reproduce_fig2, reproduce_fig6, reproduce_personalization, reproduce_table1,
-                                 reproduce_table4, reproduce_table8, dsp_user_pairs, resolve_data_root, summarize,
+                                 reproduce_table4, reproduce_table8, reproduce_table14, dsp_user_pairs, resolve_data_root, summarize,
                                  without_criterion)
 from hf_smoe.metrics import routing_diagnosis
 from hf_smoe.modeling.configuration_smoe import InputError
@@ -315,3 +316,50 @@ def test_fig6_plots_fidelity_and_specialization_against_k(backbone_dirs, tmp_pat
     assert set(summary) == {2, 4}
     assert (tmp_path / "out" / "fig6.png").stat().st_size > 1000
     assert "| 4 |" in (tmp_path / "out" / "fig6.md").read_text()
+
+
+def test_table14_aligns_two_policies_and_judges_them_with_other_reward_models(backbone_dirs, tmp_path):
+    from hf_smoe.alignment import answers
+
+    policy = save_tiny_causal_lm(tmp_path / "policy")
+    record = reproduce_table14(domain="entertainment", steps=2, n=5, eval_prompts=4, output_dir=tmp_path / "out",
+                               backbone=backbone_dirs["llama"], policy=policy, epochs=1, cache_dir=tmp_path / "cache",
+                               data_root=SHARED_DATA, dsp_queries=12, general_sizes=(20, 10), num_experts=3,
+                               max_completion_length=4, max_new_tokens=6)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["job"]["steps"] == 2 and saved["results"]["win_rates"] == record["win_rates"]
+    prompts = [row["prompt"] for row in record["answers"]]
+    assert len(prompts) == 4 and not set(prompts) & set(dsp_with_criterion(12, 0, SHARED_DATA)["query"])
+    for name in ("personalized", "universal"):  # the answers are the saved policies' greedy answers
+        assert answers(tmp_path / "out" / f"policy_{name}", prompts, 6) == [row[name] for row in record["answers"]]
+        assert len(record["grpo_rewards"][name]["rewards"]) == 2
+    for judge in ("target", "quality"):
+        margins = torch.tensor([row[f"{judge}_margin"] for row in record["answers"]])
+        rates = record["win_rates"][judge]
+        assert rates["first"] == (margins > 0).float().mean().item()
+        assert rates["second"] == (margins < 0).float().mean().item()
+        assert rates["first"] + rates["second"] + rates["ties"] == pytest.approx(1.0)
+        for row in record["answers"]:  # identical answers tie exactly
+            if row["personalized"] == row["universal"]:
+                assert row[f"{judge}_margin"] == 0.0
+    table = (tmp_path / "out" / "table14.md").read_text()
+    assert "| universal |" in table and "Judges (not the reward optimised)" in table
+
+
+def test_judge_margins_are_reward_differences_and_empty_answers_lose(checkpoint_and_data, tmp_path):
+    from hf_smoe.alignment import judge_margins
+    from hf_smoe.features import EmbeddingCache
+
+    model, tokenizer, _, _ = checkpoint_and_data
+    prompts = ["what is the cat ?", "hello", "why rain ?", "code a poem", "hi"]
+    first = ["a kind answer", "hello how are you", "", "sure here is a poem", ""]
+    second = ["no", "hello how are you", "because sun", "", ""]
+    margins = judge_margins(model, EmbeddingCache(model, tokenizer, cache_dir=tmp_path / "cache", show_progress=False),
+                            prompts, first, second)
+    def reward(prompt, response):
+        with torch.no_grad():
+            inputs = {k: torch.tensor([v]) for k, v in encode_pair(tokenizer, prompt, response).items()}
+            return model.eval()(**inputs).logits.item()
+
+    assert margins[0].item() == pytest.approx(reward(prompts[0], first[0]) - reward(prompts[0], second[0]), abs=1e-5)
+    assert margins[1:].tolist() == [0.0, float("-inf"), float("inf"), 0.0]
