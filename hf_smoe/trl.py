@@ -16,6 +16,7 @@ from trl import RewardConfig, RewardTrainer
 
 from .data import load_pairs
 from .distributed import gather_with_grad
+from .loading import load_checkpoint
 from .losses import loss_weights, moe_preference_loss
 from .metrics import pairwise_accuracy
 from .modeling.configuration_smoe import InputError
@@ -64,6 +65,9 @@ class SMoERewardTrainer(RewardTrainer):
 
     def __init__(self, model, args: RewardConfig | None = None, train_dataset=None, eval_dataset=None,
                  peft_config=None, **kwargs):
+        if isinstance(model, str):  # an hf_smoe checkpoint folder or Hub id, checked and loaded as `smoe eval` does
+            model, tokenizer = load_checkpoint(model)
+            kwargs.setdefault("processing_class", tokenizer)
         if args is None:
             args = SMoERewardTrainerConfig(f"{type(model).__name__}-trl")
         if peft_config is not None:

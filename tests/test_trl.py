@@ -266,3 +266,12 @@ def test_the_readmes_grpo_snippet_runs(checkpoint_and_data, tmp_path, monkeypatc
         snippet = snippet.replace(placeholder, repr(str(path)))
     exec(snippet, {})
     assert (tmp_path / "outputs" / "grpo").is_dir()
+
+
+def test_a_checkpoint_path_trains_with_its_own_tokenizer(checkpoint_and_data, tmp_path):
+    folder = checkpoint_and_data[-1] / "checkpoint"
+    trainer = SMoERewardTrainer(str(folder), config(tmp_path, max_steps=1),
+                                train_dataset=trl_dataset("conversational explicit"))
+    head = state(trainer.model.head)
+    trainer.train()
+    assert changed(head, state(trainer.model.head))
