@@ -37,7 +37,7 @@ from .steering import STEERING_WEIGHTS, random_target_report, steering_report, t
 from .synthetic import generate_preference_set
 from .modeling.configuration_smoe import InputError
 
-DATA_ROOT_VARIABLE = "HF_SMOE_DATA"  # where the reproductions read HH-RLHF, DSP and WebGPT when --data-root is not given
+DATA_ROOT_VARIABLE = "HF_SMOE_DATA"  # the data folder of the reproductions when --data-root is not given
 PRESETS = ("single", "vanilla", "micro", "sparse")
 # Labelling experts on the 50 top validation examples and measuring purity on the 50 top test examples (App. A)
 # needs >= 50 examples of each category in both splits, so the reproductions hold out 20% + 20% of prompts.
@@ -240,7 +240,8 @@ def without_test(splits: dict) -> dict:
 
 
 def reproduce_table1(datasets=tuple(DATASETS), seeds=(0, 1, 2), output_dir="outputs/reproduce/table1",
-                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, training: dict | None = None, cache_dir=None, data_root=None,
+                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, training: dict | None = None,
+                     cache_dir=None, data_root=None,
                      sizes: dict | None = None, measure_on: str = "test") -> dict:
     """Table 1 (category recovery) for `single`, `vanilla`, `micro` and `sparse` on each dataset, mean ± std over
     `seeds`; experts are labelled on the 50 top validation examples and scored on test (App. A). Writes
@@ -279,7 +280,8 @@ def reproduce_table1(datasets=tuple(DATASETS), seeds=(0, 1, 2), output_dir="outp
                         "seconds": {"embedding": embedded, "total": time.time() - started}, "figure": figure.name}
         print(f"{name}: done in {record[name]['seconds']['total']:.0f} s (embedding {embedded:.0f} s)")
     write_results(output, "table1", table1_markdown(record),
-                  {"experiment": "table1", "datasets": list(datasets), "seeds": list(seeds), "epochs": epochs, "training": training or {},
+                  {"experiment": "table1", "datasets": list(datasets), "seeds": list(seeds), "epochs": epochs,
+                   "training": training or {},
                    "backbone": backbone, "sizes": sizes, "measure_on": measure_on}, record)
     return record
 
@@ -308,7 +310,8 @@ def table8_markdown(rows: list, dataset: str) -> str:
 
 
 def reproduce_table8(dataset: str = "hh", seeds=(0,), output_dir="outputs/reproduce/table8",
-                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, training: dict | None = None, cache_dir=None, data_root=None,
+                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, training: dict | None = None,
+                     cache_dir=None, data_root=None,
                      size: int | None = None, grid=LAMBDA_GRID) -> list:
     """Table 8 (App. C): the sparse preset for every (λ_ls, λ_gb, λ_div) of `grid`, everything else fixed, with
     SPEC 7's collapse diagnosis of each row. Writes table8.md and results.json to `output_dir`."""
@@ -328,7 +331,8 @@ def reproduce_table8(dataset: str = "hh", seeds=(0,), output_dir="outputs/reprod
               f"{summary['routing_entropy']['mean']:.3f}, global H {summary['global_entropy']['mean']:.3f} -> "
               f"{diagnosis}")
     write_results(output, "table8", table8_markdown(rows, f"{dataset}: {data.description}, K = {data.num_experts}"),
-                  {"experiment": "table8", "dataset": dataset, "seeds": list(seeds), "epochs": epochs, "training": training or {},
+                  {"experiment": "table8", "dataset": dataset, "seeds": list(seeds), "epochs": epochs,
+                   "training": training or {},
                    "backbone": backbone, "size": data.size}, rows)
     return rows
 
@@ -367,7 +371,8 @@ def dsp_user_pairs(pairs, users: dict):
 
 
 def reproduce_fig2(seeds=(0, 1, 2), output_dir="outputs/reproduce/fig2", backbone=DEFAULT_BACKBONE,
-                   epochs: float = 3.0, training: dict | None = None, cache_dir=None, data_root=None, size: int | None = None,
+                   epochs: float = 3.0, training: dict | None = None,
+                   cache_dir=None, data_root=None, size: int | None = None,
                    num_experts: int = 10) -> dict:
     """Fig. 2 (attribute steering, §5.2) on DSP: train attribute-conditioned (criterion appended), choose each
     domain's target expert from the top-100 validation examples, then on test pairs *without* the criterion set the
@@ -406,7 +411,8 @@ def reproduce_fig2(seeds=(0, 1, 2), output_dir="outputs/reproduce/fig2", backbon
                      for name, s in summary.items()},
                     f"Steering on DSP test prompts without the criterion (K = {data.num_experts})")
     write_results(output, "fig2", fig2_markdown(summary, data, len(seeds)),
-                  {"experiment": "fig2", "seeds": list(seeds), "epochs": epochs, "training": training or {}, "backbone": backbone,
+                  {"experiment": "fig2", "seeds": list(seeds), "epochs": epochs,
+                   "training": training or {}, "backbone": backbone,
                    "size": data.size, "num_experts": data.num_experts},
                   {"runs": runs, "summary": summary, "domains": domains})
     return summary
@@ -497,7 +503,8 @@ def adapt_per_domain(model, method, targets: dict, n_values, adaptation_sets: in
 
 def reproduce_personalization(n_values=(50,), seeds=(0, 1, 2), adaptation_sets: int = 3,
                               num_experts: int = PERSONALIZATION_EXPERTS,
-                              output_dir="outputs/reproduce/table5", backbone=DEFAULT_BACKBONE, epochs: float = 3.0, training: dict | None = None,
+                              output_dir="outputs/reproduce/table5", backbone=DEFAULT_BACKBONE, epochs: float = 3.0,
+                              training: dict | None = None,
                               cache_dir=None, data_root=None, dsp_queries: int = 150,
                               general_sizes: tuple = (700, 300), num_users: int | None = None,
                               alpha: float = 0.3) -> dict:
@@ -538,7 +545,8 @@ def reproduce_personalization(n_values=(50,), seeds=(0, 1, 2), adaptation_sets: 
         markdown += "\n"
     write_results(output, name, markdown,
                   {"experiment": name, "n_values": list(n_values), "seeds": list(seeds),
-                   "adaptation_sets": adaptation_sets, "num_experts": num_experts, "epochs": epochs, "training": training or {},
+                   "adaptation_sets": adaptation_sets, "num_experts": num_experts, "epochs": epochs,
+                   "training": training or {},
                    "config_overrides": {name: overrides for name, _, _, overrides in PERSONALIZATION_ROWS},
                    "backbone": backbone, "dsp_queries": dsp_queries, "general_sizes": list(general_sizes),
                    "users": users},
@@ -659,7 +667,8 @@ def oracle_fidelity(head, describing, measuring, judge, descriptions: dict, seed
 
 def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=(0, 1, 2), generator: str = "local",
                      generator_model=None, judge=None, judge_model=None, output_dir="outputs/reproduce/table4",
-                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, training: dict | None = None, cache_dir=None, data_root=None,
+                     backbone=DEFAULT_BACKBONE, epochs: float = 3.0, training: dict | None = None,
+                     cache_dir=None, data_root=None,
                      generation_cache=None, per_stratum: int = SAMPLES_PER_STRATUM, general_sizes: tuple = (700, 300),
                      dsp_queries: int | None = None, num_experts: int | None = None) -> dict:
     """Table 4 (§6.1): accuracy, description fidelity and top-10% expert specialization of single / vanilla / MiCRo /
@@ -705,7 +714,8 @@ def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=(0, 1, 2), generato
             record[name]["judge_check"] = judge_agreement(judging, texts, [measuring[row]["category"] for row in rows],
                                                           DSP_DESCRIPTIONS)
     write_results(output, "table4", table4_markdown(record, len(seeds), describer.identity, judging.identity),
-                  {"experiment": "table4", "datasets": list(datasets), "seeds": list(seeds), "epochs": epochs, "training": training or {},
+                  {"experiment": "table4", "datasets": list(datasets), "seeds": list(seeds), "epochs": epochs,
+                   "training": training or {},
                    "backbone": backbone, "generator": generator, "generator_model": generator_model, "judge": judge,
                    "judge_model": judge_model, "per_stratum": per_stratum, "describer": describer.identity,
                    "judge_identity": judging.identity, "general_sizes": list(general_sizes),
@@ -757,7 +767,8 @@ FIG6_EXPERTS = (10, 20, 30, 40, 50)
 
 def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", generator_model=None, judge=None,
                    judge_model=None, output_dir="outputs/reproduce/fig6", backbone=DEFAULT_BACKBONE,
-                   epochs: float = 3.0, training: dict | None = None, cache_dir=None, data_root=None, generation_cache=None,
+                   epochs: float = 3.0, training: dict | None = None,
+                   cache_dir=None, data_root=None, generation_cache=None,
                    per_stratum: int = SAMPLES_PER_STRATUM, general_sizes: tuple = (700, 300)) -> dict:
     """Fig. 6 (App. B): the sparse model on the general mixture (λ_gb = 1.0) for each K, its description fidelity
     and top-10% expert specialization against K. Writes fig6.md, fig6.png and results.json."""
@@ -790,7 +801,8 @@ def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", 
         lines.append(f"| {k} | " + " | ".join(mean_std_cell(summary[k], key, scale)
                                              for key, _, scale in TABLE4_COLUMNS[:3]) + " |")
     write_results(output, "fig6", "\n".join(lines) + "\n",
-                  {"experiment": "fig6", "k_values": list(k_values), "seeds": list(seeds), "epochs": epochs, "training": training or {},
+                  {"experiment": "fig6", "k_values": list(k_values), "seeds": list(seeds), "epochs": epochs,
+                   "training": training or {},
                    "backbone": backbone, "generator": generator, "generator_model": generator_model, "judge": judge,
                    "judge_model": judge_model, "per_stratum": per_stratum, "describer": describer.identity,
                    "judge_identity": judging.identity, "general_sizes": list(general_sizes)},

@@ -98,9 +98,10 @@ class SMoERewardTrainer(RewardTrainer):
         """`optim`'s class and kwargs (`get_optimizer_cls_and_kwargs`), one learning rate per part."""
         if self.optimizer is None:
             model = model or self.model
+            defaults = SMoERewardTrainerConfig  # a plain TRL RewardConfig has no head rates: the paper's
             rates = {"backbone": self.args.learning_rate,
-                     "experts": getattr(self.args, "experts_learning_rate", SMoERewardTrainerConfig.experts_learning_rate),
-                     "router": getattr(self.args, "router_learning_rate", SMoERewardTrainerConfig.router_learning_rate)}
+                     "experts": getattr(self.args, "experts_learning_rate", defaults.experts_learning_rate),
+                     "router": getattr(self.args, "router_learning_rate", defaults.router_learning_rate)}
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
             self.optimizer = optimizer_cls(optimizer_groups(self, model, rates), **optimizer_kwargs)
         return self.optimizer

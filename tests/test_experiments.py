@@ -16,8 +16,8 @@ from hf_smoe.data import CRITERION_TEMPLATE, DSP_CRITERIA, load_pairs
 from hf_smoe.loading import load_checkpoint
 from hf_smoe.experiments import (SPLIT_FRACTIONS, category_probe, dsp_with_criterion, hh_mixture,
                                  reproduce_fig2, reproduce_fig6, reproduce_personalization, reproduce_table1,
-                                 reproduce_table4, reproduce_table8, reproduce_table14, dsp_user_pairs, resolve_data_root, summarize,
-                                 without_criterion)
+                                 reproduce_table4, reproduce_table8, reproduce_table14, dsp_user_pairs,
+                                 resolve_data_root, summarize, without_criterion)
 from hf_smoe.metrics import routing_diagnosis
 from hf_smoe.modeling.configuration_smoe import InputError
 from hf_smoe.training_job import split_for_training

@@ -120,7 +120,8 @@ def test_an_unfrozen_backbone_trains_at_learning_rate(build, tokenizers, tmp_pat
     model = build(freeze_backbone=False)
     backbone = state(model.backbone)
     trainer = SMoERewardTrainer(model, config(tmp_path, learning_rate=1e-3),
-                                train_dataset=trl_dataset("conversational implicit"), processing_class=tokenizers["llama"])
+                                train_dataset=trl_dataset("conversational implicit"),
+                                processing_class=tokenizers["llama"])
     trainer.train()
     assert changed(backbone, state(model.backbone))
     assert sorted({group["initial_lr"] for group in trainer.optimizer.param_groups}) == [5e-4, 1e-3, 2e-3]
@@ -227,7 +228,8 @@ def test_a_batch_mixing_users_matches_scoring_each_user_separately(build, tokeni
         assert [mixed[i] for i in rows] == pytest.approx(alone, abs=1e-6)
     assert reward(prompts, completions) == pytest.approx(reward(prompts, completions, user=[None] * 6))
     empty = reward(prompts[:1], [""])[0]  # a policy's empty completion: the template's empty assistant turn
-    inputs = {k: torch.tensor([v]) for k, v in encode_pair(tokenizers["llama"], prompts[0], "", allow_empty=True).items()}
+    encoded = encode_pair(tokenizers["llama"], prompts[0], "", allow_empty=True)
+    inputs = {k: torch.tensor([v]) for k, v in encoded.items()}
     with torch.no_grad():
         assert empty == pytest.approx(model(**inputs).logits.item(), abs=1e-6)
     with pytest.raises(InputError, match="user: no router for \\['carol'\\]"):
