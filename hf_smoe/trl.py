@@ -7,6 +7,7 @@ bf16). The loss is Eq. 7 with the model config's λ's; the experts and the route
 (App. A) and the backbone takes `learning_rate`.
 """
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -71,6 +72,7 @@ class SMoERewardTrainer(RewardTrainer):
         if args is None:
             args = SMoERewardTrainerConfig(f"{type(model).__name__}-trl")
         if peft_config is not None:
+            peft_config = copy.copy(peft_config)  # the caller's config is left as it is
             peft_config.modules_to_save = sorted({*(peft_config.modules_to_save or []), "head"})
             model.config.freeze_backbone = False  # peft freezes the base weights itself; keep its adapters trainable
         super().__init__(model, args, train_dataset=train_dataset, eval_dataset=eval_dataset,
