@@ -12,6 +12,7 @@ boundaries, so the remaining texts form the same batches an uninterrupted run wo
 """
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from .data import PAIR_METADATA
 from .distributed import state
 from .encoding import as_messages, encode_pair
-from .loading import cache_root
+from .loading import cache_root, fast_dtype
 from .modeling.configuration_smoe import InputError
 
 FEATURE_COLUMNS = ("prompt_embedding", "chosen_embedding", "rejected_embedding")  # a pair's three vectors
@@ -112,13 +113,6 @@ def quiet_datasets_progress():
             datasets_progress.enable_progress_bars()
 
 
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the device has fast bf16 matmuls (CUDA); fp32 on CPU, where bf16 is several times slower."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
 class EmbeddingCache:
     """Prompt and response representations of a `SMoERewardModel`'s frozen backbone, computed once per text.
 
@@ -130,16 +124,20 @@ class EmbeddingCache:
         batch_tokens: padded tokens per batch (default: `default_batch_tokens(device)`); texts are sorted by length
             so batches carry little padding.
         shard_size: texts per stored shard: the most work an interruption can lose.
+        dtype: the dtype the backbone computes in (default: `fast_dtype(device)`: bf16 weights where the hardware
+            has native bf16). A backbone of another dtype is run through a converted copy (the caller's model, whose
+            weights a checkpoint saves, is left as it is). Part of the fingerprint.
     """
 
     def __init__(self, model, tokenizer, *, cache_dir=None, max_length=1024, batch_tokens=None, shard_size=512,
-                 show_progress=True):
+                 show_progress=True, dtype=None):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         self.max_length, self.shard_size = max_length, shard_size
         self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
         self.show_progress = show_progress
-        self.dtype = compute_dtype(self.device)
+        self.dtype = dtype or fast_dtype(self.device)
+        self._compute_model = None  # the model `_forward` runs: `model`, or one around a converted backbone
         self.directory = feature_root(cache_dir) / self.fingerprint()
         self._features = None  # (keys -> row, prompt (N, H), response (N, H)) once loaded
         self._verified = set()  # shard names whose checksums this instance checked (or which it wrote)
@@ -229,12 +227,22 @@ class EmbeddingCache:
     def _forward(self, batch):
         self.tokenizer.padding_side = "right"
         inputs = self.tokenizer.pad([encoding for _, encoding in batch], return_tensors="pt").to(self.device)
-        autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
-                    else contextlib.nullcontext())
-        with autocast:
-            prompts, responses = self.model.embed(**inputs)
+        prompts, responses = self._computing_model().embed(**inputs)
         prompts, responses = prompts.float().cpu().numpy(), responses.float().cpu().numpy()
         return [(key, prompts[i], responses[i]) for i, (key, _) in enumerate(batch)]
+
+    def _computing_model(self):
+        """`self.model` when its backbone already computes in `self.dtype`; else, made once, the same model around a
+        copy of the backbone converted to it (weights in bf16, not autocast over fp32 weights: faster on CPUs with
+        native bf16)."""
+        if self._compute_model is None:
+            backbone = self.model.backbone
+            if next(backbone.parameters()).dtype != self.dtype:
+                backbone = copy.deepcopy(backbone).to(self.dtype)
+                self._compute_model = type(self.model)(self.model.config, backbone=backbone).to(self.device).eval()
+            else:
+                self._compute_model = self.model
+        return self._compute_model
 
     def _shards(self) -> list:
         """Finished shard folders, in index order (`.partial` folders are never read)."""

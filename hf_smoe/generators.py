@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .features import weights_digest
-from .loading import cache_root, check_model_source, default_generator_path, loading, pick_device
+from .loading import cache_root, check_model_source, default_generator_path, fast_dtype, loading, pick_device
 from .modeling.configuration_smoe import InputError
 
 # Surface forms of the two answers whose next-token probabilities are pooled: small models often write "Yes" or
@@ -256,18 +256,6 @@ class LocalGenerator(TextGenerator):
         logits = self.model(input_ids=suffix, attention_mask=mask, position_ids=positions, logits_to_keep=1,
                             **cache).logits[:, -1]
         return torch.log_softmax(logits.float(), dim=-1)
-
-
-def fast_dtype(device: torch.device) -> torch.dtype:
-    """bf16 where the hardware multiplies it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32.
-    On this project's 2-core AMD EPYC (avx512_bf16) SmolLM2-135M judges 3-5x faster in bf16 (docs/benchmarks.md)."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return torch.float32
-    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
 def load_generator(spec: str = "local", *, model: str | None = None, cache_dir=None, device=None,

@@ -225,6 +225,11 @@ def push_checkpoint(output_dir, repo_id: str, *, token: str | None = None, priva
     config = read_smoe_config(output_dir)
     files = checkpoint_files(output_dir, config)
     check_repo_id(repo_id)
+    source = (config.get("backbone_source") or {}).get("name_or_path")
+    if source and not is_hub_id(source):
+        raise InputError(f"backbone_source: {output_dir} is a heads-only checkpoint whose backbone is the local "
+                         f"folder {source}, which nobody who loads {repo_id} has; push the backbone to the Hub and "
+                         "save the heads with backbone_source=ORG/NAME (or push a full checkpoint).")
     operations = [CommitOperationAdd(name, published_bytes(output_dir, name, repo_id) or output_dir / name)
                   for name in files]
     message = commit_message or f"Upload hf_smoe reward model (preset {config['preset']}, K={config['num_experts']})"

@@ -19,8 +19,9 @@ from .data import load_pairs, split_pairs
 from .distributed import state
 from .evaluation import evaluate_head
 from .features import EmbeddingCache, feature_root
-from .hub import check_repo_id, push_checkpoint, write_model_card
-from .loading import DEFAULT_BACKBONE, backbone_hub_id, load_backbone_model, non_finite_parameters
+from .hub import check_repo_id, is_hub_id, push_checkpoint, write_model_card
+from .loading import (DEFAULT_BACKBONE, backbone_hub_id, load_backbone_model, non_finite_parameters,
+                      resolve_backbone)
 from .modeling.configuration_smoe import LAMBDA_NAMES, PRESETS, InputError, SMoERewardConfig, check_loss_weights
 from .modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE
 from .outputs import check_output_dir, publish, save_run, staging_dir, write_text_atomic
@@ -65,11 +66,17 @@ class ModelArguments:
                                                                               "(default 0.25)"})
     pooling: str | None = field(default=None, metadata={"help": "last_token or mean"})
     prompt_representation: str | None = field(default=None, metadata={"help": "same_pass or prompt_pass"})
+    heads_only: bool = field(default=False, metadata={
+        "help": "write only the head (kilobytes) and a reference to --backbone (a Hub id, or a folder that stays "
+                "where it is) instead of the full model; many heads can share one backbone"})
+    backbone_revision: str | None = field(default=None, metadata={
+        "help": "with --heads_only: the backbone revision the checkpoint records"})
 
     def config_overrides(self) -> dict:
-        """The config fields this run sets (all but backbone, preset and K, which `from_backbone` takes)."""
-        return {name: value for name, value in asdict(self).items()
-                if value is not None and name not in ("backbone", "preset", "num_experts")}
+        """The config fields this run sets (all but backbone, preset and K, which `from_backbone` takes, and the
+        saving options)."""
+        return {name: value for name, value in asdict(self).items() if value is not None
+                and name not in ("backbone", "preset", "num_experts", "heads_only", "backbone_revision")}
 
 
 def job_record(data: DataArguments, model: ModelArguments, training) -> dict:
@@ -161,11 +168,12 @@ def check_finite_head(model) -> None:
                          f"{weights}); lower the loss weights or the learning rate. Nothing was saved.")
 
 
-def save_checkpoint(model, tokenizer, output_dir) -> None:
-    """The full model and its tokenizer. A tokenizer without a chat template is saved with the plain fallback
+def save_checkpoint(model, tokenizer, output_dir, **save_options) -> None:
+    """The model (full, or with `heads_only=True` the head and a reference to its backbone: `save_options` go to
+    `save_pretrained`) and its tokenizer. A tokenizer without a chat template is saved with the plain fallback
     written into a copy (the caller's tokenizer is left as it is: its template is part of the embedding cache's
     key), so `apply_chat_template` (the model card's snippet) reproduces the training encoding."""
-    model.save_pretrained(output_dir)
+    model.save_pretrained(output_dir, **save_options)
     if not getattr(tokenizer, "chat_template", None):
         tokenizer = copy.deepcopy(tokenizer)
         tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
@@ -190,6 +198,9 @@ def check_job(data: DataArguments, model: ModelArguments, training) -> Path:
         if not training.hub_model_id:
             raise InputError("hub_model_id: --push_to_hub needs the repo to push to; pass --hub_model_id ORG/NAME.")
         check_repo_id(training.hub_model_id)
+        if model.heads_only and not is_hub_id(model.backbone):
+            raise InputError(f"heads_only: --push_to_hub with --heads_only needs the backbone on the Hub (--backbone "
+                             f"ORG/NAME), not {model.backbone}, which nobody who loads the heads has.")
     feature_root(data.cache_dir)
     protected = {name: path for name, path in (("backbone", model.backbone), ("dataset", data.dataset),
                                                ("embedding cache", data.cache_dir))
@@ -252,10 +263,21 @@ def train_reward_model(data: DataArguments, model_args: ModelArguments, training
     return results
 
 
+def heads_only_options(model_args: ModelArguments) -> dict:
+    """`save_pretrained` options of a heads-only run: the backbone as given (a Hub id, the embedded default's
+    converted folder, or a folder made absolute so it resolves from anywhere), at its revision."""
+    if not model_args.heads_only:
+        return {}
+    source = resolve_backbone(model_args.backbone)
+    if Path(source).exists():
+        source = str(Path(source).resolve())
+    return {"heads_only": True, "backbone_source": source, "backbone_revision": model_args.backbone_revision}
+
+
 def publish_run(model, tokenizer, staging, output_dir, record, results, data, model_args, training) -> None:
     """Checkpoint, card and results into the staging folder, renamed into place, then pushed if asked."""
     shutil.rmtree(staging / "trainer", ignore_errors=True)  # Trainer checkpoints only serve resuming
-    save_checkpoint(model, tokenizer, staging)
+    save_checkpoint(model, tokenizer, staging, **heads_only_options(model_args))
     routing_keys = ("routing_entropy", "global_entropy", "expert_correlation")
     repo_id = training.hub_model_id if training.push_to_hub else None
     write_model_card(staging, base_model=backbone_hub_id(model_args.backbone), datasets=[data.dataset],

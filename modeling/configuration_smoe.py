@@ -90,6 +90,10 @@ class SMoERewardConfig(PretrainedConfig):
             Token ids that open the assistant turn in the chat template. Lets the model find the prompt boundary when
             called without `prompt_lengths`; filled in by `SMoERewardModel.from_backbone` from the tokenizer.
         freeze_backbone (`bool`, defaults to `True`): freeze the backbone (the paper's setting) and keep it in eval mode.
+        backbone_source (`dict`, *optional*):
+            Set in a heads-only checkpoint (`save_pretrained(..., heads_only=True)`), whose weights file holds only
+            the head: where `from_pretrained` loads the backbone's weights from, `{"name_or_path": Hub id or
+            folder, "revision": revision or None}`. None for a full checkpoint.
     """
 
     model_type = "smoe_reward"
@@ -113,6 +117,7 @@ class SMoERewardConfig(PretrainedConfig):
         prompt_representation=None,
         assistant_turn_pattern=None,
         freeze_backbone=True,
+        backbone_source=None,
         **kwargs,
     ):
         if preset not in PRESETS:
@@ -171,6 +176,11 @@ class SMoERewardConfig(PretrainedConfig):
         self.prompt_representation = prompt_representation
         self.assistant_turn_pattern = list(assistant_turn_pattern) if assistant_turn_pattern else None
         self.freeze_backbone = freeze_backbone
+        named = isinstance(backbone_source, dict) and backbone_source.get("name_or_path")
+        if backbone_source is not None and not named:
+            raise InputError(f"backbone_source: expected {{'name_or_path': HUB_ID_OR_FOLDER, 'revision': ...}}, got "
+                             f"{backbone_source!r}.")
+        self.backbone_source = backbone_source
         if backbone_config is not None:  # the parent's init would otherwise reset the backbone's attention choice
             kwargs.setdefault("attn_implementation", getattr(backbone_config, "_attn_implementation", None))
         kwargs["num_labels"] = 1

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.utils import ModelOutput
+from transformers.modeling_utils import load_state_dict
+from transformers.utils import ModelOutput, cached_file
 
 from .configuration_smoe import InputError, SMoERewardConfig
 
@@ -228,6 +229,46 @@ class SMoERewardModel(SMoEPreTrainedModel):
         config = SMoERewardConfig(backbone_config=backbone.config, num_experts=num_experts, preset=preset,
                                   **config_overrides)
         return cls(config, backbone=backbone).eval()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """As `PreTrainedModel.from_pretrained`; a heads-only checkpoint (`config.backbone_source` set) loads its
+        backbone from the Hub id or folder it names and its head from its own small weights file."""
+        hub = {key: kwargs[key] for key in ("cache_dir", "force_download", "local_files_only", "token", "revision",
+                                            "subfolder") if key in kwargs}
+        if config is None:
+            config = SMoERewardConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+        if config.backbone_source is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+        source = config.backbone_source
+        shared = {key: value for key, value in hub.items() if key not in ("revision", "subfolder")}
+        backbone = AutoModel.from_pretrained(source["name_or_path"], revision=source.get("revision"),
+                                             **({"dtype": kwargs["dtype"]} if "dtype" in kwargs else {}), **shared)
+        model = cls(config, backbone=backbone)
+        head = load_state_dict(cached_file(pretrained_model_name_or_path, "model.safetensors", **hub))
+        model.head.load_state_dict({name.removeprefix("head."): tensor for name, tensor in head.items()})
+        return model.eval()
+
+    def save_pretrained(self, save_directory, *args, heads_only: bool = False, backbone_source=None,
+                        backbone_revision=None, **kwargs):
+        """As `PreTrainedModel.save_pretrained`. `heads_only=True` writes the head's weights alone (kilobytes) and,
+        in the config, where the backbone comes from: `backbone_source` (a Hub id, or a folder that stays where it
+        is; default: the one the model was built from), at `backbone_revision`. Many heads can then share one
+        backbone repo; `from_pretrained` (this file, so also where hf_smoe is not installed) reassembles them."""
+        if not heads_only:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        source = backbone_source or (self.config.backbone_source or {}).get("name_or_path") \
+            or self.backbone.name_or_path
+        if not source:
+            raise InputError("backbone_source: a heads-only checkpoint names its backbone's Hub id or folder, and "
+                             "this backbone has none; pass save_pretrained(..., backbone_source=HUB_ID).")
+        previous, self.config.backbone_source = self.config.backbone_source, {"name_or_path": str(source),
+                                                                               "revision": backbone_revision}
+        try:
+            head = {f"head.{name}": tensor for name, tensor in self.head.state_dict().items()}
+            return super().save_pretrained(save_directory, *args, state_dict=head, **kwargs)
+        finally:
+            self.config.backbone_source = previous
 
     def get_input_embeddings(self):
         return self.backbone.get_input_embeddings()

@@ -6,6 +6,9 @@ import torch
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite compares cached features and generations with direct fp32 forwards to 1e-5; the bf16 path the hardware
+# would choose has its own tests (test_features.py, test_loading.py).
+os.environ.setdefault("HF_SMOE_DTYPE", "float32")
 
 from hf_smoe import SMoERewardModel, encode_pair  # noqa: E402
 from hf_smoe.training_job import save_checkpoint  # noqa: E402

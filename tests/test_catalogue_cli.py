@@ -523,7 +523,19 @@ def reproduce_without_data_root(tmp_path):
         return run_cli("reproduce", "table1", "--datasets", "hh", "--output-dir", tmp_path / "out")
 
 
+def heads_only_push_of_a_local_backbone(tmp_path):
+    folder = tmp_path / "heads"
+    SMoERewardModel.from_backbone(world()["backbone"], num_experts=2).save_pretrained(folder, heads_only=True)
+    return push_checkpoint(folder, "org/heads")
+
+
 CASES_FOUND_LATER = [
+    Case("train --heads_only --push_to_hub with a local backbone", "error",
+         "heads_only: --push_to_hub with --heads_only needs the backbone on the Hub",
+         lambda t: run_cli(*train_args(t, "--heads_only", "--push_to_hub", "--hub_model_id", "org/heads"))),
+    Case("push a heads-only checkpoint whose backbone is a local folder", "error",
+         "is a heads-only checkpoint whose backbone is the local folder",
+         heads_only_push_of_a_local_backbone),
     Case("reproduce without --data-root or HF_SMOE_DATA", "error", "data_root: the reproductions read HH-RLHF",
          reproduce_without_data_root),
     Case("steer --prompt empty", "error", "prompt: empty text",

@@ -64,6 +64,25 @@ def test_train_on_real_hh_data_with_a_tiny_backbone(backbone_dirs, tmp_path, cap
     check_checkpoint(output, tmp_path)
 
 
+def test_train_heads_only_writes_the_head_alone_and_loads_like_the_full_run(backbone_dirs, tmp_path):
+    """The same job twice, full and --heads_only: the heads-only folder holds the head's weights alone and a
+    reference to the backbone folder, and both load to the same rewards."""
+    common = ["train", "--dataset", str(HH_HELPFUL), "--backbone", backbone_dirs["llama"], "--max_pairs", "40",
+              "--max_length", "128", "--epochs", "1", "--num_experts", "3", "--cache_dir", str(tmp_path / "cache")]
+    assert main([*common, "--output_dir", str(tmp_path / "full")]) == 0
+    assert main([*common, "--output_dir", str(tmp_path / "heads"), "--heads_only"]) == 0
+    config = json.loads((tmp_path / "heads" / "config.json").read_text())
+    assert config["backbone_source"] == {"name_or_path": str(Path(backbone_dirs["llama"]).resolve()), "revision": None}
+    sizes = {name: (tmp_path / name / "model.safetensors").stat().st_size for name in ("full", "heads")}
+    assert sizes["heads"] < 20_000 < sizes["full"]
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "heads")
+    batch = tokenizer.pad([encode_pair(tokenizer, "How do I boil an egg?", "Simmer it for nine minutes.")],
+                          return_tensors="pt")
+    with torch.no_grad():
+        full, heads = (AutoModel.from_pretrained(tmp_path / name)(**batch) for name in ("full", "heads"))
+    assert torch.equal(full.logits, heads.logits) and torch.equal(full.routing_weights, heads.routing_weights)
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_on_the_embedded_defaults(tmp_path, capsys):
     output = tmp_path / "demo"

@@ -267,3 +267,43 @@ def test_a_damaged_shard_is_reported_once_deleted_and_reembedded(backbone_dirs, 
         warnings.simplefilter("error")
         again = make_cache(model, tokenizer, tmp_path / "run", batch_tokens=1, shard_size=2).lookup(ITEMS)
     assert torch.equal(again[1], want[1])
+
+
+def test_bf16_features_come_from_a_bf16_copy_and_match_fp32_to_bf16_precision(model, kind, tokenizers, tmp_path):
+    """The hardware's bf16 path: features computed with bf16 *weights* (a converted copy; the caller's fp32 model,
+    which a checkpoint saves, is bit-identical afterwards), close to the fp32 features, under another fingerprint."""
+    tokenizer = tokenizers[kind]
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    fp32 = EmbeddingCache(model, tokenizer, cache_dir=tmp_path, dtype=torch.float32, show_progress=False)
+    bf16 = EmbeddingCache(model, tokenizer, cache_dir=tmp_path, dtype=torch.bfloat16, show_progress=False)
+    assert fp32.directory != bf16.directory
+    reference, computed = fp32.lookup(ITEMS), bf16.lookup(ITEMS)
+    assert next(bf16._computing_model().backbone.parameters()).dtype == torch.bfloat16
+    assert fp32._computing_model() is model
+    for name, tensor in model.state_dict().items():
+        assert tensor.dtype == weights[name].dtype and torch.equal(tensor, weights[name]), name
+    for exact, approximate in zip(reference, computed):
+        assert approximate.dtype == torch.float32
+        cosine = torch.nn.functional.cosine_similarity(exact, approximate, dim=-1)
+        assert (cosine > 0.99).all(), cosine
+        assert not torch.equal(exact, approximate)  # it did compute in bf16
+
+
+def test_the_compute_dtype_follows_the_hardware_unless_overridden(monkeypatch):
+    from hf_smoe import loading
+    from hf_smoe.modeling.configuration_smoe import InputError
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("HF_SMOE_DTYPE", raising=False)
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda native=native: native)
+        assert loading.fast_dtype(cpu) == expected
+    monkeypatch.setenv("HF_SMOE_DTYPE", "float32")
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
+    assert loading.fast_dtype(cpu) == torch.float32
+    monkeypatch.setenv("HF_SMOE_DTYPE", "fp16")
+    with pytest.raises(InputError, match="HF_SMOE_DTYPE: 'fp16' is not a compute dtype"):
+        loading.fast_dtype(cpu)
+    flags = open("/proc/cpuinfo").read().split()
+    monkeypatch.undo()
+    assert loading.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)

@@ -241,3 +241,54 @@ def test_card_refuses_inconsistent_inputs(checkpoint, tmp_path, arguments, match
     with pytest.raises(ValueError, match=match):
         write_model_card(tmp_path, **card_inputs)
     assert not (tmp_path / "README.md").exists()
+
+
+HEADS_LOADER = BLOCK_HF_SMOE + textwrap.dedent("""
+    import json
+    import torch
+    from transformers import AutoModel
+
+    repo_ids, batch_file, out_file = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+    batch = {k: torch.tensor(v) for k, v in json.load(open(batch_file)).items()}
+    results = {}
+    for repo_id in repo_ids:
+        model = AutoModel.from_pretrained(repo_id, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        with torch.no_grad():
+            results[repo_id] = model(**batch).logits.tolist()
+    assert "hf_smoe" not in sys.modules
+    json.dump(results, open(out_file, "w"))
+""")
+
+
+@pytest.mark.slow
+def test_heads_only_repos_share_one_backbone_repo_and_load_where_hf_smoe_is_not_installed(
+        backbone_dirs, hub_server, tokenizers, tmp_path):
+    """Two heads pushed as heads-only checkpoints (the head's weights and a reference to the backbone repo), one
+    backbone repo; in a process without hf_smoe each loads with AutoModel and scores like the full model."""
+    api = HfApi(endpoint=hub_server.endpoint, token=hub_server.token)
+    api.create_repo("org/tiny-backbone", exist_ok=True)
+    api.upload_folder(folder_path=backbone_dirs["llama"], repo_id="org/tiny-backbone")
+    tokenizer = tokenizers["llama"]
+    batch = encode_batch(tokenizer, padding_side="left")
+    (tmp_path / "batch.json").write_text(json.dumps({k: v.tolist() for k, v in batch.items()}))
+    expected = {}
+    for seed, preset in ((0, "sparse"), (1, "micro")):
+        torch.manual_seed(seed)
+        model = SMoERewardModel.from_backbone(backbone_dirs["llama"], num_experts=3, preset=preset)
+        folder = tmp_path / preset
+        model.save_pretrained(folder, heads_only=True, backbone_source="org/tiny-backbone")
+        tokenizer.save_pretrained(folder)
+        assert (folder / "model.safetensors").stat().st_size < 100_000  # the head alone
+        repo_id = f"org/smoe-{preset}-head"
+        push_checkpoint(folder, repo_id, token=hub_server.token)
+        with torch.no_grad():
+            expected[repo_id] = model.eval()(**batch).logits
+    loaded = subprocess.run([sys.executable, "-I", "-c", HEADS_LOADER, ",".join(expected),
+                             str(tmp_path / "batch.json"), str(tmp_path / "out.json")], cwd=tmp_path, timeout=300,
+                            capture_output=True, text=True, env=hub_server.client_env(tmp_path / "hf_home"))
+    assert loaded.returncode == 0, loaded.stderr
+    results = json.loads((tmp_path / "out.json").read_text())
+    for repo_id, logits in expected.items():
+        torch.testing.assert_close(torch.tensor(results[repo_id]), logits, atol=1e-6, rtol=0, msg=repo_id)
+    assert not torch.equal(*expected.values())  # two different heads over the one backbone

@@ -80,3 +80,29 @@ def test_loading_registers_with_auto_classes_in_process(backbone_dirs, tmp_path)
     assert isinstance(loaded, SMoERewardModel)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor, atol=0, rtol=0)
+
+
+def test_a_heads_only_checkpoint_holds_the_head_and_reloads_equal(backbone_dirs, tokenizers, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    from hf_smoe.modeling.configuration_smoe import InputError
+
+    torch.manual_seed(0)
+    model = SMoERewardModel.from_backbone(backbone_dirs["llama"], num_experts=3).eval()
+    model.save_pretrained(tmp_path / "full")
+    model.save_pretrained(tmp_path / "head", heads_only=True)  # the backbone folder it was built from
+    head = load_file(tmp_path / "head" / "model.safetensors")
+    assert set(head) == {f"head.{name}" for name in model.head.state_dict()}
+    assert json.loads((tmp_path / "head" / "config.json").read_text())["backbone_source"] == {
+        "name_or_path": backbone_dirs["llama"], "revision": None}
+    assert model.config.backbone_source is None  # saving heads-only leaves the model's own config as it was
+    batch = encode_batch(tokenizers["llama"])
+    with torch.no_grad():
+        for folder in ("full", "head"):
+            loaded = AutoModel.from_pretrained(tmp_path / folder)
+            torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, atol=0, rtol=0)
+    config = type(model.backbone.config).from_dict(model.backbone.config.to_dict() | {"_name_or_path": ""})
+    nameless = SMoERewardModel(model.config, backbone=type(model.backbone)(config))  # built from a config only
+    with pytest.raises(InputError, match="backbone_source: a heads-only checkpoint names its backbone"):
+        nameless.save_pretrained(tmp_path / "nameless", heads_only=True)
