@@ -132,9 +132,7 @@ class SMoETrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The objective on this process's pairs, its batch-level terms on the global batch (gathered with their
         gradients when several processes train: DDP then averages gradients into exactly one process's)."""
-        outputs = head_outputs_of_batch(model, inputs)
-        global_batch = tuple(gather_with_grad(t) for t in outputs)  # the tensors themselves in one process
-        terms = moe_preference_loss(*outputs, **self.lambdas, global_batch=global_batch)
+        terms = distributed_objective(*head_outputs_of_batch(model, inputs), self.lambdas)
         for name, value in terms.items():
             if name != "loss":
                 self._term_sums[name] += value.item()
@@ -166,6 +164,14 @@ class SMoETrainer(Trainer):
         """As `Trainer.evaluate`; a dataset given here may be any pair features (their feature columns are read)."""
         return super().evaluate(None if eval_dataset is None else as_training_features(eval_dataset), ignore_keys,
                                 metric_key_prefix)
+
+
+def distributed_objective(routing_weights, chosen_rewards, rejected_rewards, lambdas: dict) -> dict:
+    """`moe_preference_loss` on this process's pairs, with its batch-level terms (global balance, diversity) on the
+    global batch, gathered with gradients when several processes train (the tensors themselves in one process), so
+    N processes x batch b optimise what one process x batch N*b does."""
+    global_batch = tuple(gather_with_grad(t) for t in (routing_weights, chosen_rewards, rejected_rewards))
+    return moe_preference_loss(routing_weights, chosen_rewards, rejected_rewards, **lambdas, global_batch=global_batch)
 
 
 def parameter_role(name: str) -> str:

@@ -16,13 +16,12 @@ from torch.nn.utils.rnn import pad_sequence
 from trl import RewardConfig, RewardTrainer
 
 from .data import load_pairs
-from .distributed import gather_with_grad
 from .loading import load_checkpoint
-from .losses import loss_weights, moe_preference_loss
+from .losses import loss_weights
 from .metrics import pairwise_accuracy
 from .modeling.configuration_smoe import InputError
 from .modeling.modeling_smoe import mixture_reward
-from .training import SIDES, optimizer_groups, tokenize_pairs
+from .training import SIDES, distributed_objective, optimizer_groups, tokenize_pairs
 
 TOKEN_COLUMNS = [f"{side}_{name}" for side in SIDES for name in ("input_ids", "prompt_lengths")]
 
@@ -115,8 +114,7 @@ class SMoERewardTrainer(RewardTrainer):
         outputs = model(**inputs, use_cache=False)
         routing = outputs.routing_weights.chunk(2)[0]
         chosen, rejected = outputs.expert_rewards.chunk(2)
-        terms = moe_preference_loss(routing, chosen, rejected, **self.lambdas,
-                                    global_batch=tuple(gather_with_grad(t) for t in (routing, chosen, rejected)))
+        terms = distributed_objective(routing, chosen, rejected, self.lambdas)
         with torch.no_grad():
             metrics = {name: value for name, value in terms.items() if name != "loss"}
             metrics["accuracy"] = pairwise_accuracy(mixture_reward(routing, chosen), mixture_reward(routing, rejected))
