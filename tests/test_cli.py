@@ -36,13 +36,19 @@ def load_in_clean_process(checkpoint: Path, tokenizer, tmp_path) -> dict:
     return batch, json.loads((tmp_path / "out.json").read_text())["AutoModel"]
 
 
-def check_checkpoint(output: Path, tmp_path) -> None:
-    """Loads, scores like the model in this process, and carries its card and exact command."""
+# The real 30-layer backbone scored in two processes: one clean-clone CI run differed by 1.6e-4 (a rerun of the same
+# commit matched to 1e-5; loading is deterministic across seeds, so no weight is left uninitialised). A wrong load
+# differs by more than 0.1.
+REAL_BACKBONE_ATOL = 1e-3
+
+
+def check_checkpoint(output: Path, tmp_path, atol: float = 1e-5) -> None:
+    """Loads, scores like the model in this process (to `atol`), and carries its card and exact command."""
     tokenizer = AutoTokenizer.from_pretrained(output)
     batch, remote = load_in_clean_process(output, tokenizer, tmp_path)
     with torch.no_grad():
         local = AutoModel.from_pretrained(output)(**batch)
-    torch.testing.assert_close(torch.tensor(remote["logits"]), local.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(remote["logits"]), local.logits, atol=atol, rtol=0)
     card = (output / "README.md").read_text()
     assert "model-index" in card
     assert f'AutoModel.from_pretrained("{output.resolve()}", trust_remote_code=True)' in card  # not the staging folder
@@ -94,7 +100,7 @@ def test_demo_end_to_end_on_the_embedded_defaults(tmp_path, capsys):
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["single", "vanilla", "micro", "sparse"]
     results = json.loads((output / "results.json").read_text())["results"]
     assert {"category_coverage", "expert_purity"} <= set(results["sparse"])
-    check_checkpoint(output, tmp_path)
+    check_checkpoint(output, tmp_path, atol=REAL_BACKBONE_ATOL)
 
 
 @pytest.mark.slow
@@ -105,7 +111,7 @@ def test_train_default_backbone_on_hh(tmp_path):
                  "--output-dir", str(output), "--cache-dir", str(tmp_path / "cache")]) == 0
     config = json.loads((output / "config.json").read_text())
     assert config["backbone_config"]["model_type"] == "llama" and config["backbone_config"]["hidden_size"] == 576
-    check_checkpoint(output, tmp_path)
+    check_checkpoint(output, tmp_path, atol=REAL_BACKBONE_ATOL)
 
 
 def test_too_small_a_dataset_is_one_clear_line(tmp_path, capsys):
