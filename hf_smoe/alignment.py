@@ -7,10 +7,9 @@ Needs TRL (`pip install hf-smoe[trl]`).
 import torch
 from datasets import Dataset
 
-from .evaluation import head_outputs
+from .evaluation import head_outputs, mixture_rewards
 from .features import as_training_features
 from .generators import LocalGenerator
-from .modeling.modeling_smoe import mixture_reward
 
 
 def grpo_policy(policy, reward, prompts: list, output_dir, *, steps: int, seed: int, learning_rate: float,
@@ -46,10 +45,8 @@ def judge_margins(judge, cache, prompts: list, first: list, second: list) -> tor
         pairs = Dataset.from_dict({"prompt": [[{"role": "user", "content": prompts[row]}] for row in scored],
                                    "chosen": [first[row] for row in scored],
                                    "rejected": [second[row] for row in scored]})
-        outputs = head_outputs(judge.head, as_training_features(cache.pair_features(pairs)))
-        chosen, rejected = (mixture_reward(outputs["routing_weights"], outputs[f"{side}_expert_rewards"])
-                            .squeeze(-1).cpu() for side in ("chosen", "rejected"))
-        margins[scored] = chosen - rejected
+        chosen, rejected = mixture_rewards(head_outputs(judge.head, as_training_features(cache.pair_features(pairs))))
+        margins[scored] = (chosen - rejected).cpu()
     for row in sorted(set(range(len(prompts))) - set(scored)):
         first_empty, second_empty = not first[row].strip(), not second[row].strip()
         margins[row] = 0.0 if first_empty == second_empty else float("-inf") if first_empty else float("inf")

@@ -90,10 +90,15 @@ def category_metrics(model_head, validation, test) -> dict:
             "accuracy_by_category": accuracy_by_category(test_outputs, test_categories, names)}
 
 
+def mixture_rewards(outputs: dict) -> tuple:
+    """(chosen, rejected) mixture rewards (Eq. 2), each (N,), of `head_outputs`."""
+    return tuple(mixture_reward(outputs["routing_weights"], outputs[f"{side}_expert_rewards"]).squeeze(-1)
+                 for side in ("chosen", "rejected"))
+
+
 def accuracy_by_category(outputs: dict, categories: torch.Tensor, names: list) -> dict:
     """Pairwise accuracy of the mixture reward within each category present."""
-    chosen, rejected = (mixture_reward(outputs["routing_weights"], outputs[f"{side}_expert_rewards"]).squeeze(-1)
-                        for side in ("chosen", "rejected"))
+    chosen, rejected = mixture_rewards(outputs)
     return {name: pairwise_accuracy(chosen[categories == code], rejected[categories == code]).item()
             for code, name in enumerate(names) if (categories == code).any()}
 
