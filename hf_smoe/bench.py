@@ -8,26 +8,37 @@
   a full model forward per user.
 - `judge`: the local judge of `smoe interpret`, one prompt at a time in fp32 vs batched with the shared prompt
   beginning run once, in fp32 and in bf16 where the CPU has it.
+- `scale`: the feature store at the paper's scale (up to 700K pairs, H = 3072): synthetic features written in the
+  cache format, then one training epoch and an evaluation read from it, each in a fresh process whose peak memory
+  is measured; vs holding every vector in RAM as float32 (the store before issue 15) where that fits.
 """
 
+import concurrent.futures
 import copy
 import json
+import multiprocessing
 import platform
+import resource
+import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from datasets import load_from_disk
+from datasets import Dataset, load_from_disk
+from transformers import LlamaConfig
 
 from .encoding import encode_batch, encode_pair
 from .evaluation import behaviour_metrics, head_outputs
-from .features import EmbeddingCache, as_training_features, shard_damage
+from .features import EmbeddingCache, FeatureStore, as_training_features, shard_damage, text_key
 from .generators import LocalGenerator
 from .interpret import judge_prompt, prompt_text
 from .loading import default_generator_path, fast_dtype, is_default_backbone, load_backbone_model, pick_device
 from .losses import loss_weights
-from .modeling.configuration_smoe import InputError
+from .modeling.configuration_smoe import InputError, SMoERewardConfig
+from .modeling.modeling_smoe import SMoERewardModel
 from .outputs import run_command, write_text_atomic
 from .routers import score_users
 from .synthetic import generate_preference_set
@@ -217,13 +228,144 @@ def bench_judge(backbone: str, num_prompts: int = 64, batch_size: int = 8, seed:
                 abs(a.probability - b.probability) for a, b in zip(reference, runs["fp32_batched"]))}
 
 
+SCALE_CATEGORIES = 8  # latent categories of the synthetic scale set: each has its own prompt and preference direction
+
+
+def scale_pairs(num_pairs: int) -> Dataset:
+    """The scale benchmark's pairs: short distinct texts (their keys index the synthetic features) and a category."""
+    return Dataset.from_dict({"prompt": [f"synthetic prompt {i}" for i in range(num_pairs)],
+                              "chosen": [f"chosen answer {i}" for i in range(num_pairs)],
+                              "rejected": [f"rejected answer {i}" for i in range(num_pairs)],
+                              "category": [f"c{i % SCALE_CATEGORIES}" for i in range(num_pairs)]})
+
+
+def write_scale_store(folder: str, num_pairs: int, hidden: int, seed: int, shard_size: int = 8192) -> dict:
+    """Float16 features of the scale pairs in the cache's format (`FeatureStore.write_shard`), written shard by shard
+    with a learnable structure: a prompt points along its category's direction, and the chosen response sits on the
+    positive side of the category's preference direction, the rejected one on the negative side."""
+    generator = np.random.default_rng(seed)
+    topics, preferences = (generator.standard_normal((SCALE_CATEGORIES, hidden), dtype=np.float32) for _ in range(2))
+    store = FeatureStore(folder, hidden, np.float16)
+    start = time.perf_counter()
+    for first in range(0, num_pairs, shard_size // 2):
+        rows = np.arange(first, min(first + shard_size // 2, num_pairs))
+        category = rows % SCALE_CATEGORIES
+        prompts = topics[category] + generator.standard_normal((len(rows), hidden), dtype=np.float32)
+        noise = generator.standard_normal((2, len(rows), hidden), dtype=np.float32)
+        keys = [text_key(f"synthetic prompt {i}", f"{side} answer {i}") for side in ("chosen", "rejected") for i in rows]
+        store.write_shard(np.array(keys, dtype="S64"), np.concatenate([prompts, prompts]),
+                          np.concatenate([noise[0] + 0.1 * preferences[category],
+                                          noise[1] - 0.1 * preferences[category]]))
+    seconds = time.perf_counter() - start
+    return {"write_s": seconds, "texts_per_s": 2 * num_pairs / seconds,
+            "disk_gb": sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file()) / 1e9}
+
+
+class PeakMemory:
+    """Samples this process's resident memory (/proc/self/status) every 50 ms: peak total (VmHWM, which counts
+    memory-mapped file pages the kernel may drop at any time) and peak anonymous memory (RssAnon: what the process
+    itself holds)."""
+
+    def __enter__(self):
+        self.anonymous, self._running = 0, True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._running = False
+        self._thread.join()
+        self.total = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _sample(self):
+        while self._running:
+            status = Path("/proc/self/status").read_text().split("\n")
+            self.anonymous = max(self.anonymous, next((int(line.split()[1]) * 1024 for line in status
+                                                       if line.startswith("RssAnon:")), 0))
+            time.sleep(0.05)
+
+
+def scale_run(folder: str, num_pairs: int, hidden: int, seed: int, mode: str) -> dict:
+    """One training epoch and a test evaluation on the stored features, in this (fresh) process: `streamed` reads
+    memory-mapped pair files; `in_memory` first holds every stored vector as float32, as the store did before."""
+    torch.manual_seed(seed)
+    pairs = scale_pairs(num_pairs)
+    split = int(0.9 * num_pairs)
+    splits = {"train": pairs.select(range(split)), "test": pairs.select(range(split, num_pairs))}
+    backbone = LlamaConfig(vocab_size=8, hidden_size=hidden, intermediate_size=8, num_hidden_layers=0,
+                           num_attention_heads=8, num_key_value_heads=8)
+    model = SMoERewardModel(SMoERewardConfig(backbone_config=backbone, num_experts=20, preset="sparse"))
+    store = FeatureStore(folder, hidden, np.float16)
+    results = {}
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        features = {}
+        if mode == "in_memory":  # the previous store: every vector of the cache as float32 in RAM
+            prompts, responses = (v.astype(np.float32) for v in store.vectors(np.arange(len(store))))
+        for name, part in splits.items():
+            chosen = np.array([text_key(p, r) for p, r in zip(part["prompt"], part["chosen"])], dtype="S64")
+            rejected = np.array([text_key(p, r) for p, r in zip(part["prompt"], part["rejected"])], dtype="S64")
+            if mode == "streamed":
+                features[name] = store.pair_features(part, chosen, rejected)
+            else:  # and pair features built in memory from them
+                chosen_rows, rejected_rows = store.rows(chosen), store.rows(rejected)
+                features[name] = Dataset.from_dict({"prompt_embedding": prompts[chosen_rows],
+                                                    "chosen_embedding": responses[chosen_rows],
+                                                    "rejected_embedding": responses[rejected_rows]})
+        results["pair_features_s"] = time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as output:
+            args = SMoETrainingArguments(output_dir=output, num_train_epochs=1, seed=seed, eval_strategy="no",
+                                         disable_tqdm=True, logging_strategy="no", report_to="none")
+            start = time.perf_counter()
+            SMoETrainer(model, args, train_dataset=features["train"]).train()
+            results["train_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        metrics = behaviour_metrics(head_outputs(model.head, as_training_features(features["test"])),
+                                    loss_weights(model.config))
+        results["eval_s"] = time.perf_counter() - start
+    return results | {"train_pairs_per_s": split / results["train_s"],
+                      "eval_pairs_per_s": (num_pairs - split) / results["eval_s"],
+                      "test_accuracy": metrics["accuracy"], "peak_rss_gb": memory.total / 1e9,
+                      "peak_anonymous_gb": memory.anonymous / 1e9}
+
+
+def in_fresh_process(function, *args):
+    """`function(*args)` in a newly spawned process, so its peak memory is its own."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def bench_scale(backbone: str, num_pairs=(10_000, 100_000), hidden: int = 3072, in_memory_max_pairs: int = 10_000,
+                scratch_dir=None, seed: int = 0) -> dict:
+    """`scale_run` for each size in `num_pairs` on synthetic float16 features (`write_scale_store`) in a scratch
+    folder deleted afterwards; the in-memory baseline runs on the sizes up to `in_memory_max_pairs`. `backbone` is
+    not used: the features are synthetic, of width `hidden`."""
+    results = {}
+    for size in sorted(num_pairs):
+        folder = Path(tempfile.mkdtemp(prefix=f"smoe-scale-{size}-", dir=scratch_dir))
+        try:
+            run = {"pairs": size} | in_fresh_process(write_scale_store, str(folder), size, hidden, seed)
+            run["streamed"] = in_fresh_process(scale_run, str(folder), size, hidden, seed, "streamed")
+            if size <= in_memory_max_pairs:
+                run["in_memory"] = in_fresh_process(scale_run, str(folder), size, hidden, seed, "in_memory")
+                run["streamed_vs_in_memory_train_speed"] = (run["streamed"]["train_pairs_per_s"]
+                                                            / run["in_memory"]["train_pairs_per_s"])
+            results[str(size)] = run
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    smallest = results[str(min(num_pairs))]["streamed"]["train_pairs_per_s"]
+    for run in results.values():
+        run["train_speed_vs_smallest"] = run["streamed"]["train_pairs_per_s"] / smallest
+    return {"hidden": hidden, "storage": "float16", **results}
+
+
 def run_bench(what: str, backbone: str, output_dir: str, **options) -> dict:
     """Runs benchmark `what` and writes its record to `output_dir/bench_{what}.json` (a rerun refreshes it)."""
     output = Path(output_dir).expanduser()
     if output.exists() and not output.is_dir():
         raise InputError(f"--output-dir: {output} is a file; give a folder for the benchmark records.")
-    results = {"embed": bench_embed, "train": bench_train, "users": bench_users,
-               "judge": bench_judge}[what](backbone, **options)
+    results = {"embed": bench_embed, "train": bench_train, "users": bench_users, "judge": bench_judge,
+               "scale": bench_scale}[what](backbone, **options)
     record = {"command": run_command(), "benchmark": what, "options": options, "backbone": backbone,
               "machine": machine(), "results": results}
     write_text_atomic(output / f"bench_{what}.json", json.dumps(record, indent=2))

@@ -220,13 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
                                             "backbone every step, at equal final accuracy. users: 1 vs 100 "
                                             "users from one pass. judge: the local judge of `smoe interpret`, one "
                                             "prompt at a time in fp32 vs batched with shared prompt beginnings, fp32 "
-                                            "and bf16.")
-    bench.add_argument("what", choices=["embed", "train", "users", "judge"])
+                                            "and bf16. scale: one training epoch and an evaluation on synthetic "
+                                            "features of --pairs pairs, peak memory and pairs/s, vs every vector "
+                                            "in RAM.")
+    bench.add_argument("what", choices=["embed", "train", "users", "judge", "scale"])
     bench.add_argument("--backbone", default=DEFAULT_BACKBONE)
     bench.add_argument("--num-texts", type=at_least_one, default=64, help="embed: texts to encode")
     bench.add_argument("--num-pairs", type=at_least_one, default=192, help="train: pairs (75%% train, 25%% held out)")
     bench.add_argument("--num-users", type=at_least_one, default=100, help="users: routers scored from one pass")
     bench.add_argument("--num-prompts", type=at_least_one, default=64, help="judge: Fig. 5 prompts to judge")
+    bench.add_argument("--pairs", type=at_least_one, nargs="+", default=[10_000, 100_000],
+                       help="scale: pair counts to run (90%% train, 10%% test)")
+    bench.add_argument("--hidden", type=at_least_one, default=3072, help="scale: feature width (3B backbone: 3072)")
+    bench.add_argument("--in-memory-max-pairs", type=int, default=10_000,
+                       help="scale: run the all-in-RAM baseline up to this many pairs")
+    bench.add_argument("--scratch-dir", default=None, help="scale: where the synthetic features go (deleted after)")
     bench.add_argument("--output-dir", default="outputs/bench")
     bench.add_argument("--seed", type=seed_value, default=0)
     return parser
@@ -390,7 +398,9 @@ def run(args) -> None:
         from .bench import run_bench
 
         options = {"embed": {"num_texts": args.num_texts}, "train": {"num_pairs": args.num_pairs},
-                   "users": {"num_users": args.num_users}, "judge": {"num_prompts": args.num_prompts}}[args.what]
+                   "users": {"num_users": args.num_users}, "judge": {"num_prompts": args.num_prompts},
+                   "scale": {"num_pairs": args.pairs, "hidden": args.hidden, "scratch_dir": args.scratch_dir,
+                             "in_memory_max_pairs": args.in_memory_max_pairs}}[args.what]
         print_record(run_bench(args.what, args.backbone, args.output_dir, seed=args.seed, **options))
 
 
@@ -468,10 +478,15 @@ def parse_sizes(items: list) -> dict:
     return sizes
 
 
-def print_values(values: dict, float_format: str) -> None:
-    """One indented `name  value` line per entry; floats in `float_format`."""
+def print_values(values: dict, float_format: str, indent: str = "  ") -> None:
+    """One indented `name  value` line per entry (a nested dict indented under its name); floats in
+    `float_format`."""
     for key, value in values.items():
-        print(f"  {key:<28} {float_format.format(value) if isinstance(value, float) else value}")
+        if isinstance(value, dict):
+            print(f"{indent}{key}")
+            print_values(value, float_format, indent + "  ")
+        else:
+            print(f"{indent}{key:<28} {float_format.format(value) if isinstance(value, float) else value}")
 
 
 def print_record(record: dict) -> None:

@@ -5,6 +5,12 @@ length, pooling, compute dtype). We compute them once, in length-bucketed batche
 Arrow shards under a folder named by a fingerprint of exactly those inputs. Training, evaluation, steering,
 adaptation and interpretation then run on cached features; an interrupted run keeps its finished shards and resumes.
 
+Memory does not grow with the data: shards are memory-mapped, the key -> row index holds keys and row numbers only,
+and `pair_features` writes each split's (prompt, chosen, rejected) vectors to its own memory-mapped Arrow file in
+batches, which every consumer reads in batches. Vectors are stored in float16 when the backbone computes in a 16-bit
+dtype (bf16's 8 significant bits fit float16's 11, so within float16's range, checked on write, nothing is lost)
+and in float32 otherwise: the stored features always equal what the backbone computed.
+
 Integrity: each shard folder holds a `checksums.json` manifest (sha256 of every file, written before the folder's
 atomic rename); a shard whose files do not match it, or that has none, is reported once, deleted and re-embedded.
 Resuming is bit-identical: texts are processed in a fixed order (longest first, ties by key), shards end at batch
@@ -22,9 +28,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 import datasets as datasets_progress  # its progress-bar switches
-from datasets import Dataset, concatenate_datasets, load_from_disk
+from datasets import Dataset, Features, List, Value, load_from_disk
+from datasets.arrow_writer import ArrowWriter
+from datasets.table import InMemoryTable
 from tqdm.auto import tqdm
 
 from .data import PAIR_METADATA
@@ -34,10 +43,13 @@ from .loading import cache_root, fast_dtype
 from .modeling.configuration_smoe import InputError
 
 FEATURE_COLUMNS = ("prompt_embedding", "chosen_embedding", "rejected_embedding")  # a pair's three vectors
-CACHE_FORMAT_VERSION = 2  # 2: shards carry a checksum manifest; weights digest over every byte
+TEXT_COLUMNS = ("key", "prompt_embedding", "response_embedding")  # one stored text
+CACHE_FORMAT_VERSION = 3  # 3: fixed-size vectors in the storage dtype; pair files; 2: checksum manifests
 MANIFEST = "checksums.json"
 SHARD_NAME = re.compile(r"shard-(\d+)")
-PARTIAL_NAME = re.compile(r"shard-\d+\.(\d+)\.partial")
+PARTIAL_NAME = re.compile(r".+\.(\d+)\.partial")
+PAIR_BATCH = 2048  # pairs gathered and written at a time by `pair_features`
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def text_key(prompt, response: str) -> str:
@@ -60,7 +72,7 @@ def file_digest(path) -> str:
     """sha256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
+        while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -113,6 +125,252 @@ def quiet_datasets_progress():
             datasets_progress.enable_progress_bars()
 
 
+def storage_dtype(compute_dtype: torch.dtype) -> np.dtype:
+    """How vectors computed in `compute_dtype` are stored: float16 for a 16-bit dtype (exact for bf16 and fp16
+    within float16's range, which `FeatureStore.write_shard` checks), float32 otherwise (exact)."""
+    return np.dtype(np.float16) if torch.finfo(compute_dtype).bits == 16 else np.dtype(np.float32)
+
+
+def vector_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """An (N, H) array as an Arrow column of fixed-size vectors (zero-copy)."""
+    vectors = np.ascontiguousarray(vectors)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
+def column_vectors(column) -> np.ndarray:
+    """An Arrow column of fixed-size vectors as an (N, H) array."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+
+
+def write_manifest(folder: Path, rows: int) -> None:
+    """The checksum manifest `shard_damage` verifies: sha256 of every file in `folder` and its row count."""
+    files = {path.name: file_digest(path) for path in sorted(folder.iterdir()) if path.is_file()}
+    (folder / MANIFEST).write_text(json.dumps({"format": CACHE_FORMAT_VERSION, "algorithm": "sha256",
+                                               "rows": rows, "files": files}, indent=1))
+
+
+def manifest_rows(folder: Path) -> int:
+    return json.loads((folder / MANIFEST).read_text())["rows"]
+
+
+class PairTexts:
+    """The 2N texts of N pairs, chosen sides then rejected sides, read from the pairs' table on demand (a long
+    dataset is never turned into Python lists)."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs.select_columns(["prompt", "chosen", "rejected"])
+
+    def __len__(self):
+        return 2 * len(self.pairs)
+
+    def __getitem__(self, index):
+        row = self.pairs[int(index) % len(self.pairs)]
+        return row["prompt"], row["chosen" if index < len(self.pairs) else "rejected"]
+
+    def __iter__(self):
+        for side in ("chosen", "rejected"):
+            for batch in self.pairs.iter(batch_size=PAIR_BATCH):
+                yield from zip(batch["prompt"], batch[side])
+
+
+class FeatureStore:
+    """Stored text features of one fingerprint: shards of (key, prompt vector, response vector), memory-mapped.
+
+    The index keeps only the sorted keys (64 bytes each) and their row numbers; vectors are read when asked for.
+    """
+
+    def __init__(self, directory, hidden_size: int, dtype: np.dtype):
+        self.directory, self.hidden_size, self.dtype = Path(directory), hidden_size, np.dtype(dtype)
+        self._verified = set()  # folder names whose checksums this instance checked (or which it wrote)
+        self._opened = None  # (sorted keys, their rows, shard tables, first row of each shard) once opened
+
+    def __len__(self):
+        return len(self._open()[0])
+
+    def shards(self) -> list:
+        """Finished shard folders, in index order (`.partial` folders are never read)."""
+        if not self.directory.exists():
+            return []
+        found = [(int(m.group(1)), path) for path in self.directory.iterdir()
+                 if (m := SHARD_NAME.fullmatch(path.name)) and path.is_dir()]
+        return [path for _, path in sorted(found)]
+
+    def rows(self, keys: np.ndarray) -> np.ndarray:
+        """Global row of each key (an array of 64-byte hex keys), -1 where it is not stored."""
+        sorted_keys, rows, _, _ = self._open()
+        if len(sorted_keys) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        position = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+        return np.where(sorted_keys[position] == keys, rows[position], -1)
+
+    def vectors(self, rows: np.ndarray) -> tuple:
+        """(prompt vectors, response vectors) of the given rows, as (len(rows), H) arrays of the storage dtype."""
+        _, _, tables, starts = self._open()
+        prompts = np.empty((len(rows), self.hidden_size), dtype=self.dtype)
+        responses = np.empty_like(prompts)
+        shard_of = np.searchsorted(starts, rows, side="right") - 1
+        for shard in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == shard)
+            part = tables[shard].take(pa.array(rows[where] - starts[shard]))
+            prompts[where] = column_vectors(part.column("prompt_embedding"))
+            responses[where] = column_vectors(part.column("response_embedding"))
+        return prompts, responses
+
+    def write_shard(self, keys, prompts: np.ndarray, responses: np.ndarray) -> None:
+        """Writes the shard and its checksum manifest to a `.partial` folder, then renames it to the next free
+        `shard-NNNNN` name, so a shard on disk is always complete and a new one never takes an existing name."""
+        for vectors in (prompts, responses):
+            if self.dtype == np.float16 and np.abs(vectors.astype(np.float32)).max(initial=0) > FLOAT16_MAX:
+                raise InputError(f"the backbone's features reach {np.abs(vectors.astype(np.float32)).max():.4g}, "
+                                 f"beyond float16's range ({FLOAT16_MAX:g}), in which 16-bit computations are "
+                                 "stored; set HF_SMOE_DTYPE=float32 to compute and store them in float32.")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        shards = self.shards()
+        # the next index this process may take: processes take indices in turn (i mod N), so they never collide
+        process = state()
+        index = int(SHARD_NAME.fullmatch(shards[-1].name).group(1)) + 1 if shards else 0
+        index += (process.process_index - index) % process.num_processes
+        partial = self.directory / f"shard-{index:05d}.{os.getpid()}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        table = pa.table({"key": pa.array(np.asarray(keys).astype(str).tolist(), pa.string()),
+                          "prompt_embedding": vector_column(prompts.astype(self.dtype, copy=False)),
+                          "response_embedding": vector_column(responses.astype(self.dtype, copy=False))})
+        with quiet_datasets_progress():
+            Dataset(InMemoryTable(table)).save_to_disk(partial)
+        write_manifest(partial, len(table))
+        while True:
+            target = self.directory / f"shard-{index:05d}"
+            if not target.exists():
+                try:
+                    partial.rename(target)
+                    break
+                except OSError:
+                    if not target.exists():
+                        raise
+            index += process.num_processes  # another job's process took this name meanwhile
+        self._verified.add(target.name)
+        self._opened = None
+
+    def pair_features(self, pairs, chosen_keys: np.ndarray, rejected_keys: np.ndarray) -> Dataset:
+        """A memory-mapped Dataset of the pairs' `prompt_embedding` (from the chosen response's pass),
+        `chosen_embedding` and `rejected_embedding`, plus the pair metadata columns `pairs` has. Written once per
+        distinct (pairs, metadata) under `pairs/` of the store, `PAIR_BATCH` pairs at a time, and reused."""
+        metadata = [name for name in PAIR_METADATA if name in pairs.column_names]
+        digest = hashlib.sha256(f"{CACHE_FORMAT_VERSION}{self.dtype}{metadata}".encode())
+        digest.update(chosen_keys.tobytes())
+        digest.update(rejected_keys.tobytes())
+        for batch in pairs.select_columns(metadata).iter(batch_size=PAIR_BATCH):
+            digest.update(json.dumps(batch, sort_keys=True, default=str).encode())
+        folder = self.directory / "pairs" / digest.hexdigest()[:32]
+        if folder.exists() and self._readable(folder, len(pairs)):
+            return Dataset.from_file(str(folder / "data.arrow"))
+        shutil.rmtree(folder, ignore_errors=True)
+        self._open()  # before the partial exists: opening clears this process's stale partials
+        partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        vector = List(Value(str(self.dtype)), length=self.hidden_size)
+        features = Features({name: vector for name in FEATURE_COLUMNS} | {name: pairs.features[name]
+                                                                          for name in metadata})
+        writer = ArrowWriter(features=features, path=str(partial / "data.arrow"))
+        arrow_metadata = pairs.select_columns(metadata).with_format("arrow")
+        for start in range(0, len(pairs), PAIR_BATCH):
+            stop = min(start + PAIR_BATCH, len(pairs))
+            rows = self.rows(np.concatenate([chosen_keys[start:stop], rejected_keys[start:stop]]))
+            if (rows < 0).any():
+                raise RuntimeError("pair_features: a text of the pairs is not stored; embed the pairs first.")
+            prompts, responses = self.vectors(rows)
+            columns = {"prompt_embedding": vector_column(prompts[:stop - start]),
+                       "chosen_embedding": vector_column(responses[:stop - start]),
+                       "rejected_embedding": vector_column(responses[stop - start:])}
+            table = arrow_metadata[start:stop]
+            columns.update({name: table.column(name) for name in metadata})
+            writer.write_table(pa.table(columns))
+        writer.finalize()
+        write_manifest(partial, len(pairs))
+        try:
+            partial.rename(folder)
+        except OSError:
+            if not folder.exists():  # another process finished the same file first: use it
+                raise
+            shutil.rmtree(partial, ignore_errors=True)
+        self._verified.add(folder.name)
+        return Dataset.from_file(str(folder / "data.arrow"))
+
+    def remove_stale_partials(self) -> None:
+        """Deletes `.partial` folders left by a killed write: this process's own and those of processes no longer
+        running (another live process may still be writing its own)."""
+        for path in (*self.directory.glob("*.partial"), *self.directory.glob("pairs/*.partial")):
+            match = PARTIAL_NAME.fullmatch(path.name)
+            if match is None or int(match.group(1)) == os.getpid() or not _process_alive(int(match.group(1))):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def refresh(self) -> None:
+        """Forgets the opened index, so the next read sees shards written since (by any process)."""
+        self._opened = None
+
+    def _readable(self, folder: Path, rows: int) -> bool:
+        """Whether a stored pair file is intact and has `rows` rows; a damaged one is reported and rewritten."""
+        damage = None if folder.name in self._verified else shard_damage(folder)
+        if damage is None and manifest_rows(folder) == rows:
+            self._verified.add(folder.name)
+            return True
+        warnings.warn(f"feature cache {folder}: damaged pair file ({damage or 'wrong row count'}); rewritten.",
+                      stacklevel=3)
+        return False
+
+    def _load_shard(self, folder: Path):
+        """The shard's memory-mapped table, or (None, why) when it is damaged."""
+        if folder.name not in self._verified:
+            damage = shard_damage(folder)
+            if damage is not None:
+                return None, damage
+        try:
+            with quiet_datasets_progress():
+                table = load_from_disk(str(folder)).data.table
+            rows = manifest_rows(folder)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            return None, f"it does not load ({type(error).__name__})"
+        if len(table) != rows or tuple(table.column_names) != TEXT_COLUMNS:
+            return None, "its rows do not match its manifest"
+        self._verified.add(folder.name)
+        return table, None
+
+    def _open(self):
+        """(sorted keys, their rows, shard tables, first row of each shard): only the keys are read into memory."""
+        if self._opened is None:
+            self.remove_stale_partials()
+            tables, damaged = [], []
+            for folder in self.shards():
+                table, damage = self._load_shard(folder)
+                if table is None:
+                    damaged.append((folder, damage))
+                else:
+                    tables.append(table)
+            if damaged:
+                self._discard(damaged)
+            keys = [table.column("key").to_numpy(zero_copy_only=False).astype("S64") for table in tables]
+            keys = np.concatenate(keys) if keys else np.empty(0, dtype="S64")
+            order = np.argsort(keys, kind="stable")
+            starts = np.cumsum([0] + [len(table) for table in tables])[:-1]
+            self._opened = (keys[order], order.astype(np.int64), tables, starts)
+        return self._opened
+
+    def _discard(self, damaged) -> None:
+        """One warning naming the damaged shards a read found; they are deleted, so `EmbeddingCache.embed` (which
+        computes whatever is missing) re-embeds their texts."""
+        described = "; ".join(f"{folder.name} ({why})" for folder, why in damaged[:5])
+        if len(damaged) > 5:
+            described += f"; and {len(damaged) - 5} more"
+        warnings.warn(f"feature cache {self.directory}: damaged shard(s) {described}; deleted, their texts will be "
+                      f"re-embedded.", stacklevel=2)
+        for folder, _ in damaged:
+            self._verified.discard(folder.name)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 class EmbeddingCache:
     """Prompt and response representations of a `SMoERewardModel`'s frozen backbone, computed once per text.
 
@@ -126,7 +384,8 @@ class EmbeddingCache:
         shard_size: texts per stored shard: the most work an interruption can lose.
         dtype: the dtype the backbone computes in (default: `fast_dtype(device)`: bf16 weights where the hardware
             has native bf16). A backbone of another dtype is run through a converted copy (the caller's model, whose
-            weights a checkpoint saves, is left as it is). Part of the fingerprint.
+            weights a checkpoint saves, is left as it is). It sets the storage dtype (`storage_dtype`); both are in
+            the fingerprint.
     """
 
     def __init__(self, model, tokenizer, *, cache_dir=None, max_length=1024, batch_tokens=None, shard_size=512,
@@ -139,8 +398,7 @@ class EmbeddingCache:
         self.dtype = dtype or fast_dtype(self.device)
         self._compute_model = None  # the model `_forward` runs: `model`, or one around a converted backbone
         self.directory = feature_root(cache_dir) / self.fingerprint()
-        self._features = None  # (keys -> row, prompt (N, H), response (N, H)) once loaded
-        self._verified = set()  # shard names whose checksums this instance checked (or which it wrote)
+        self.store = FeatureStore(self.directory, model.config.hidden_size, storage_dtype(self.dtype))
 
     def fingerprint(self) -> str:
         config = self.model.config
@@ -154,74 +412,70 @@ class EmbeddingCache:
             "pooling": config.pooling,
             "prompt_representation": config.prompt_representation,
             "dtype": str(self.dtype),
+            "storage": str(storage_dtype(self.dtype)),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def embed(self, items) -> None:
-        """Makes sure every (prompt, response) in `items` is cached, computing only the missing ones. Under several
+    def embed(self, items) -> np.ndarray:
+        """Makes sure every (prompt, response) in `items` (a sequence: a list, or `PairTexts`) is cached, computing
+        only the missing ones; returns their keys. The plan holds each missing text's position, key and length;
+        a batch is tokenized again when its turn comes, so memory does not grow with the tokens. Under several
         processes each embeds a disjoint share of the batches (batch i on process i mod N) into its own shards,
         and all wait for the others before reading: no text is embedded twice."""
-        done = set(self._load()[0])
-        todo = {}
-        for prompt, response in items:
-            key = text_key(prompt, response)
-            if key not in done and key not in todo:
-                todo[key] = (prompt, response)
-        if not todo:
-            return
-        encodings = [(key, encode_pair(self.tokenizer, p, r, max_length=self.max_length)) for key, (p, r) in
-                     todo.items()]
+        keys = np.array([text_key(prompt, response) for prompt, response in items], dtype="S64")
+        missing = np.flatnonzero(self.store.rows(keys) < 0)
+        if len(missing) == 0:
+            return keys
+        _, first = np.unique(keys[missing], return_index=True)
+        positions = missing[first]
+        lengths = np.array([len(self._encode(items[i])["input_ids"]) for i in positions])
         # a fixed plan: longest first, ties by key, so a resumed run forms exactly the batches of an uninterrupted one
-        encodings.sort(key=lambda item: (-len(item[1]["input_ids"]), item[0]))
+        order = np.lexsort((keys[positions], -lengths))
+        positions, lengths = positions[order], lengths[order]
         process = state()
-        batches = list(self._length_buckets(encodings))[process.process_index::process.num_processes]
-        progress = tqdm(total=sum(len(e["input_ids"]) for batch in batches for _, e in batch), unit="tok",
-                        unit_scale=True, desc="Embedding",
-                        disable=not self.show_progress or not process.is_local_main_process)
+        batches = list(self._length_buckets(lengths))[process.process_index::process.num_processes]
+        progress = tqdm(total=int(sum(lengths[batch].sum() for batch in batches)), unit="tok", unit_scale=True,
+                        desc="Embedding", disable=not self.show_progress or not process.is_local_main_process)
         shard = []
         for batch in batches:
-            shard.extend(self._forward(batch))
-            progress.update(sum(len(e["input_ids"]) for _, e in batch))
+            shard.extend(self._forward([(keys[i], self._encode(items[i])) for i in positions[batch]]))
+            progress.update(int(lengths[batch].sum()))
             if len(shard) >= self.shard_size:
-                self._write_shard(shard)
+                self._write(shard)
                 shard = []
         if shard:
-            self._write_shard(shard)
+            self._write(shard)
         progress.close()
         process.wait_for_everyone()
-        self._features = None
+        self.store.refresh()
+        return keys
 
     def lookup(self, items):
         """(prompt embeddings, response embeddings) as float32 tensors (N, H), in the order of `items`."""
-        self.embed(items)
-        keys, prompts, responses = self._load()
-        rows = torch.tensor([keys[text_key(p, r)] for p, r in items], dtype=torch.long)
-        return prompts[rows], responses[rows]
+        prompts, responses = self.store.vectors(self.store.rows(self.embed(items)))
+        return torch.from_numpy(prompts.astype(np.float32)), torch.from_numpy(responses.astype(np.float32))
 
     def pair_features(self, pairs) -> Dataset:
-        """Per-pair features for a dataset in the common pair schema: `prompt_embedding` (from the chosen
-        response's pass), `chosen_embedding`, `rejected_embedding`, plus the pair metadata columns it has."""
-        chosen_items = list(zip(pairs["prompt"], pairs["chosen"]))
-        rejected_items = list(zip(pairs["prompt"], pairs["rejected"]))
-        self.embed(chosen_items + rejected_items)
-        prompt, chosen = self.lookup(chosen_items)
-        _, rejected = self.lookup(rejected_items)
-        columns = {"prompt_embedding": prompt.numpy(), "chosen_embedding": chosen.numpy(),
-                   "rejected_embedding": rejected.numpy()}
-        columns.update({name: pairs[name] for name in PAIR_METADATA if name in pairs.column_names})
-        return Dataset.from_dict(columns)
+        """Per-pair features for a dataset in the common pair schema, memory-mapped (`FeatureStore.pair_features`):
+        `prompt_embedding` (from the chosen response's pass), `chosen_embedding`, `rejected_embedding`, plus the
+        pair metadata columns it has. Read them with `as_training_features`."""
+        keys = self.embed(PairTexts(pairs))
+        return self.store.pair_features(pairs, keys[:len(pairs)], keys[len(pairs):])
 
-    def _length_buckets(self, encodings):
-        """Consecutive runs of the length-sorted texts whose padded size stays within `batch_tokens`."""
-        batch = []
-        for item in encodings:
-            longest = len((batch[0] if batch else item)[1]["input_ids"])
-            if batch and (len(batch) + 1) * longest > self.batch_tokens:
-                yield batch
-                batch = []
-            batch.append(item)
-        if batch:
-            yield batch
+    def _encode(self, item):
+        return encode_pair(self.tokenizer, *item, max_length=self.max_length)
+
+    def _length_buckets(self, lengths):
+        """Index ranges of consecutive length-sorted texts whose padded size stays within `batch_tokens`."""
+        start = 0
+        for end in range(1, len(lengths) + 1):
+            if end == len(lengths) or (end - start + 1) * lengths[start] > self.batch_tokens:
+                yield np.arange(start, end)
+                start = end
+
+    def _write(self, rows) -> None:
+        self.store.write_shard([key for key, _, _ in rows], np.stack([row[1] for row in rows]),
+                               np.stack([row[2] for row in rows]))
 
     @torch.inference_mode()
     def _forward(self, batch):
@@ -244,112 +498,15 @@ class EmbeddingCache:
                 self._compute_model = self.model
         return self._compute_model
 
-    def _shards(self) -> list:
-        """Finished shard folders, in index order (`.partial` folders are never read)."""
-        if not self.directory.exists():
-            return []
-        found = [(int(m.group(1)), path) for path in self.directory.iterdir()
-                 if (m := SHARD_NAME.fullmatch(path.name)) and path.is_dir()]
-        return [path for _, path in sorted(found)]
-
-    def _remove_stale_partials(self) -> None:
-        """Deletes `.partial` folders left by a killed write: this process's own and those of processes no longer
-        running (another live process may still be writing its own)."""
-        if not self.directory.exists():
-            return
-        for path in self.directory.glob("*.partial"):
-            match = PARTIAL_NAME.fullmatch(path.name)
-            if match is None or int(match.group(1)) == os.getpid() or not _process_alive(int(match.group(1))):
-                shutil.rmtree(path, ignore_errors=True)
-
-    def _write_shard(self, rows) -> None:
-        """Writes the shard and its checksum manifest to a `.partial` folder, then renames it to the next free
-        `shard-NNNNN` name, so a shard on disk is always complete and a new one never takes an existing name."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        shards = self._shards()
-        # the next index this process may take: processes take indices in turn (i mod N), so they never collide
-        process = state()
-        index = int(SHARD_NAME.fullmatch(shards[-1].name).group(1)) + 1 if shards else 0
-        index += (process.process_index - index) % process.num_processes
-        partial = self.directory / f"shard-{index:05d}.{os.getpid()}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        with quiet_datasets_progress():
-            Dataset.from_dict({"key": [r[0] for r in rows], "prompt_embedding": np.stack([r[1] for r in rows]),
-                               "response_embedding": np.stack([r[2] for r in rows])}).save_to_disk(partial)
-        files = {path.name: file_digest(path) for path in sorted(partial.iterdir()) if path.is_file()}
-        (partial / MANIFEST).write_text(json.dumps({"format": CACHE_FORMAT_VERSION, "algorithm": "sha256",
-                                                    "rows": len(rows), "files": files}, indent=1))
-        while True:
-            target = self.directory / f"shard-{index:05d}"
-            if not target.exists():
-                try:
-                    partial.rename(target)
-                    break
-                except OSError:
-                    if not target.exists():
-                        raise
-            index += process.num_processes  # another job's process took this name meanwhile
-        self._verified.add(target.name)
-
-    def _load_shard(self, folder: Path):
-        """The shard's table, or (None, why) when it is damaged."""
-        if folder.name not in self._verified:
-            damage = shard_damage(folder)
-            if damage is not None:
-                return None, damage
-        try:
-            with quiet_datasets_progress():
-                table = load_from_disk(str(folder))
-            rows = json.loads((folder / MANIFEST).read_text())["rows"]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            return None, f"it does not load ({type(error).__name__})"
-        if len(table) != rows or set(table.column_names) != {"key", "prompt_embedding", "response_embedding"}:
-            return None, "its rows do not match its manifest"
-        self._verified.add(folder.name)
-        return table, None
-
-    def _load(self):
-        if self._features is None:
-            self._remove_stale_partials()
-            tables, damaged = [], []
-            for folder in self._shards():
-                table, damage = self._load_shard(folder)
-                if table is None:
-                    damaged.append((folder, damage))
-                else:
-                    tables.append(table)
-            if damaged:
-                self._discard(damaged)
-            if not tables:
-                hidden = self.model.config.hidden_size
-                self._features = ({}, torch.empty(0, hidden), torch.empty(0, hidden))
-            else:
-                table = concatenate_datasets(tables).with_format("numpy")
-                self._features = ({key: row for row, key in enumerate(table["key"])},
-                                  torch.from_numpy(np.asarray(table["prompt_embedding"], dtype=np.float32)),
-                                  torch.from_numpy(np.asarray(table["response_embedding"], dtype=np.float32)))
-        return self._features
-
-    def _discard(self, damaged) -> None:
-        """One warning naming the damaged shards a load found; they are deleted, so `embed` (which computes whatever
-        is missing) re-embeds their texts."""
-        described = "; ".join(f"{folder.name} ({why})" for folder, why in damaged[:5])
-        if len(damaged) > 5:
-            described += f"; and {len(damaged) - 5} more"
-        warnings.warn(f"feature cache {self.directory}: damaged shard(s) {described}; deleted, their texts will be "
-                      f"re-embedded.", stacklevel=2)
-        for folder, _ in damaged:
-            self._verified.discard(folder.name)
-            shutil.rmtree(folder, ignore_errors=True)
-
 
 def as_training_features(features):
-    """The pair-feature columns the trainer reads, as torch tensors."""
+    """The pair-feature columns the trainer and evaluation read, as float32 torch tensors whatever the storage
+    dtype, converted batch by batch as they are read."""
     missing = [name for name in FEATURE_COLUMNS if name not in features.column_names]
     if missing:
         raise InputError(f"train_dataset: missing feature columns {missing}; build it with "
                          "EmbeddingCache.pair_features.")
-    return features.select_columns(list(FEATURE_COLUMNS)).with_format("torch")
+    return features.select_columns(list(FEATURE_COLUMNS)).with_format("torch", dtype=torch.float32)
 
 
 def _process_alive(pid: int) -> bool:

@@ -149,7 +149,7 @@ def interrupted_then_reordered(tmp_path):
     settings = dict(SETTINGS, batch_tokens=24)
     fresh = EmbeddingCache(model, tokenizer, cache_dir=tmp_path / "fresh", **settings).lookup(ITEMS)
     first = EmbeddingCache(model, tokenizer, cache_dir=tmp_path / "run", **settings)
-    written, write = [], first._write_shard
+    written, write = [], first._write
 
     def stop_after_two(rows):
         write(rows)
@@ -157,7 +157,7 @@ def interrupted_then_reordered(tmp_path):
         if len(written) == 2:
             raise KeyboardInterrupt
 
-    first._write_shard = stop_after_two
+    first._write = stop_after_two
     try:
         first.embed(ITEMS)
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ import textwrap
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from catalogue import Case, check_case, parametrize, run_cli
@@ -690,7 +691,7 @@ def test_a_user_error_in_a_real_process_is_one_line(tmp_path, name):
 KILL_EMBED = textwrap.dedent("""
     import os, signal, sys
     from hf_smoe.features import EmbeddingCache
-    original, written = EmbeddingCache._write_shard, []
+    original, written = EmbeddingCache._write, []
 
     def write_then_die(self, rows):
         original(self, rows)
@@ -698,7 +699,7 @@ KILL_EMBED = textwrap.dedent("""
         if len(written) == 1:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    EmbeddingCache._write_shard = write_then_die
+    EmbeddingCache._write = write_then_die
     from hf_smoe.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -709,9 +710,11 @@ def cached_rows(cache_dir) -> dict:
     from hf_smoe.features import EmbeddingCache
 
     model = SMoERewardModel.from_backbone(world()["backbone"], num_experts=3)
-    keys, prompts, responses = EmbeddingCache(model, word_tokenizer("chatml"), cache_dir=cache_dir,
-                                              max_length=64, show_progress=False)._load()
-    return {key: (prompts[row], responses[row]) for key, row in keys.items()}
+    store = EmbeddingCache(model, word_tokenizer("chatml"), cache_dir=cache_dir, max_length=64,
+                           show_progress=False).store
+    keys = np.concatenate([shard.column("key").to_numpy(zero_copy_only=False) for shard in store._open()[2]])
+    prompts, responses = store.vectors(store.rows(keys.astype("S64")))
+    return {key: (prompts[row], responses[row]) for row, key in enumerate(keys)}
 
 
 @pytest.mark.slow
@@ -734,7 +737,7 @@ def test_a_killed_embed_resumes_bit_identical(tmp_path):
     resumed = cached_rows(tmp_path / "run")
     assert reference.keys() == resumed.keys()
     for key, (prompt, response) in reference.items():
-        assert torch.equal(prompt, resumed[key][0]) and torch.equal(response, resumed[key][1]), key
+        assert np.array_equal(prompt, resumed[key][0]) and np.array_equal(response, resumed[key][1]), key
 
 
 @pytest.mark.slow

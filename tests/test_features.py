@@ -1,11 +1,24 @@
 """The embedding cache: equals the model's own forward, computes each text once, resumes after interruption."""
 
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tracemalloc
+import warnings
+
+import numpy as np
+import pyarrow
 import pytest
 import torch
-from datasets import Dataset
+from datasets import Dataset, load_from_disk
 
 from hf_smoe import SMoERewardModel, encode_pair
-from hf_smoe.features import EmbeddingCache, text_key
+from hf_smoe.features import FEATURE_COLUMNS, EmbeddingCache, FeatureStore, text_key
+from hf_smoe.modeling.configuration_smoe import InputError
 
 ITEMS = [("hello how are you today", "good thanks"), ("what is a cat ?", "a kind dog , yes"),
          ("why ?", "because"), ("please code a poem", "sure here is a long poem of the sun and rain and the code"),
@@ -117,8 +130,6 @@ def test_pair_features(backbone_dirs, tokenizers, tmp_path):
 
 def strided_digest(module):
     """The digest before issue 12's fix: a strided sample of every tensor (kept here to show what it missed)."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         flat = tensor.detach().flatten()
@@ -194,12 +205,6 @@ def record_batches(cache):
 
 @pytest.mark.parametrize("mode", ["after-shard", "before-rename"])
 def test_sigkill_and_resume_is_bit_identical(mode, backbone_dirs, tokenizers, tmp_path):
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-
     assert len(set(MANY)) == len(MANY) == 18
     model = SMoERewardModel.from_backbone(backbone_dirs["llama"], num_experts=2)
     tokenizer = tokenizers["llama"]
@@ -220,7 +225,7 @@ def test_sigkill_and_resume_is_bit_identical(mode, backbone_dirs, tokenizers, tm
         ["shard-00000", "shard-00001"] if mode == "after-shard" else ["shard-00000"])
     assert len(partials) == (mode == "before-rename")
 
-    done = len(resumed._load()[0])
+    done = len(resumed.store)
     assert 0 < done < len(MANY)
     batches = record_batches(resumed)
     got = resumed.lookup(MANY[::-1])  # another order of the same texts: the plan does not depend on it
@@ -232,8 +237,6 @@ def test_sigkill_and_resume_is_bit_identical(mode, backbone_dirs, tokenizers, tm
 
 
 def test_a_deleted_shard_is_recomputed_under_a_new_name(backbone_dirs, tokenizers, tmp_path):
-    import shutil
-
     model = SMoERewardModel.from_backbone(backbone_dirs["llama"], num_experts=2)
     tokenizer = tokenizers["llama"]
     want = make_cache(model, tokenizer, tmp_path / "reference", batch_tokens=1, shard_size=2).lookup(ITEMS)
@@ -261,8 +264,6 @@ def test_a_damaged_shard_is_reported_once_deleted_and_reembedded(backbone_dirs, 
         got = cache.lookup(ITEMS)
     assert seen["texts"] == 2
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = make_cache(model, tokenizer, tmp_path / "run", batch_tokens=1, shard_size=2).lookup(ITEMS)
@@ -307,3 +308,112 @@ def test_the_compute_dtype_follows_the_hardware_unless_overridden(monkeypatch):
     flags = open("/proc/cpuinfo").read().split()
     monkeypatch.undo()
     assert loading.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_bf16_features_are_stored_exactly_in_float16(model, kind, tokenizers, tmp_path):
+    """16-bit computations are stored as float16, which holds every bf16 value in its range exactly: what is read
+    back equals the bf16 backbone's own output, converted to float32."""
+    tokenizer = tokenizers[kind]
+    cache = EmbeddingCache(model, tokenizer, cache_dir=tmp_path, dtype=torch.bfloat16, show_progress=False,
+                           batch_tokens=1)  # one text a batch, as below: bf16 sums depend on the batch's shape
+    prompts, responses = cache.lookup(ITEMS)
+    assert cache.store.shards() and all(str(load_from_disk(str(shard)).features["response_embedding"].feature.dtype)
+                                        == "float16" for shard in cache.store.shards())
+    for row, item in enumerate(ITEMS):
+        with torch.inference_mode():
+            batch = tokenizer.pad([encode_pair(tokenizer, *item)], return_tensors="pt")
+            prompt, response = cache._computing_model().embed(**batch)
+        assert torch.equal(prompts[row], prompt[0].float()) and torch.equal(responses[row], response[0].float())
+
+
+def test_values_beyond_float16_are_refused_not_stored(tmp_path):
+    store = FeatureStore(tmp_path, hidden_size=2, dtype=np.float16)
+    with pytest.raises(InputError, match="beyond float16's range .* HF_SMOE_DTYPE=float32"):
+        store.write_shard(np.array(["a" * 64], dtype="S64"), np.array([[1.0, 7e4]]), np.zeros((1, 2)))
+    assert store.shards() == []
+
+
+def synthetic_store(folder, rows, hidden, shard_size=1000, seed=0):
+    """A store of `rows` random float32 vectors in shards, and its keys (the sha256 of each row number)."""
+    generator = np.random.default_rng(seed)
+    keys = np.array([hashlib.sha256(str(i).encode()).hexdigest() for i in range(rows)], dtype="S64")
+    prompts = generator.standard_normal((rows, hidden), dtype=np.float32)
+    responses = generator.standard_normal((rows, hidden), dtype=np.float32)
+    store = FeatureStore(folder, hidden, np.float32)
+    for start in range(0, rows, shard_size):
+        store.write_shard(keys[start:start + shard_size], prompts[start:start + shard_size],
+                          responses[start:start + shard_size])
+    return keys, prompts, responses
+
+
+def test_the_index_reads_keys_only_and_vectors_on_demand(tmp_path):
+    """Opening the store maps the shards and reads their keys: the memory it takes is a small fraction of the
+    vectors' size (here 33 MB; a shard's checksum is read 1 MB at a time); rows and vectors read back are the written ones, in any order, across shards."""
+    keys, prompts, responses = synthetic_store(tmp_path, rows=4000, hidden=1024)
+    store = FeatureStore(tmp_path, prompts.shape[1], np.float32)
+    arrow_before = pyarrow.total_allocated_bytes()
+    tracemalloc.start()
+    assert len(store) == len(keys)
+    _, python_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    arrow_taken = pyarrow.total_allocated_bytes() - arrow_before
+    vector_bytes = prompts.nbytes + responses.nbytes
+    assert python_peak + arrow_taken < vector_bytes / 10, (python_peak, arrow_taken, vector_bytes)
+
+    wanted = np.array([2999, 5, 1000, 999, 5, 2001])
+    unknown = np.array(["f" * 64], dtype="S64")
+    rows = store.rows(np.concatenate([keys[wanted], unknown]))
+    assert rows[-1] == -1 and (rows[:-1] >= 0).all()
+    got_prompts, got_responses = store.vectors(rows[:-1])
+    assert np.array_equal(got_prompts, prompts[wanted]) and np.array_equal(got_responses, responses[wanted])
+
+
+def test_streamed_pair_features_equal_the_in_memory_computation(model, kind, tokenizers, tmp_path):
+    """The memory-mapped pair file, read in batches of 2 by `head_outputs`, gives exactly what the head computes on
+    the whole set held in memory (vectors looked up text by text); shuffled pairs (an indices mapping) too."""
+    from hf_smoe.evaluation import head_outputs
+    from hf_smoe.features import as_training_features
+
+    pairs = Dataset.from_dict({"prompt": [p for p, _ in ITEMS], "chosen": [r for _, r in ITEMS],
+                               "rejected": [r for _, r in ITEMS[::-1]], "category": list("abcabc")})
+    pairs = pairs.shuffle(seed=3).select(range(5))
+    cache = make_cache(model, tokenizers[kind], tmp_path)
+    features = cache.pair_features(pairs)
+    assert features.cache_files and features["category"] == pairs["category"]
+    streamed = head_outputs(model.head, as_training_features(features), batch_size=2)
+    prompt, chosen = cache.lookup(list(zip(pairs["prompt"], pairs["chosen"])))
+    _, rejected = cache.lookup(list(zip(pairs["prompt"], pairs["rejected"])))
+    with torch.no_grad():
+        model.head.eval()
+        expected = {"routing_weights": model.head.router(prompt), "chosen_expert_rewards": model.head.experts(chosen),
+                    "rejected_expert_rewards": model.head.experts(rejected)}
+    for name, value in expected.items():
+        torch.testing.assert_close(streamed[name], value, atol=1e-6, rtol=1e-6)
+
+
+def test_a_pair_file_is_written_once_and_a_damaged_one_rewritten(backbone_dirs, tokenizers, tmp_path):
+    model = SMoERewardModel.from_backbone(backbone_dirs["llama"], num_experts=2)
+    pairs = Dataset.from_dict({"prompt": ["hello", "why ?"], "chosen": ["good thanks", "because"],
+                               "rejected": ["no", "yes"]})
+    cache = make_cache(model, tokenizers["llama"], tmp_path)
+    first = cache.pair_features(pairs)
+    path = first.cache_files[0]["filename"]
+    want = first.with_format("numpy")[:]
+    modified = os.stat(path).st_mtime_ns
+    assert make_cache(model, tokenizers["llama"], tmp_path).pair_features(pairs).cache_files[0]["filename"] == path
+    assert os.stat(path).st_mtime_ns == modified  # reused, not rewritten
+    data = bytearray(open(path, "rb").read())
+    data[-200] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.warns(UserWarning, match="damaged pair file"):
+        again = make_cache(model, tokenizers["llama"], tmp_path).pair_features(pairs).with_format("numpy")[:]
+    for name in FEATURE_COLUMNS:
+        assert np.array_equal(again[name], want[name]), name
+
+
+def test_stale_partial_pair_files_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "pairs" / f"0123.{int(dead.stdout)}.partial"
+    stale.mkdir(parents=True)
+    synthetic_store(tmp_path, rows=10, hidden=4)
+    assert len(FeatureStore(tmp_path, 4, np.float32)) == 10 and not stale.exists()
