@@ -252,10 +252,11 @@ def write_scale_store(folder: str, num_pairs: int, hidden: int, seed: int, shard
         category = rows % SCALE_CATEGORIES
         prompts = topics[category] + generator.standard_normal((len(rows), hidden), dtype=np.float32)
         noise = generator.standard_normal((2, len(rows), hidden), dtype=np.float32)
-        keys = [text_key(f"synthetic prompt {i}", f"{side} answer {i}") for side in ("chosen", "rejected") for i in rows]
-        store.write_shard(np.array(keys, dtype="S64"), np.concatenate([prompts, prompts]),
-                          np.concatenate([noise[0] + 0.1 * preferences[category],
-                                          noise[1] - 0.1 * preferences[category]]))
+        keys = [text_key(f"synthetic prompt {i}", f"{side} answer {i}") for side in ("chosen", "rejected")
+                for i in rows]
+        store.write_shard(np.array(keys, dtype="S64"), prompt_embedding=np.concatenate([prompts, prompts]),
+                          response_embedding=np.concatenate([noise[0] + 0.1 * preferences[category],
+                                                             noise[1] - 0.1 * preferences[category]]))
     seconds = time.perf_counter() - start
     return {"write_s": seconds, "texts_per_s": 2 * num_pairs / seconds,
             "disk_gb": sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file()) / 1e9}
@@ -301,7 +302,9 @@ def scale_run(folder: str, num_pairs: int, hidden: int, seed: int, mode: str) ->
         start = time.perf_counter()
         features = {}
         if mode == "in_memory":  # the previous store: every vector of the cache as float32 in RAM
-            prompts, responses = (v.astype(np.float32) for v in store.vectors(np.arange(len(store))))
+            stored = store.read(np.arange(len(store)))
+            prompts, responses = (stored[name].astype(np.float32) for name in ("prompt_embedding",
+                                                                               "response_embedding"))
         for name, part in splits.items():
             chosen = np.array([text_key(p, r) for p, r in zip(part["prompt"], part["chosen"])], dtype="S64")
             rejected = np.array([text_key(p, r) for p, r in zip(part["prompt"], part["rejected"])], dtype="S64")
@@ -341,15 +344,23 @@ def bench_scale(backbone: str, num_pairs=(10_000, 100_000), hidden: int = 3072, 
     folder deleted afterwards; the in-memory baseline runs on the sizes up to `in_memory_max_pairs`. `backbone` is
     not used: the features are synthetic, of width `hidden`."""
     results = {}
+    scratch = None if scratch_dir is None else Path(scratch_dir).expanduser()
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
     for size in sorted(num_pairs):
-        folder = Path(tempfile.mkdtemp(prefix=f"smoe-scale-{size}-", dir=scratch_dir))
+        folder = Path(tempfile.mkdtemp(prefix=f"smoe-scale-{size}-", dir=scratch))
         try:
             run = {"pairs": size} | in_fresh_process(write_scale_store, str(folder), size, hidden, seed)
             run["streamed"] = in_fresh_process(scale_run, str(folder), size, hidden, seed, "streamed")
+            run["disk_gb_with_pair_files"] = sum(path.stat().st_size for path in folder.rglob("*")
+                                                 if path.is_file()) / 1e9
             if size <= in_memory_max_pairs:
-                run["in_memory"] = in_fresh_process(scale_run, str(folder), size, hidden, seed, "in_memory")
-                run["streamed_vs_in_memory_train_speed"] = (run["streamed"]["train_pairs_per_s"]
-                                                            / run["in_memory"]["train_pairs_per_s"])
+                try:
+                    run["in_memory"] = in_fresh_process(scale_run, str(folder), size, hidden, seed, "in_memory")
+                    run["streamed_vs_in_memory_train_speed"] = (run["streamed"]["train_pairs_per_s"]
+                                                                / run["in_memory"]["train_pairs_per_s"])
+                except concurrent.futures.process.BrokenProcessPool:  # the kernel's OOM killer, as a rule
+                    run["in_memory"] = "killed before it finished (out of memory, if dmesg shows an oom-kill)"
             results[str(size)] = run
         finally:
             shutil.rmtree(folder, ignore_errors=True)

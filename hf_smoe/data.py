@@ -288,16 +288,23 @@ def _trl_pairs(dataset: Dataset, *, conversational: bool | None = None) -> Itera
     dropped (counted), as are pairs whose texts are identical or where the prompt takes a whole response (an empty
     response); a file left with no pair is an error that asks for a `prompt` column. The rule is a heuristic: a file
     whose responses share longer openings by chance ("I'm sorry, but") needs an explicit `prompt` column.
+
+    Columns named like the pair metadata (`category`, `attribute`, `criterion`, `user`) are kept: TRL passes extra
+    columns through, and category metrics and per-user routers need them.
     """
     explicit = "prompt" in dataset.column_names
+    metadata = [name for name in PAIR_METADATA if name in dataset.column_names]
     for index, record in enumerate(dataset):
         if isinstance(record["chosen"], list):
-            yield _conversational_pair(record, index, explicit)
+            pair = _conversational_pair(record, index, explicit)
         elif conversational:
             raise InputError(f"record {index}: field 'chosen' must be a list of chat messages, got "
                              f"{type(record['chosen']).__name__}.")
         else:
-            yield _standard_pair(record, index, explicit)
+            pair = _standard_pair(record, index, explicit)
+        if isinstance(pair, dict):
+            pair.update({name: _as_optional_text(record[name], index, name) for name in metadata})
+        yield pair
 
 
 def _conversational_pair(record: dict, index: int, explicit: bool) -> dict | Skip:

@@ -43,7 +43,6 @@ from .loading import cache_root, fast_dtype
 from .modeling.configuration_smoe import InputError
 
 FEATURE_COLUMNS = ("prompt_embedding", "chosen_embedding", "rejected_embedding")  # a pair's three vectors
-TEXT_COLUMNS = ("key", "prompt_embedding", "response_embedding")  # one stored text
 CACHE_FORMAT_VERSION = 3  # 3: fixed-size vectors in the storage dtype; pair files; 2: checksum manifests
 MANIFEST = "checksums.json"
 SHARD_NAME = re.compile(r"shard-(\d+)")
@@ -137,11 +136,25 @@ def vector_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
 
 
+def sequence_column(sequences: list) -> pa.ListArray:
+    """N arrays of shape (T_i, H) as an Arrow column of variable-length lists of fixed-size vectors."""
+    offsets = np.concatenate([[0], np.cumsum([len(sequence) for sequence in sequences])]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), vector_column(np.concatenate(sequences)))
+
+
 def column_vectors(column) -> np.ndarray:
     """An Arrow column of fixed-size vectors as an (N, H) array."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+
+
+def column_sequences(column) -> list:
+    """An Arrow column of lists of fixed-size vectors as a list of (T_i, H) arrays."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    lengths = column.value_lengths().to_numpy(zero_copy_only=False)
+    return np.split(column_vectors(column.flatten()), np.cumsum(lengths)[:-1])
 
 
 def write_manifest(folder: Path, rows: int) -> None:
@@ -175,14 +188,19 @@ class PairTexts:
                 yield from zip(batch["prompt"], batch[side])
 
 
-class FeatureStore:
-    """Stored text features of one fingerprint: shards of (key, prompt vector, response vector), memory-mapped.
+EMBEDDING_COLUMNS = {"prompt_embedding": "vector", "response_embedding": "vector"}  # the embedding cache's
 
-    The index keeps only the sorted keys (64 bytes each) and their row numbers; vectors are read when asked for.
+
+class FeatureStore:
+    """Stored text features of one fingerprint: shards of a key and named columns, memory-mapped. A column holds
+    one vector (H,) per text (`"vector"`) or one (T, H) sequence of them (`"sequence"`).
+
+    The index keeps only the sorted keys (64 bytes each) and their row numbers; values are read when asked for.
     """
 
-    def __init__(self, directory, hidden_size: int, dtype: np.dtype):
+    def __init__(self, directory, hidden_size: int, dtype: np.dtype, columns: dict = EMBEDDING_COLUMNS):
         self.directory, self.hidden_size, self.dtype = Path(directory), hidden_size, np.dtype(dtype)
+        self.columns = dict(columns)
         self._verified = set()  # folder names whose checksums this instance checked (or which it wrote)
         self._opened = None  # (sorted keys, their rows, shard tables, first row of each shard) once opened
 
@@ -205,27 +223,41 @@ class FeatureStore:
         position = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
         return np.where(sorted_keys[position] == keys, rows[position], -1)
 
-    def vectors(self, rows: np.ndarray) -> tuple:
-        """(prompt vectors, response vectors) of the given rows, as (len(rows), H) arrays of the storage dtype."""
+    def read(self, rows: np.ndarray) -> dict:
+        """Each column's values at `rows`, in the storage dtype: an (N, H) array for a vector column, a list of N
+        (T_i, H) arrays for a sequence column. Rows are gathered shard by shard (never a concatenation of all)."""
         _, _, tables, starts = self._open()
-        prompts = np.empty((len(rows), self.hidden_size), dtype=self.dtype)
-        responses = np.empty_like(prompts)
         shard_of = np.searchsorted(starts, rows, side="right") - 1
+        parts, order = [], []
         for shard in np.unique(shard_of):
             where = np.flatnonzero(shard_of == shard)
-            part = tables[shard].take(pa.array(rows[where] - starts[shard]))
-            prompts[where] = column_vectors(part.column("prompt_embedding"))
-            responses[where] = column_vectors(part.column("response_embedding"))
-        return prompts, responses
+            parts.append(tables[shard].take(pa.array(rows[where] - starts[shard])))
+            order.append(where)
+        order = np.concatenate(order) if order else np.empty(0, dtype=np.int64)
+        position = np.empty(len(rows), dtype=np.int64)  # where each requested row sits among the gathered ones
+        position[order] = np.arange(len(rows))
+        values = {}
+        for name, kind in self.columns.items():
+            if kind == "vector":
+                gathered = [column_vectors(part.column(name)) for part in parts]
+                values[name] = (np.concatenate(gathered) if gathered else
+                                np.empty((0, self.hidden_size), dtype=self.dtype))[position]
+            else:
+                gathered = [sequence for part in parts for sequence in column_sequences(part.column(name))]
+                values[name] = [gathered[i] for i in position]
+        return values
 
-    def write_shard(self, keys, prompts: np.ndarray, responses: np.ndarray) -> None:
-        """Writes the shard and its checksum manifest to a `.partial` folder, then renames it to the next free
-        `shard-NNNNN` name, so a shard on disk is always complete and a new one never takes an existing name."""
-        for vectors in (prompts, responses):
-            if self.dtype == np.float16 and np.abs(vectors.astype(np.float32)).max(initial=0) > FLOAT16_MAX:
-                raise InputError(f"the backbone's features reach {np.abs(vectors.astype(np.float32)).max():.4g}, "
-                                 f"beyond float16's range ({FLOAT16_MAX:g}), in which 16-bit computations are "
-                                 "stored; set HF_SMOE_DTYPE=float32 to compute and store them in float32.")
+    def write_shard(self, keys, **values) -> None:
+        """Writes the shard (`values`: each column's (N, H) array or list of N (T_i, H) arrays) and its checksum
+        manifest to a `.partial` folder, then renames it to the next free `shard-NNNNN` name, so a shard on disk is
+        always complete and a new one never takes an existing name."""
+        arrays = {name: values[name] if kind == "vector" else np.concatenate(values[name])
+                  for name, kind in self.columns.items()}
+        largest = max(float(np.abs(array.astype(np.float32)).max(initial=0)) for array in arrays.values())
+        if self.dtype == np.float16 and largest > FLOAT16_MAX:
+            raise InputError(f"the backbone's features reach {largest:.4g}, beyond float16's range "
+                             f"({FLOAT16_MAX:g}), in which 16-bit computations are stored; set HF_SMOE_DTYPE=float32 "
+                             "to compute and store them in float32.")
         self.directory.mkdir(parents=True, exist_ok=True)
         shards = self.shards()
         # the next index this process may take: processes take indices in turn (i mod N), so they never collide
@@ -234,9 +266,11 @@ class FeatureStore:
         index += (process.process_index - index) % process.num_processes
         partial = self.directory / f"shard-{index:05d}.{os.getpid()}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        table = pa.table({"key": pa.array(np.asarray(keys).astype(str).tolist(), pa.string()),
-                          "prompt_embedding": vector_column(prompts.astype(self.dtype, copy=False)),
-                          "response_embedding": vector_column(responses.astype(self.dtype, copy=False))})
+        columns = {"key": pa.array(np.asarray(keys).astype(str).tolist(), pa.string())}
+        for name, kind in self.columns.items():
+            columns[name] = (vector_column(values[name].astype(self.dtype, copy=False)) if kind == "vector" else
+                             sequence_column([value.astype(self.dtype, copy=False) for value in values[name]]))
+        table = pa.table(columns)
         with quiet_datasets_progress():
             Dataset(InMemoryTable(table)).save_to_disk(partial)
         write_manifest(partial, len(table))
@@ -255,8 +289,9 @@ class FeatureStore:
 
     def pair_features(self, pairs, chosen_keys: np.ndarray, rejected_keys: np.ndarray) -> Dataset:
         """A memory-mapped Dataset of the pairs' `prompt_embedding` (from the chosen response's pass),
-        `chosen_embedding` and `rejected_embedding`, plus the pair metadata columns `pairs` has. Written once per
-        distinct (pairs, metadata) under `pairs/` of the store, `PAIR_BATCH` pairs at a time, and reused."""
+        `chosen_embedding` and `rejected_embedding`, plus the pair metadata columns `pairs` has (a store of
+        `EMBEDDING_COLUMNS`). Written once per distinct (pairs, metadata) under `pairs/` of the store, `PAIR_BATCH`
+        pairs at a time, and reused."""
         metadata = [name for name in PAIR_METADATA if name in pairs.column_names]
         digest = hashlib.sha256(f"{CACHE_FORMAT_VERSION}{self.dtype}{metadata}".encode())
         digest.update(chosen_keys.tobytes())
@@ -281,7 +316,8 @@ class FeatureStore:
             rows = self.rows(np.concatenate([chosen_keys[start:stop], rejected_keys[start:stop]]))
             if (rows < 0).any():
                 raise RuntimeError("pair_features: a text of the pairs is not stored; embed the pairs first.")
-            prompts, responses = self.vectors(rows)
+            stored = self.read(rows)
+            prompts, responses = stored["prompt_embedding"], stored["response_embedding"]
             columns = {"prompt_embedding": vector_column(prompts[:stop - start]),
                        "chosen_embedding": vector_column(responses[:stop - start]),
                        "rejected_embedding": vector_column(responses[stop - start:])}
@@ -333,7 +369,7 @@ class FeatureStore:
             rows = manifest_rows(folder)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             return None, f"it does not load ({type(error).__name__})"
-        if len(table) != rows or tuple(table.column_names) != TEXT_COLUMNS:
+        if len(table) != rows or table.column_names != ["key", *self.columns]:
             return None, "its rows do not match its manifest"
         self._verified.add(folder.name)
         return table, None
@@ -371,49 +407,33 @@ class FeatureStore:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-class EmbeddingCache:
-    """Prompt and response representations of a `SMoERewardModel`'s frozen backbone, computed once per text.
+class TextCache:
+    """What every feature cache shares: features of each unique (prompt, response) text computed once, in
+    length-bucketed batches, written in checksummed shards under a fingerprint of everything they depend on, and
+    resumed after an interruption. Subclasses say what is computed (`_forward`) and what defines it
+    (`fingerprint`)."""
 
-    Args:
-        model: the `SMoERewardModel` whose backbone, pooling and prompt representation define the features.
-        tokenizer: its tokenizer (chat template).
-        cache_dir: root folder; defaults to `$HF_SMOE_CACHE/features` (`~/.cache/hf_smoe/features`).
-        max_length: truncation length for chat-template(x) + y (see `encode_pair`).
-        batch_tokens: padded tokens per batch (default: `default_batch_tokens(device)`); texts are sorted by length
-            so batches carry little padding.
-        shard_size: texts per stored shard: the most work an interruption can lose.
-        dtype: the dtype the backbone computes in (default: `fast_dtype(device)`: bf16 weights where the hardware
-            has native bf16). A backbone of another dtype is run through a converted copy (the caller's model, whose
-            weights a checkpoint saves, is left as it is). It sets the storage dtype (`storage_dtype`); both are in
-            the fingerprint.
-    """
+    columns: dict  # the stored columns (`FeatureStore`)
 
-    def __init__(self, model, tokenizer, *, cache_dir=None, max_length=1024, batch_tokens=None, shard_size=512,
-                 show_progress=True, dtype=None):
-        self.model, self.tokenizer = model, tokenizer
-        self.device = next(model.parameters()).device
+    def __init__(self, tokenizer, device, hidden_size: int, *, cache_dir=None, max_length=1024, batch_tokens=None,
+                 shard_size=512, show_progress=True, dtype=None):
+        self.tokenizer, self.device = tokenizer, device
         self.max_length, self.shard_size = max_length, shard_size
         self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
         self.show_progress = show_progress
         self.dtype = dtype or fast_dtype(self.device)
-        self._compute_model = None  # the model `_forward` runs: `model`, or one around a converted backbone
         self.directory = feature_root(cache_dir) / self.fingerprint()
-        self.store = FeatureStore(self.directory, model.config.hidden_size, storage_dtype(self.dtype))
+        self.store = FeatureStore(self.directory, hidden_size, storage_dtype(self.dtype), self.columns)
 
     def fingerprint(self) -> str:
-        config = self.model.config
-        payload = {
-            "version": CACHE_FORMAT_VERSION,
-            "backbone_config": config.backbone_config.to_dict() | {"_name_or_path": None},
-            "backbone_weights": weights_digest(self.model.backbone),
-            "chat_template": getattr(self.tokenizer, "chat_template", None),
-            "tokenizer_vocab": len(self.tokenizer),
-            "max_length": self.max_length,
-            "pooling": config.pooling,
-            "prompt_representation": config.prompt_representation,
-            "dtype": str(self.dtype),
-            "storage": str(storage_dtype(self.dtype)),
-        }
+        raise NotImplementedError
+
+    def _fingerprint_of(self, payload: dict) -> str:
+        """The folder name: a digest of `payload` plus what every cache depends on."""
+        payload = payload | {"version": CACHE_FORMAT_VERSION, "chat_template": getattr(self.tokenizer, "chat_template",
+                                                                                         None),
+                             "tokenizer_vocab": len(self.tokenizer), "max_length": self.max_length,
+                             "dtype": str(self.dtype), "storage": str(storage_dtype(self.dtype))}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def embed(self, items) -> np.ndarray:
@@ -428,7 +448,7 @@ class EmbeddingCache:
             return keys
         _, first = np.unique(keys[missing], return_index=True)
         positions = missing[first]
-        lengths = np.array([len(self._encode(items[i])["input_ids"]) for i in positions])
+        lengths = np.array([len(self.encode(items[i])["input_ids"]) for i in positions])
         # a fixed plan: longest first, ties by key, so a resumed run forms exactly the batches of an uninterrupted one
         order = np.lexsort((keys[positions], -lengths))
         positions, lengths = positions[order], lengths[order]
@@ -438,7 +458,7 @@ class EmbeddingCache:
                         desc="Embedding", disable=not self.show_progress or not process.is_local_main_process)
         shard = []
         for batch in batches:
-            shard.extend(self._forward([(keys[i], self._encode(items[i])) for i in positions[batch]]))
+            shard.extend(self._forward([(keys[i], self.encode(items[i])) for i in positions[batch]]))
             progress.update(int(lengths[batch].sum()))
             if len(shard) >= self.shard_size:
                 self._write(shard)
@@ -450,20 +470,17 @@ class EmbeddingCache:
         self.store.refresh()
         return keys
 
-    def lookup(self, items):
-        """(prompt embeddings, response embeddings) as float32 tensors (N, H), in the order of `items`."""
-        prompts, responses = self.store.vectors(self.store.rows(self.embed(items)))
-        return torch.from_numpy(prompts.astype(np.float32)), torch.from_numpy(responses.astype(np.float32))
-
-    def pair_features(self, pairs) -> Dataset:
-        """Per-pair features for a dataset in the common pair schema, memory-mapped (`FeatureStore.pair_features`):
-        `prompt_embedding` (from the chosen response's pass), `chosen_embedding`, `rejected_embedding`, plus the
-        pair metadata columns it has. Read them with `as_training_features`."""
-        keys = self.embed(PairTexts(pairs))
-        return self.store.pair_features(pairs, keys[:len(pairs)], keys[len(pairs):])
-
-    def _encode(self, item):
+    def encode(self, item) -> dict:
+        """The token ids of one (prompt, response) text, as the cache encodes it (`encode_pair`)."""
         return encode_pair(self.tokenizer, *item, max_length=self.max_length)
+
+    def _padded(self, encodings: list) -> dict:
+        """A right-padded batch on the device (from page-locked memory on CUDA: the copy needs no staging buffer)."""
+        self.tokenizer.padding_side = "right"
+        inputs = self.tokenizer.pad(encodings, return_tensors="pt")
+        if self.device.type == "cuda":
+            return {name: tensor.pin_memory().to(self.device, non_blocking=True) for name, tensor in inputs.items()}
+        return dict(inputs.to(self.device))
 
     def _length_buckets(self, lengths):
         """Index ranges of consecutive length-sorted texts whose padded size stays within `batch_tokens`."""
@@ -473,30 +490,123 @@ class EmbeddingCache:
                 yield np.arange(start, end)
                 start = end
 
+    def _forward(self, batch) -> list:
+        """[(key, {column: value})] of a batch of (key, encoding)."""
+        raise NotImplementedError
+
     def _write(self, rows) -> None:
-        self.store.write_shard([key for key, _, _ in rows], np.stack([row[1] for row in rows]),
-                               np.stack([row[2] for row in rows]))
+        values = {name: [row[1][name] for row in rows] for name in self.columns}
+        self.store.write_shard([key for key, _ in rows], **{
+            name: np.stack(value) if self.columns[name] == "vector" else value for name, value in values.items()})
+
+
+def in_dtype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`module` when its weights are already `dtype`; else a converted copy (weights in bf16, not autocast over fp32
+    weights: faster on CPUs with native bf16). The caller's module, which a checkpoint may save, is left as it is."""
+    if next(module.parameters()).dtype == dtype:
+        return module
+    return copy.deepcopy(module).to(dtype)
+
+
+class EmbeddingCache(TextCache):
+    """Prompt and response representations of a `SMoERewardModel`'s frozen backbone, computed once per text.
+
+    Args:
+        model: the `SMoERewardModel` whose backbone, pooling and prompt representation define the features.
+        tokenizer: its tokenizer (chat template).
+        cache_dir: root folder; defaults to `$HF_SMOE_CACHE/features` (`~/.cache/hf_smoe/features`).
+        max_length: truncation length for chat-template(x) + y (see `encode_pair`).
+        batch_tokens: padded tokens per batch (default: `default_batch_tokens(device)`); texts are sorted by length
+            so batches carry little padding.
+        shard_size: texts per stored shard: the most work an interruption can lose.
+        dtype: the dtype the backbone computes in (default: `fast_dtype(device)`: bf16 weights where the hardware
+            has native bf16), through `in_dtype`. It sets the storage dtype (`storage_dtype`); both are in the
+            fingerprint.
+    """
+
+    columns = EMBEDDING_COLUMNS
+
+    def __init__(self, model, tokenizer, **options):
+        self.model = model
+        self._compute_model = None  # the model `_forward` runs: `model`, or one around a converted backbone
+        super().__init__(tokenizer, next(model.parameters()).device, model.config.hidden_size, **options)
+
+    def fingerprint(self) -> str:
+        config = self.model.config
+        return self._fingerprint_of({
+            "backbone_config": config.backbone_config.to_dict() | {"_name_or_path": None},
+            "backbone_weights": weights_digest(self.model.backbone),
+            "pooling": config.pooling,
+            "prompt_representation": config.prompt_representation,
+        })
+
+    def lookup(self, items):
+        """(prompt embeddings, response embeddings) as float32 tensors (N, H), in the order of `items`."""
+        stored = self.store.read(self.store.rows(self.embed(items)))
+        return tuple(torch.from_numpy(stored[name].astype(np.float32)) for name in self.columns)
+
+    def pair_features(self, pairs) -> Dataset:
+        """Per-pair features for a dataset in the common pair schema, memory-mapped (`FeatureStore.pair_features`):
+        `prompt_embedding` (from the chosen response's pass), `chosen_embedding`, `rejected_embedding`, plus the
+        pair metadata columns it has. Read them with `as_training_features`."""
+        keys = self.embed(PairTexts(pairs))
+        return self.store.pair_features(pairs, keys[:len(pairs)], keys[len(pairs):])
 
     @torch.inference_mode()
     def _forward(self, batch):
-        self.tokenizer.padding_side = "right"
-        inputs = self.tokenizer.pad([encoding for _, encoding in batch], return_tensors="pt").to(self.device)
-        prompts, responses = self._computing_model().embed(**inputs)
+        prompts, responses = self._computing_model().embed(**self._padded([encoding for _, encoding in batch]))
         prompts, responses = prompts.float().cpu().numpy(), responses.float().cpu().numpy()
-        return [(key, prompts[i], responses[i]) for i, (key, _) in enumerate(batch)]
+        return [(key, {"prompt_embedding": prompts[i], "response_embedding": responses[i]})
+                for i, (key, _) in enumerate(batch)]
 
     def _computing_model(self):
-        """`self.model` when its backbone already computes in `self.dtype`; else, made once, the same model around a
-        copy of the backbone converted to it (weights in bf16, not autocast over fp32 weights: faster on CPUs with
-        native bf16)."""
+        """`self.model`, or (made once) the same model around its backbone converted to `self.dtype`."""
         if self._compute_model is None:
-            backbone = self.model.backbone
-            if next(backbone.parameters()).dtype != self.dtype:
-                backbone = copy.deepcopy(backbone).to(self.dtype)
-                self._compute_model = type(self.model)(self.model.config, backbone=backbone).to(self.device).eval()
-            else:
-                self._compute_model = self.model
+            backbone = in_dtype(self.model.backbone, self.dtype)
+            self._compute_model = self.model if backbone is self.model.backbone else type(self.model)(
+                self.model.config, backbone=backbone).to(self.device).eval()
         return self._compute_model
+
+
+class HiddenStateCache(TextCache):
+    """The hidden states entering layer `layer` of a decoder backbone, one (T, H) sequence per text, for tuning
+    the layers above (`hf_smoe.backbone_tuning`): `bottom` is the backbone's lower part (`split_layers`), whose
+    weights (every byte), the layer index and the encoding settings make the fingerprint. Texts are encoded as
+    the embedding cache encodes them; shards are smaller (64 texts), since each text stores T vectors."""
+
+    columns = {"states": "sequence"}
+
+    def __init__(self, bottom, tokenizer, layer: int, *, shard_size=64, **options):
+        self.bottom, self.layer = bottom, layer
+        self._compute_bottom = None
+        super().__init__(tokenizer, next(bottom.parameters()).device, bottom.config.hidden_size,
+                         shard_size=shard_size, **options)
+
+    def fingerprint(self) -> str:
+        return self._fingerprint_of({"kind": "hidden_states", "layer": self.layer,
+                                     "backbone_config": self.bottom.config.to_dict() | {"_name_or_path": None},
+                                     "lower_layers_weights": weights_digest(self.bottom)})
+
+    def states(self, keys: np.ndarray) -> list:
+        """The stored (T, H) states of each key (64-character hex, see `text_key`), as float32 tensors."""
+        rows = self.store.rows(keys)
+        if (rows < 0).any():
+            raise RuntimeError("HiddenStateCache.states: a text is not cached; embed it first.")
+        return [torch.from_numpy(value.astype(np.float32)) for value in self.store.read(rows)["states"]]
+
+    @torch.inference_mode()
+    def compute(self, encodings: list) -> list:
+        """The states of encoded texts, computed now (float32 arrays, one (T_i, H) per text)."""
+        if self._compute_bottom is None:
+            self._compute_bottom = in_dtype(self.bottom, self.dtype)
+        inputs = self._padded([{"input_ids": encoding["input_ids"]} for encoding in encodings])
+        hidden = self._compute_bottom(**inputs, use_cache=False).last_hidden_state.float().cpu().numpy()
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        return [hidden[i, :length] for i, length in enumerate(lengths)]
+
+    def _forward(self, batch):
+        states = self.compute([encoding for _, encoding in batch])
+        return [(key, {"states": value}) for (key, _), value in zip(batch, states)]
 
 
 def as_training_features(features):

@@ -713,8 +713,8 @@ def cached_rows(cache_dir) -> dict:
     store = EmbeddingCache(model, word_tokenizer("chatml"), cache_dir=cache_dir, max_length=64,
                            show_progress=False).store
     keys = np.concatenate([shard.column("key").to_numpy(zero_copy_only=False) for shard in store._open()[2]])
-    prompts, responses = store.vectors(store.rows(keys.astype("S64")))
-    return {key: (prompts[row], responses[row]) for row, key in enumerate(keys)}
+    stored = store.read(store.rows(keys.astype("S64")))
+    return {key: (stored["prompt_embedding"][row], stored["response_embedding"][row]) for row, key in enumerate(keys)}
 
 
 @pytest.mark.slow

@@ -164,6 +164,23 @@ def test_trl_standard_explicit_prompt():
     ]
 
 
+def test_trl_files_keep_their_metadata_columns(tmp_path):
+    """A TRL file with `category` / `user` / `attribute` columns keeps them (standard and conversational, explicit
+    and implicit prompts), so `smoe train` can report category metrics and route users; a missing value is None."""
+    standard = [{"prompt": "Name a prime.", "chosen": "7", "rejected": "8", "category": "math", "user": "ann"},
+                {"prompt": "Greet me.", "chosen": "Hello!", "rejected": "Go away.", "category": "chat", "user": None}]
+    conversational = [{"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+                       "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "What."}],
+                       "attribute": "polite"}]
+    for name, records in (("standard", standard), ("conversational", conversational)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    pairs = load_pairs(tmp_path / "standard.jsonl", format="trl")
+    assert pairs["category"] == ["math", "chat"] and pairs["user"] == ["ann", None]
+    assert pairs["attribute"] == [None, None] and pairs["chosen"] == ["7", "Hello!"]
+    pairs = load_pairs(tmp_path / "conversational.jsonl", format="trl")
+    assert pairs["attribute"] == ["polite"] and pairs["prompt"] == [user("Hi")] and pairs["category"] == [None]
+
+
 def test_trl_standard_implicit_prompt_is_extracted_as_trl_does():
     pairs = load_pairs(FIXTURES / "trl_standard_implicit.jsonl")
     # TRL's own example: the space before the first difference goes to the completions.

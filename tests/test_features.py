@@ -329,7 +329,8 @@ def test_bf16_features_are_stored_exactly_in_float16(model, kind, tokenizers, tm
 def test_values_beyond_float16_are_refused_not_stored(tmp_path):
     store = FeatureStore(tmp_path, hidden_size=2, dtype=np.float16)
     with pytest.raises(InputError, match="beyond float16's range .* HF_SMOE_DTYPE=float32"):
-        store.write_shard(np.array(["a" * 64], dtype="S64"), np.array([[1.0, 7e4]]), np.zeros((1, 2)))
+        store.write_shard(np.array(["a" * 64], dtype="S64"), prompt_embedding=np.array([[1.0, 7e4]]),
+                          response_embedding=np.zeros((1, 2)))
     assert store.shards() == []
 
 
@@ -341,14 +342,15 @@ def synthetic_store(folder, rows, hidden, shard_size=1000, seed=0):
     responses = generator.standard_normal((rows, hidden), dtype=np.float32)
     store = FeatureStore(folder, hidden, np.float32)
     for start in range(0, rows, shard_size):
-        store.write_shard(keys[start:start + shard_size], prompts[start:start + shard_size],
-                          responses[start:start + shard_size])
+        store.write_shard(keys[start:start + shard_size], prompt_embedding=prompts[start:start + shard_size],
+                          response_embedding=responses[start:start + shard_size])
     return keys, prompts, responses
 
 
 def test_the_index_reads_keys_only_and_vectors_on_demand(tmp_path):
     """Opening the store maps the shards and reads their keys: the memory it takes is a small fraction of the
-    vectors' size (here 33 MB; a shard's checksum is read 1 MB at a time); rows and vectors read back are the written ones, in any order, across shards."""
+    vectors' size (here 33 MB; a shard's checksum is read 1 MB at a time); rows and vectors read back are the
+    written ones, in any order, across shards."""
     keys, prompts, responses = synthetic_store(tmp_path, rows=4000, hidden=1024)
     store = FeatureStore(tmp_path, prompts.shape[1], np.float32)
     arrow_before = pyarrow.total_allocated_bytes()
@@ -364,8 +366,9 @@ def test_the_index_reads_keys_only_and_vectors_on_demand(tmp_path):
     unknown = np.array(["f" * 64], dtype="S64")
     rows = store.rows(np.concatenate([keys[wanted], unknown]))
     assert rows[-1] == -1 and (rows[:-1] >= 0).all()
-    got_prompts, got_responses = store.vectors(rows[:-1])
-    assert np.array_equal(got_prompts, prompts[wanted]) and np.array_equal(got_responses, responses[wanted])
+    got = store.read(rows[:-1])
+    assert np.array_equal(got["prompt_embedding"], prompts[wanted])
+    assert np.array_equal(got["response_embedding"], responses[wanted])
 
 
 def test_streamed_pair_features_equal_the_in_memory_computation(model, kind, tokenizers, tmp_path):

@@ -1,0 +1,227 @@
+"""Reward-tuning a backbone (`smoe tune-backbone`): its top k layers and a Bradley-Terry head, trained on a preference
+set's train split from cached hidden states, so the frozen lower layers run once per text.
+
+Why: the experts can only separate what the backbone's representation separates, and a chat model is not a reward
+model (a linear head on SmolLM2-135M-Instruct is at chance on HH, docs/results.md). The paper starts from a 3B reward
+model; this gives any decoder backbone that step on a CPU. The lower L - k layers never change, so the states
+entering layer L - k are a pure function of the text: `HiddenStateCache` stores them once (fingerprinted, float16
+for 16-bit compute, memory-mapped, resumable), and every epoch runs only the top k layers forward and backward. The
+result is an ordinary backbone folder (`AutoModel.from_pretrained`, no hf_smoe needed) that `--backbone` takes.
+"""
+
+import copy
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments
+
+from .data import load_pairs
+from .features import HiddenStateCache, PairTexts
+from .loading import DEFAULT_BACKBONE, loading, resolve_backbone
+from .modeling.configuration_smoe import InputError
+from .modeling.modeling_smoe import pool
+from .outputs import check_output_dir, publish, save_run, staging_dir
+from .training_job import DataArguments, split_for_training
+
+
+@dataclass
+class BackboneTuningArguments:
+    """What is tuned: the backbone, how many of its top layers, and the head's learning rate (the layers take the
+    Trainer's `learning_rate`)."""
+
+    backbone: str = field(default=DEFAULT_BACKBONE, metadata={
+        "help": f"Hub id or folder of a decoder AutoModel (default: {DEFAULT_BACKBONE}, the embedded copy)"})
+    layers: int = field(default=2, metadata={"help": "k: the top layers tuned (the others are frozen and cached)"})
+    head_learning_rate: float = field(default=1e-3, metadata={"help": "learning rate of the Bradley-Terry head"})
+    pooling: str = field(default="last_token", metadata={"help": "last_token or mean: the representation the head "
+                                                                 "reads (that of the reward models trained after)"})
+
+
+@dataclass
+class BackboneTuningTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with this job's defaults: 2 epochs of batch 8 at lr 5e-5 for the layers (a reward model's
+    usual fine-tuning rate), 10% warmup, evaluation on validation every epoch, nothing saved by the Trainer (the
+    folder is written once, at the end)."""
+
+    learning_rate: float = 5e-5
+    num_train_epochs: float = 2.0
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 16
+    warmup_steps: float = 0.1
+    eval_strategy: str = "epoch"
+    save_strategy: str = "no"
+    logging_steps: float = 10
+    remove_unused_columns: bool = False
+    report_to: str = "none"
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Replace an earlier tuned backbone in output_dir.", "aliases": ["--overwrite"]})
+
+
+def split_layers(backbone, k: int) -> tuple:
+    """(bottom, top): two views of a decoder backbone that share its modules. `bottom(input_ids, attention_mask)`
+    runs the embeddings and layers [0, L - k) and returns the states entering layer L - k (its final norm is
+    skipped); `top(inputs_embeds=states, attention_mask=...)` runs layers [L - k, L) and the final norm. Training
+    `top` tunes the backbone's own top layers in place."""
+    layers = getattr(backbone, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not isinstance(getattr(backbone, "norm", None), nn.Module):
+        raise InputError(f"backbone: {type(backbone).__name__} has no `layers` list and final `norm`; tune-backbone "
+                         "supports decoder backbones built like Llama (SmolLM2, Llama, Mistral, Qwen2, ...).")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < len(layers):
+        raise InputError(f"layers: must be an integer from 1 to {len(layers) - 1} (the backbone has {len(layers)} "
+                         f"layers), got {k!r}.")
+    bottom, top = copy.copy(backbone), copy.copy(backbone)
+    bottom._modules = dict(backbone._modules, layers=nn.ModuleList(layers[:len(layers) - k]), norm=nn.Identity())
+    top._modules = dict(backbone._modules, layers=nn.ModuleList(layers[len(layers) - k:]))
+    return bottom, top
+
+
+class TopLayersRewardModel(nn.Module):
+    """The backbone's top layers and a linear reward r(x, y) = w . h(x, y) + b on the pooled final state, trained
+    with the Bradley-Terry loss -log sigma(r(x, y_w) - r(x, y_l)) (`labels` = 1: the chosen response wins)."""
+
+    def __init__(self, top, hidden_size: int, pooling: str = "last_token"):
+        super().__init__()
+        self.top, self.pooling = top, pooling
+        self.head = nn.Linear(hidden_size, 1)
+
+    def rewards(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = (torch.arange(states.shape[1], device=states.device) < lengths.unsqueeze(1)).long()
+        hidden = self.top(inputs_embeds=states, attention_mask=mask, use_cache=False).last_hidden_state
+        return self.head(pool(hidden, lengths, self.pooling)).squeeze(-1)
+
+    def forward(self, states, lengths, labels=None):
+        """`states` (2B, T, H): the B chosen sides, then the B rejected ones, right-padded; `lengths` (2B,)."""
+        chosen, rejected = self.rewards(states, lengths).chunk(2)
+        margin = chosen - rejected
+        loss = F.binary_cross_entropy_with_logits(margin, torch.ones_like(margin) if labels is None else labels)
+        return {"loss": loss, "logits": torch.stack([chosen, rejected], dim=1)}
+
+
+def pad_states(states: list, dtype=torch.float32) -> tuple:
+    """Right-padded (N, T, H) tensor and lengths (N,) of N (T_i, H) arrays."""
+    lengths = torch.tensor([len(s) for s in states])
+    padded = torch.zeros(len(states), int(lengths.max()), states[0].shape[1], dtype=dtype)
+    for row, value in enumerate(states):
+        padded[row, :len(value)] = torch.as_tensor(value)
+    return padded, lengths
+
+
+@dataclass
+class CachedStatesCollator:
+    """A batch of pairs (their text rows in the hidden-state cache) as the cached states of the chosen sides, then
+    the rejected ones: the fast path."""
+
+    cache: HiddenStateCache
+
+    def __call__(self, rows):
+        keys = np.array([row["chosen_key"] for row in rows] + [row["rejected_key"] for row in rows], dtype="S64")
+        states, lengths = pad_states(self.cache.states(keys))
+        return {"states": states, "lengths": lengths, "labels": torch.ones(len(rows))}
+
+
+@dataclass
+class RecomputedStatesCollator:
+    """The same batch with the lower layers re-run on its tokens every time (no gradient): the slow way the cache
+    replaces, kept as the benchmark's baseline."""
+
+    cache: HiddenStateCache
+
+    def __call__(self, rows):
+        texts = [(row["prompt"], row[side]) for side in ("chosen", "rejected") for row in rows]
+        encodings = [self.cache.encode(text) for text in texts]
+        states, lengths = pad_states(self.cache.compute(encodings))
+        return {"states": states, "lengths": lengths, "labels": torch.ones(len(rows))}
+
+
+def pairwise_accuracy_metric(prediction) -> dict:
+    """`compute_metrics`: the share of pairs whose chosen reward is above the rejected one."""
+    logits = prediction.predictions
+    return {"accuracy": float(np.mean(logits[:, 0] > logits[:, 1]))}
+
+
+class TopLayersTrainer(Trainer):
+    """A `Trainer` whose optimizer (`get_optimizer_cls_and_kwargs`, AdamW by default) gives the layers
+    `learning_rate` and the head `head_learning_rate`."""
+
+    def __init__(self, *args, head_learning_rate: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.head_learning_rate = head_learning_rate
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            model = model or self.model
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            groups = [{"params": [p for p in model.top.parameters() if p.requires_grad],
+                       "lr": self.args.learning_rate},
+                      {"params": list(model.head.parameters()), "lr": self.head_learning_rate}]
+            self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+
+def keyed_pairs(pairs, cache: HiddenStateCache) -> Dataset:
+    """The pairs with the keys of their chosen and rejected texts in the cache (computing what is missing)."""
+    keys = cache.embed(PairTexts(pairs)).astype(str)
+    return pairs.add_column("chosen_key", list(keys[:len(pairs)])).add_column("rejected_key",
+                                                                             list(keys[len(pairs):]))
+
+
+def load_tunable_backbone(name_or_path: str, k: int):
+    """(backbone in fp32 with only its top k layers and final norm trainable, tokenizer, bottom, top)."""
+    path = resolve_backbone(name_or_path)
+    with loading("backbone", name_or_path):
+        backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    bottom, top = split_layers(backbone, k)
+    backbone.requires_grad_(False)
+    for module in (*top.layers, top.norm):
+        module.requires_grad_(True)
+    return backbone, tokenizer, bottom, top
+
+
+def tune_backbone(data: DataArguments, tuning: BackboneTuningArguments, training: BackboneTuningTrainingArguments,
+                  *, recompute_states: bool = False) -> dict:
+    """`smoe tune-backbone`: tunes the top `tuning.layers` layers of `tuning.backbone` and a Bradley-Terry head on
+    the train split of `data` (split exactly as `smoe train` splits it: the same seed and fractions give the same
+    test set, which this job never reads), evaluating on validation each epoch, and writes the tuned backbone and
+    its tokenizer to `training.output_dir` with `results.json` (the command, the three argument sets, validation
+    accuracy and the time per epoch). `recompute_states` re-runs the lower layers every step
+    instead of reading the cache (the benchmark's baseline)."""
+    output_dir = check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir)
+    pairs = load_pairs(data.dataset, data.format, max_pairs=data.max_pairs, seed=data.split_seed)
+    splits = split_for_training(pairs, data.split_seed, validation=data.validation_fraction,
+                                test=data.test_fraction)
+    backbone, tokenizer, bottom, top = load_tunable_backbone(tuning.backbone, tuning.layers)
+    cache = HiddenStateCache(bottom, tokenizer, layer=len(backbone.layers) - tuning.layers,
+                             cache_dir=data.cache_dir, max_length=data.max_length)
+    sets = {name: keyed_pairs(splits[name], cache) for name in ("train", "validation")}
+    torch.manual_seed(training.seed)
+    model = TopLayersRewardModel(top, backbone.config.hidden_size, tuning.pooling)
+    staging = staging_dir(output_dir)
+    args = dataclasses.replace(training, output_dir=str(staging / "trainer"))
+    collator = (RecomputedStatesCollator if recompute_states else CachedStatesCollator)(cache)
+    trainer = TopLayersTrainer(model=model, args=args, train_dataset=sets["train"], eval_dataset=sets["validation"],
+                               data_collator=collator, compute_metrics=pairwise_accuracy_metric,
+                               head_learning_rate=tuning.head_learning_rate)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    results = {"validation_accuracy": trainer.evaluate()["eval_accuracy"], "layers_tuned": tuning.layers,
+               "layers": len(backbone.layers), "train_pairs": len(sets["train"]),
+               "validation_pairs": len(sets["validation"]), "train_seconds": seconds,
+               "seconds_per_epoch": seconds / training.num_train_epochs, "hidden_state_cache": str(cache.directory)}
+    shutil.rmtree(staging / "trainer", ignore_errors=True)
+    backbone.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    job = {"data": dataclasses.asdict(data), "tuning": dataclasses.asdict(tuning),
+           "training": json.loads(training.to_json_string())}
+    save_run(staging, job, results)
+    publish(staging, output_dir)
+    return results
