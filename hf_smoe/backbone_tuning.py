@@ -60,6 +60,7 @@ class BackboneTuningTrainingArguments(TrainingArguments):
     save_strategy: str = "no"
     logging_steps: float = 10
     remove_unused_columns: bool = False
+    dataloader_pin_memory: bool = torch.cuda.is_available()  # state batches are large; page-locked only on CUDA
     report_to: str = "none"
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Replace an earlier tuned backbone in output_dir.", "aliases": ["--overwrite"]})
@@ -68,14 +69,14 @@ class BackboneTuningTrainingArguments(TrainingArguments):
 def split_layers(backbone, k: int) -> tuple:
     """(bottom, top): two views of a decoder backbone that share its modules. `bottom(input_ids, attention_mask)`
     runs the embeddings and layers [0, L - k) and returns the states entering layer L - k (its final norm is
-    skipped); `top(inputs_embeds=states, attention_mask=...)` runs layers [L - k, L) and the final norm. Training
-    `top` tunes the backbone's own top layers in place."""
+    skipped; with k = L, the token embeddings); `top(inputs_embeds=states, attention_mask=...)` runs layers
+    [L - k, L) and the final norm. Training `top` tunes the backbone's own top layers in place."""
     layers = getattr(backbone, "layers", None)
     if not isinstance(layers, nn.ModuleList) or not isinstance(getattr(backbone, "norm", None), nn.Module):
         raise InputError(f"backbone: {type(backbone).__name__} has no `layers` list and final `norm`; tune-backbone "
                          "supports decoder backbones built like Llama (SmolLM2, Llama, Mistral, Qwen2, ...).")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < len(layers):
-        raise InputError(f"layers: must be an integer from 1 to {len(layers) - 1} (the backbone has {len(layers)} "
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(layers):
+        raise InputError(f"layers: must be an integer from 1 to {len(layers)} (the backbone has {len(layers)} "
                          f"layers), got {k!r}.")
     bottom, top = copy.copy(backbone), copy.copy(backbone)
     bottom._modules = dict(backbone._modules, layers=nn.ModuleList(layers[:len(layers) - k]), norm=nn.Identity())
@@ -192,8 +193,8 @@ def tune_backbone(data: DataArguments, tuning: BackboneTuningArguments, training
     the train split of `data` (split exactly as `smoe train` splits it: the same seed and fractions give the same
     test set, which this job never reads), evaluating on validation each epoch, and writes the tuned backbone and
     its tokenizer to `training.output_dir` with `results.json` (the command, the three argument sets, validation
-    accuracy and the time per epoch). `recompute_states` re-runs the lower layers every step
-    instead of reading the cache (the benchmark's baseline)."""
+    accuracy, the time per epoch and the one-off time of filling the hidden-state cache). `recompute_states`
+    re-runs the lower layers every step instead of reading the cache (the benchmark's baseline)."""
     output_dir = check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir)
     pairs = load_pairs(data.dataset, data.format, max_pairs=data.max_pairs, seed=data.split_seed)
     splits = split_for_training(pairs, data.split_seed, validation=data.validation_fraction,
@@ -201,7 +202,10 @@ def tune_backbone(data: DataArguments, tuning: BackboneTuningArguments, training
     backbone, tokenizer, bottom, top = load_tunable_backbone(tuning.backbone, tuning.layers)
     cache = HiddenStateCache(bottom, tokenizer, layer=len(backbone.layers) - tuning.layers,
                              cache_dir=data.cache_dir, max_length=data.max_length)
-    sets = {name: keyed_pairs(splits[name], cache) for name in ("train", "validation")}
+    start = time.perf_counter()
+    sets = {name: splits[name] if recompute_states else keyed_pairs(splits[name], cache)
+            for name in ("train", "validation")}
+    caching_seconds = time.perf_counter() - start
     torch.manual_seed(training.seed)
     model = TopLayersRewardModel(top, backbone.config.hidden_size, tuning.pooling)
     staging = staging_dir(output_dir)
@@ -216,7 +220,8 @@ def tune_backbone(data: DataArguments, tuning: BackboneTuningArguments, training
     results = {"validation_accuracy": trainer.evaluate()["eval_accuracy"], "layers_tuned": tuning.layers,
                "layers": len(backbone.layers), "train_pairs": len(sets["train"]),
                "validation_pairs": len(sets["validation"]), "train_seconds": seconds,
-               "seconds_per_epoch": seconds / training.num_train_epochs, "hidden_state_cache": str(cache.directory)}
+               "seconds_per_epoch": seconds / training.num_train_epochs, "hidden_state_seconds": caching_seconds,
+               "hidden_state_cache": None if recompute_states else str(cache.directory)}
     shutil.rmtree(staging / "trainer", ignore_errors=True)
     backbone.save_pretrained(staging)
     tokenizer.save_pretrained(staging)

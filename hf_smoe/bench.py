@@ -8,6 +8,8 @@
   a full model forward per user.
 - `judge`: the local judge of `smoe interpret`, one prompt at a time in fp32 vs batched with the shared prompt
   beginning run once, in fp32 and in bf16 where the CPU has it.
+- `tune`: reward-tuning the top k layers from the hidden-state cache vs re-running the lower layers every step
+  (the same tuning the slow way) and vs tuning every layer (backpropagation through the whole model).
 - `scale`: the feature store at the paper's scale (up to 700K pairs, H = 3072): synthetic features written in the
   cache format, then one training epoch and an evaluation read from it, each in a fresh process whose peak memory
   is measured; vs holding every vector in RAM as float32 (the store before issue 15) where that fits.
@@ -28,14 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset, load_from_disk
-from transformers import LlamaConfig
+from transformers import AutoConfig, LlamaConfig
 
 from .encoding import encode_batch, encode_pair
 from .evaluation import behaviour_metrics, head_outputs
 from .features import EmbeddingCache, FeatureStore, as_training_features, shard_damage, text_key
 from .generators import LocalGenerator
 from .interpret import judge_prompt, prompt_text
-from .loading import default_generator_path, fast_dtype, is_default_backbone, load_backbone_model, pick_device
+from .loading import (default_generator_path, fast_dtype, is_default_backbone, load_backbone_model, pick_device,
+                      resolve_backbone)
 from .losses import loss_weights
 from .modeling.configuration_smoe import InputError, SMoERewardConfig
 from .modeling.modeling_smoe import SMoERewardModel
@@ -228,6 +231,35 @@ def bench_judge(backbone: str, num_prompts: int = 64, batch_size: int = 8, seed:
                 abs(a.probability - b.probability) for a, b in zip(reference, runs["fp32_batched"]))}
 
 
+def bench_tune(backbone: str, num_pairs: int = 192, layers: int = 2, epochs: float = 1.0, seed: int = 0) -> dict:
+    """`tune_backbone` three ways on the demo's pairs (80/10/10 split), same seed and batches: the top `layers`
+    layers from the hidden-state cache (its one-off filling timed apart), the same layers with the lower ones
+    re-run every step, and every layer tuned. Seconds per epoch (no evaluation inside) and validation accuracy."""
+    from .backbone_tuning import BackboneTuningArguments, BackboneTuningTrainingArguments, tune_backbone
+    from .training_job import DataArguments
+
+    total = AutoConfig.from_pretrained(resolve_backbone(backbone)).num_hidden_layers
+    runs = {}
+    with tempfile.TemporaryDirectory() as folder:
+        benchmark_pairs(num_pairs, seed).to_json(f"{folder}/pairs.jsonl")
+        data = DataArguments(dataset=f"{folder}/pairs.jsonl", cache_dir=f"{folder}/cache")
+        for name, k, recompute in (("cached", layers, False), ("recomputed", layers, True),
+                                   ("all_layers", total, True)):
+            training = BackboneTuningTrainingArguments(output_dir=f"{folder}/{name}", num_train_epochs=epochs,
+                                                       seed=seed, eval_strategy="no", disable_tqdm=True,
+                                                       logging_strategy="no")
+            runs[name] = tune_backbone(data, BackboneTuningArguments(backbone=backbone, layers=k), training,
+                                       recompute_states=recompute)
+    cached = runs["cached"]["seconds_per_epoch"]
+    return {"layers": layers, "of_layers": total, "train_pairs": runs["cached"]["train_pairs"],
+            "validation_pairs": runs["cached"]["validation_pairs"], "epochs": epochs,
+            "hidden_state_cache_fill_s": runs["cached"]["hidden_state_seconds"],
+            **{f"{name}_seconds_per_epoch": run["seconds_per_epoch"] for name, run in runs.items()},
+            **{f"{name}_validation_accuracy": run["validation_accuracy"] for name, run in runs.items()},
+            "speedup_vs_recomputed": runs["recomputed"]["seconds_per_epoch"] / cached,
+            "speedup_vs_all_layers": runs["all_layers"]["seconds_per_epoch"] / cached}
+
+
 SCALE_CATEGORIES = 8  # latent categories of the synthetic scale set: each has its own prompt and preference direction
 
 
@@ -376,7 +408,7 @@ def run_bench(what: str, backbone: str, output_dir: str, **options) -> dict:
     if output.exists() and not output.is_dir():
         raise InputError(f"--output-dir: {output} is a file; give a folder for the benchmark records.")
     results = {"embed": bench_embed, "train": bench_train, "users": bench_users, "judge": bench_judge,
-               "scale": bench_scale}[what](backbone, **options)
+               "tune": bench_tune, "scale": bench_scale}[what](backbone, **options)
     record = {"command": run_command(), "benchmark": what, "options": options, "backbone": backbone,
               "machine": machine(), "results": results}
     write_text_atomic(output / f"bench_{what}.json", json.dumps(record, indent=2))

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("train", add_help=False, help="train a reward model and write (or push) its checkpoint "
                                                        "(`smoe train --help`: every TrainingArguments flag, YAML "
                                                        "recipes)")
+    commands.add_parser("tune-backbone", add_help=False,
+                        help="reward-tune a backbone's top layers on cached hidden states and write a backbone folder "
+                             "any --backbone takes (`smoe tune-backbone --help`)")
 
     evaluation = commands.add_parser("eval", help="every paper metric the data allows, for a checkpoint",
                                      description="Accuracy, loss terms, routing entropy, global entropy, expert "
@@ -220,13 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
                                             "backbone every step, at equal final accuracy. users: 1 vs 100 "
                                             "users from one pass. judge: the local judge of `smoe interpret`, one "
                                             "prompt at a time in fp32 vs batched with shared prompt beginnings, fp32 "
-                                            "and bf16. scale: one training epoch and an evaluation on synthetic "
-                                            "features of --pairs pairs, peak memory and pairs/s, vs every vector "
-                                            "in RAM.")
-    bench.add_argument("what", choices=["embed", "train", "users", "judge", "scale"])
+                                            "and bf16. tune: tuning the top layers from cached hidden states vs "
+                                            "re-running the lower layers every step vs tuning every layer. scale: one "
+                                            "training epoch and an evaluation on synthetic features of --pairs "
+                                            "pairs, peak memory and pairs/s, vs every vector in RAM.")
+    bench.add_argument("what", choices=["embed", "train", "users", "judge", "tune", "scale"])
     bench.add_argument("--backbone", default=DEFAULT_BACKBONE)
     bench.add_argument("--num-texts", type=at_least_one, default=64, help="embed: texts to encode")
-    bench.add_argument("--num-pairs", type=at_least_one, default=192, help="train: pairs (75%% train, 25%% held out)")
+    bench.add_argument("--num-pairs", type=at_least_one, default=192,
+                       help="train: pairs (75%% train, 25%% held out); tune: pairs (80/10/10)")
+    bench.add_argument("--layers", type=at_least_one, default=2, help="tune: top layers tuned")
+    bench.add_argument("--epochs", type=float, default=1.0, help="tune: epochs timed")
     bench.add_argument("--num-users", type=at_least_one, default=100, help="users: routers scored from one pass")
     bench.add_argument("--num-prompts", type=at_least_one, default=64, help="judge: Fig. 5 prompts to judge")
     bench.add_argument("--pairs", type=at_least_one, nargs="+", default=[10_000, 100_000],
@@ -294,6 +301,13 @@ def run(args) -> None:
         results = train_reward_model(data, model, training)
         print(json.dumps(results, indent=2, default=str))
         print(f"Checkpoint, model card and results.json written to {training.output_dir}")
+    elif args.command == "tune-backbone":
+        from .backbone_tuning import tune_backbone
+
+        data, tuning, training = parse_train_arguments(args.train_argv, tune_backbone_parser())
+        results = tune_backbone(data, tuning, training)
+        print(json.dumps(results, indent=2, default=str))
+        print(f"Tuned backbone written to {training.output_dir}; train on it with --backbone {training.output_dir}")
     elif args.command == "eval":
         from .evaluation import evaluate_checkpoint, is_evaluation_file, write_evaluation
         from .outputs import check_output_file
@@ -399,6 +413,7 @@ def run(args) -> None:
 
         options = {"embed": {"num_texts": args.num_texts}, "train": {"num_pairs": args.num_pairs},
                    "users": {"num_users": args.num_users}, "judge": {"num_prompts": args.num_prompts},
+                   "tune": {"num_pairs": args.num_pairs, "layers": args.layers, "epochs": args.epochs},
                    "scale": {"num_pairs": args.pairs, "hidden": args.hidden, "scratch_dir": args.scratch_dir,
                              "in_memory_max_pairs": args.in_memory_max_pairs}}[args.what]
         print_record(run_bench(args.what, args.backbone, args.output_dir, seed=args.seed, **options))
@@ -431,17 +446,34 @@ def train_parser():
     return parser
 
 
-def parse_train_arguments(argv: list) -> tuple:
-    """(DataArguments, ModelArguments, SMoETrainingArguments) from `smoe train [RECIPE.yaml] [--flag value ...]`:
-    the recipe's keys are the flags' names, and flags on the command line override them."""
-    parser = train_parser()
+def tune_backbone_parser():
+    """`smoe tune-backbone`'s parser: the data (as `smoe train` reads and splits it), what is tuned, and the
+    Trainer's arguments."""
+    from transformers import HfArgumentParser
+
+    from .backbone_tuning import BackboneTuningArguments, BackboneTuningTrainingArguments
+    from .training_job import DataArguments
+
+    return HfArgumentParser((DataArguments, BackboneTuningArguments, BackboneTuningTrainingArguments),
+                            prog="smoe tune-backbone",
+                            description="Splits the pairs as `smoe train` does (same seed and fractions: same test "
+                                        "set, never read here), caches the hidden states entering the top --layers "
+                                        "layers once per text, tunes those layers and a Bradley-Terry head on the "
+                                        "train split, and writes the tuned backbone (loads with AutoModel, no "
+                                        "hf_smoe needed) with its tokenizer and results.json.")
+
+
+def parse_train_arguments(argv: list, parser=None) -> tuple:
+    """The dataclasses of `smoe train` (or of `parser`) from `[RECIPE.yaml] [--flag value ...]`: the recipe's keys
+    are the flags' names, and flags on the command line override them."""
+    parser = parser or train_parser()
     if argv and argv[0].endswith((".yaml", ".yml")):
         recipe = read_recipe(argv[0])
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(recipe) - known)
         if unknown:
-            raise InputError(f"recipe {argv[0]}: unknown key(s) {unknown}; keys are `smoe train` flags without the "
-                             "dashes (see `smoe train --help`).")
+            raise InputError(f"recipe {argv[0]}: unknown key(s) {unknown}; keys are `{parser.prog}` flags without "
+                             f"the dashes (see `{parser.prog} --help`).")
         parser.set_defaults(**recipe)
         for action in parser._actions:
             if action.dest in recipe:
@@ -497,8 +529,8 @@ def print_record(record: dict) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    if argv[:1] == ["train"]:  # its own dataclass parser: every TrainingArguments flag
-        args = argparse.Namespace(command="train", train_argv=argv[1:])
+    if argv[:1] in (["train"], ["tune-backbone"]):  # their own dataclass parsers: every TrainingArguments flag
+        args = argparse.Namespace(command=argv[0], train_argv=argv[1:])
     else:
         args, args.training_argv = parser.parse_known_args(argv)
         if args.training_argv and args.command not in TRAINING_COMMANDS:

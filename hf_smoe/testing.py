@@ -46,12 +46,12 @@ def word_tokenizer(style: str = "chatml", extra_words=()) -> PreTrainedTokenizer
     raise InputError(f"style: unknown tokenizer style {style!r}; choose 'chatml' or 'bert'.")
 
 
-def tiny_llama(tokenizer, hidden_size: int = 32, seed: int = 0) -> LlamaModel:
+def tiny_llama(tokenizer, hidden_size: int = 32, seed: int = 0, num_hidden_layers: int = 2) -> LlamaModel:
     import torch
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=num_hidden_layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     return LlamaModel(config).eval()
@@ -67,11 +67,12 @@ def tiny_bert(tokenizer, hidden_size: int = 32, seed: int = 0) -> BertModel:
     return BertModel(config, add_pooling_layer=False).eval()
 
 
-def save_tiny_backbone(directory, kind: str = "llama", hidden_size: int = 32, seed: int = 0) -> str:
-    """Writes a tiny backbone and its tokenizer to `directory` (a local 'Hub repo' for from_backbone)."""
+def save_tiny_backbone(directory, kind: str = "llama", hidden_size: int = 32, seed: int = 0, **config) -> str:
+    """Writes a tiny backbone and its tokenizer to `directory` (a local 'Hub repo' for from_backbone); `config`:
+    more of the builder's options (`num_hidden_layers` for llama)."""
     tokenizer = word_tokenizer("chatml" if kind == "llama" else "bert")
     build = {"llama": tiny_llama, "bert": tiny_bert}[kind]
-    build(tokenizer, hidden_size=hidden_size, seed=seed).save_pretrained(directory)
+    build(tokenizer, hidden_size=hidden_size, seed=seed, **config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return os.fspath(directory)
 

@@ -1,0 +1,110 @@
+"""Backbone reward-tuning: the split backbone computes what the whole one does, the hidden-state cache stores each
+text's states once, and tuning from the cache writes a plain backbone folder equal to tuning the slow way."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from hf_smoe import SMoERewardModel, encode_pair
+from hf_smoe.backbone_tuning import (BackboneTuningArguments, BackboneTuningTrainingArguments, split_layers,
+                                     tune_backbone)
+from hf_smoe.features import HiddenStateCache, text_key
+from hf_smoe.modeling.configuration_smoe import InputError
+from hf_smoe.synthetic import generate_preference_set
+from hf_smoe.testing import save_tiny_backbone
+from hf_smoe.training_job import DataArguments
+
+TEXTS = [("hello how are you today", "good thanks"), ("what is a cat ?", "a kind dog , yes"), ("why ?", "because")]
+
+
+@pytest.fixture(scope="module")
+def three_layers(tmp_path_factory):
+    return save_tiny_backbone(tmp_path_factory.mktemp("three-layers"), "llama", num_hidden_layers=3)
+
+
+def padded_batch(tokenizer, texts):
+    tokenizer.padding_side = "right"
+    return tokenizer.pad([{"input_ids": encode_pair(tokenizer, *text)["input_ids"]} for text in texts],
+                         return_tensors="pt")
+
+
+def test_bottom_then_top_is_the_whole_backbone(three_layers):
+    backbone, tokenizer = AutoModel.from_pretrained(three_layers).eval(), AutoTokenizer.from_pretrained(three_layers)
+    batch = padded_batch(tokenizer, TEXTS)
+    with torch.no_grad():
+        whole = backbone(**batch, output_hidden_states=True)
+        bottom, top = split_layers(backbone, 2)
+        states = bottom(**batch).last_hidden_state
+        final = top(inputs_embeds=states, attention_mask=batch["attention_mask"]).last_hidden_state
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(states[real], whole.hidden_states[1][real], atol=1e-6, rtol=0)  # entering layer 1
+    torch.testing.assert_close(final[real], whole.last_hidden_state[real], atol=1e-5, rtol=0)
+    assert top.layers[0] is backbone.layers[1] and list(bottom.layers) == [backbone.layers[0]]
+    assert len(backbone.layers) == 3 and isinstance(backbone.norm, torch.nn.Module)  # the backbone is untouched
+
+
+@pytest.mark.parametrize("layers", [0, 4, True])
+def test_split_layers_refuses_a_count_outside_the_backbone(three_layers, layers):
+    with pytest.raises(InputError, match=r"layers: must be an integer from 1 to 3 \(the backbone has 3 layers\)"):
+        split_layers(AutoModel.from_pretrained(three_layers), layers)
+
+
+def test_split_layers_refuses_an_encoder_without_layers(backbone_dirs):
+    with pytest.raises(InputError, match="backbone: BertModel has no `layers` list.*built like Llama"):
+        split_layers(AutoModel.from_pretrained(backbone_dirs["bert"]), 1)
+
+
+def test_the_hidden_state_cache_stores_each_texts_states_once(three_layers, tmp_path, monkeypatch):
+    backbone, tokenizer = AutoModel.from_pretrained(three_layers).eval(), AutoTokenizer.from_pretrained(three_layers)
+    bottom, _ = split_layers(backbone, 1)
+    cache = HiddenStateCache(bottom, tokenizer, layer=2, cache_dir=tmp_path, show_progress=False, batch_tokens=40)
+    keys = cache.embed(TEXTS)
+    assert list(keys.astype(str)) == [text_key(*text) for text in TEXTS]
+    for state, text in zip(cache.states(keys), TEXTS):
+        with torch.no_grad():
+            alone = bottom(**padded_batch(tokenizer, [text])).last_hidden_state[0]
+        assert state.shape == alone.shape  # (T, H): every token of the text, no padding
+        torch.testing.assert_close(state, alone, atol=1e-5, rtol=0)
+    again = HiddenStateCache(bottom, tokenizer, layer=2, cache_dir=tmp_path, show_progress=False)
+    monkeypatch.setattr(again, "_forward", lambda batch: pytest.fail("a cached text was computed again"))
+    again.embed(TEXTS[::-1])
+    other_layer = HiddenStateCache(split_layers(backbone, 2)[0], tokenizer, layer=1, cache_dir=tmp_path,
+                                   show_progress=False)
+    assert other_layer.directory != cache.directory
+
+
+def tune(backbone, data_file, output_dir, cache_dir, **options):
+    data = DataArguments(dataset=str(data_file), max_length=64, cache_dir=str(cache_dir))
+    tuning = BackboneTuningArguments(backbone=backbone, layers=1, head_learning_rate=1e-2)
+    training = BackboneTuningTrainingArguments(output_dir=str(output_dir), num_train_epochs=2, learning_rate=3e-3,
+                                               seed=0, disable_tqdm=True, logging_strategy="no")
+    return tune_backbone(data, tuning, training, **options)
+
+
+def test_tuning_from_the_cache_writes_a_plain_backbone_equal_to_tuning_the_slow_way(three_layers, tmp_path):
+    pairs = generate_preference_set(60, seed=1)
+    pairs.to_json(tmp_path / "pairs.jsonl")
+    results = tune(three_layers, tmp_path / "pairs.jsonl", tmp_path / "tuned", tmp_path / "cache")
+    slow = tune(three_layers, tmp_path / "pairs.jsonl", tmp_path / "slow", tmp_path / "cache", recompute_states=True)
+
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["model_type"] == "llama" and "auto_map" not in config  # plain transformers loads it
+    original = AutoModel.from_pretrained(three_layers).state_dict()
+    tuned = AutoModel.from_pretrained(tmp_path / "tuned").state_dict()
+    recomputed = AutoModel.from_pretrained(tmp_path / "slow").state_dict()
+    for name, value in original.items():
+        if name.startswith(("layers.2.", "norm.")):
+            assert not torch.equal(tuned[name], value), name  # the top layer and the final norm were tuned
+        else:
+            assert torch.equal(tuned[name], value), name  # the frozen lower layers and embeddings are untouched
+        torch.testing.assert_close(tuned[name], recomputed[name], atol=1e-4, rtol=0)
+    assert 0.0 <= results["validation_accuracy"] <= 1.0
+    assert results["validation_accuracy"] == pytest.approx(slow["validation_accuracy"], abs=0.05)
+    record = json.loads((tmp_path / "tuned" / "results.json").read_text())
+    assert record["job"]["tuning"]["layers"] == 1 and record["results"]["train_pairs"] == results["train_pairs"]
+    assert not (tmp_path / "tuned" / "trainer").exists()
+    SMoERewardModel.from_backbone(str(tmp_path / "tuned"), num_experts=2)  # and any --backbone takes it
+    assert np.isfinite(results["seconds_per_epoch"])
