@@ -189,19 +189,28 @@ def load_tunable_backbone(name_or_path: str, k: int):
 
 def tune_backbone(data: DataArguments, tuning: BackboneTuningArguments, training: BackboneTuningTrainingArguments,
                   *, recompute_states: bool = False) -> dict:
-    """`smoe tune-backbone`: tunes the top `tuning.layers` layers of `tuning.backbone` and a Bradley-Terry head on
-    the train split of `data` (split exactly as `smoe train` splits it: the same seed and fractions give the same
-    test set, which this job never reads), evaluating on validation each epoch, and writes the tuned backbone and
-    its tokenizer to `training.output_dir` with `results.json` (the command, the three argument sets, validation
-    accuracy, the time per epoch and the one-off time of filling the hidden-state cache). `recompute_states`
-    re-runs the lower layers every step instead of reading the cache (the benchmark's baseline)."""
-    output_dir = check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir)
+    """`smoe tune-backbone`: `tune_on_splits` on the train and validation splits of `data`, split exactly as
+    `smoe train` splits it (the same seed and fractions give the same test set, which this job never reads)."""
+    check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir)
     pairs = load_pairs(data.dataset, data.format, max_pairs=data.max_pairs, seed=data.split_seed)
     splits = split_for_training(pairs, data.split_seed, validation=data.validation_fraction,
                                 test=data.test_fraction)
+    job = {"data": dataclasses.asdict(data)}
+    return tune_on_splits(splits, tuning, training, job, cache_dir=data.cache_dir, max_length=data.max_length,
+                          recompute_states=recompute_states)
+
+
+def tune_on_splits(splits: dict, tuning: BackboneTuningArguments, training: BackboneTuningTrainingArguments,
+                   job: dict, *, cache_dir=None, max_length: int = 1024, recompute_states: bool = False) -> dict:
+    """Tunes the top `tuning.layers` layers of `tuning.backbone` and a Bradley-Terry head on `splits["train"]`,
+    evaluating on `splits["validation"]` each epoch, and writes the tuned backbone and its tokenizer to
+    `training.output_dir` with `results.json` (the command, `job` and the two argument sets, validation accuracy,
+    the time per epoch and the one-off time of filling the hidden-state cache). `recompute_states` re-runs the
+    lower layers every step instead of reading the cache (the benchmark's baseline)."""
+    output_dir = check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir)
     backbone, tokenizer, bottom, top = load_tunable_backbone(tuning.backbone, tuning.layers)
-    cache = HiddenStateCache(bottom, tokenizer, layer=len(backbone.layers) - tuning.layers,
-                             cache_dir=data.cache_dir, max_length=data.max_length)
+    cache = HiddenStateCache(bottom, tokenizer, layer=len(backbone.layers) - tuning.layers, cache_dir=cache_dir,
+                             max_length=max_length)
     start = time.perf_counter()
     sets = {name: splits[name] if recompute_states else keyed_pairs(splits[name], cache)
             for name in ("train", "validation")}
@@ -225,8 +234,7 @@ def tune_backbone(data: DataArguments, tuning: BackboneTuningArguments, training
     shutil.rmtree(staging / "trainer", ignore_errors=True)
     backbone.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    job = {"data": dataclasses.asdict(data), "tuning": dataclasses.asdict(tuning),
-           "training": json.loads(training.to_json_string())}
+    job = job | {"tuning": dataclasses.asdict(tuning), "training": json.loads(training.to_json_string())}
     save_run(staging, job, results)
     publish(staging, output_dir)
     return results

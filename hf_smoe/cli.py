@@ -142,9 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "vanilla, micro, sparse and the random baseline (general mixture K = 20; DSP with the criterion "
                     "K = 5). fig6: fidelity and specialization of sparse against K on the general mixture. table14: "
                     "GRPO post-training of a policy with the universal and the domain-adapted sparse reward model, "
-                    "and the win rate of one over the other on unseen DSP queries (App. I; needs hf-smoe[trl]).")
+                    "and the win rate of one over the other on unseen DSP queries (App. I; needs hf-smoe[trl]). "
+                    "backbone: reward-tune the backbone's top --layers layers on the train split of hh, dsp and "
+                    "general (the splits the other experiments' heads train on), one folder each, to pass as their "
+                    "--backbone.")
     reproduce.add_argument("experiment", choices=["table1", "table8", "fig2", "table5", "fig8", "table13", "table4",
-                                                  "fig6", "table14"])
+                                                  "fig6", "table14", "backbone"])
+    reproduce.add_argument("--layers", type=at_least_one, default=2,
+                           help="backbone: the top layers tuned (the others are frozen and their output cached)")
     reproduce.add_argument("--datasets", nargs="+", default=None, choices=["hh", "dsp", "demo", "general"],
                            help="table1: datasets (default: hh dsp demo); table8: the first one (default: hh); "
                                 "table4: general and/or dsp (default: both)")
@@ -152,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="training seeds (default: 0 1 2; table8, fig6: 0)")
     reproduce.add_argument("--size", nargs="+", default=[], metavar="DATASET=N",
                            help="HH pairs per subset / DSP queries / demo prompts (default: hh=700 dsp=150 demo=360)")
-    reproduce.add_argument("--epochs", type=positive_number, default=3.0)
+    reproduce.add_argument("--epochs", type=positive_number, default=None,
+                           help="epochs of every head (default 3) or, for backbone, of the tuning (default 2)")
     reproduce.add_argument("--num-experts", type=at_least_one, default=None, metavar="K",
                            help="fig2, table5, fig8, table13, table4: K (default: the paper's, 10 for fig2 (§5.2) "
                                 "and 20 for the personalization and interpretation experiments (§6); table4 on DSP: "
@@ -252,17 +258,18 @@ SET_BY_THE_COMMAND = {"output_dir": "--output-dir", "num_train_epochs": "--epoch
                       "overwrite_output_dir": "the command's own output rule"}
 
 
-def parse_training_overrides(command: str, argv: list) -> dict:
-    """The `SMoETrainingArguments` flags given to `smoe demo` / `smoe reproduce` beside their own (any `smoe train`
-    training flag: `--learning_rate 1e-3 --per_device_train_batch_size 32 --optim adamw_torch_fused`), as
-    {field: value} for every head the command trains."""
+def parse_training_overrides(command: str, argv: list, arguments_class=None) -> dict:
+    """The `SMoETrainingArguments` (or `arguments_class`) flags given to `smoe demo` / `smoe reproduce` beside their
+    own (any `smoe train` training flag: `--learning_rate 1e-3 --per_device_train_batch_size 32 --optim
+    adamw_torch_fused`), as {field: value} for every head (or backbone) the command trains."""
     if not argv:
         return {}
     from transformers import HfArgumentParser
 
     from .training import SMoETrainingArguments
 
-    parser = HfArgumentParser(SMoETrainingArguments, prog=f"smoe {command}",
+    arguments_class = arguments_class or SMoETrainingArguments
+    parser = HfArgumentParser(arguments_class, prog=f"smoe {command}",
                               usage=f"smoe {command} [its options] [training flags, see `smoe train --help`]")
     for action in parser._actions:  # only the flags given on the command line come back
         action.default, action.required = argparse.SUPPRESS, False
@@ -271,7 +278,7 @@ def parse_training_overrides(command: str, argv: list) -> dict:
     if clash:
         raise InputError(f"{clash[0]}: `smoe {command}` sets it itself; use {SET_BY_THE_COMMAND[clash[0]]}.")
     try:
-        SMoETrainingArguments(output_dir="unused", **overrides)
+        arguments_class(output_dir="unused", **overrides)
     except ValueError as error:  # TrainingArguments' own checks of an inconsistent combination
         raise InputError(f"training arguments: {first_line(error)}") from None
     return overrides
@@ -339,7 +346,18 @@ def run(args) -> None:
 
         sizes = parse_sizes(args.size)
         only_generated = bool(args.datasets) and set(args.datasets) == {"demo"}  # the demo set needs no files
-        options = {"backbone": args.backbone, "epochs": args.epochs, "cache_dir": args.cache_dir,
+        if args.experiment == "backbone":
+            from .backbone_tuning import BackboneTuningTrainingArguments
+            from .experiments import TUNED_BACKBONE_DATASETS, reproduce_backbone
+
+            training = parse_training_overrides("reproduce", args.training_argv, BackboneTuningTrainingArguments)
+            reproduce_backbone(datasets=tuple(args.datasets or TUNED_BACKBONE_DATASETS), layers=args.layers,
+                               output_dir=args.output_dir or "outputs/reproduce/backbone", backbone=args.backbone,
+                               sizes=parse_sizes(args.size), seed=(args.seeds or [0])[0], cache_dir=args.cache_dir,
+                               data_root=None if only_generated else resolve_data_root(args.data_root),
+                               training=training | ({"num_train_epochs": args.epochs} if args.epochs else {}))
+            return
+        options = {"backbone": args.backbone, "epochs": args.epochs or 3.0, "cache_dir": args.cache_dir,
                    "training": parse_training_overrides("reproduce", args.training_argv),
                    "data_root": None if only_generated else resolve_data_root(args.data_root),
                    "output_dir": args.output_dir or f"outputs/reproduce/{args.experiment}"}

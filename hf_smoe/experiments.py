@@ -131,11 +131,16 @@ def load_reproduction_pairs(data: ReproductionData, seed: int = 0, data_root=Non
     return generate_preference_set(num_prompts=data.size, seed=seed)
 
 
-def prepare(data: ReproductionData, backbone, tokenizer, *, cache_dir=None, data_root=None):
+def reproduction_splits(data: ReproductionData, data_root=None) -> dict:
     """The dataset's pairs split by `group_by` (seed 0: the split is fixed across seeds, so the spread over seeds
-    is the training's) and the cached features of each split."""
+    is the training's)."""
     pairs = load_reproduction_pairs(data, 0, data_root)
-    splits = split_for_training(pairs, 0, group_by=data.group_by, **SPLIT_FRACTIONS)
+    return split_for_training(pairs, 0, group_by=data.group_by, **SPLIT_FRACTIONS)
+
+
+def prepare(data: ReproductionData, backbone, tokenizer, *, cache_dir=None, data_root=None):
+    """`reproduction_splits` and the cached features of each split."""
+    splits = reproduction_splits(data, data_root)
     return splits, cached_features(backbone, tokenizer, splits, cache_dir=cache_dir, max_length=data.max_length)
 
 
@@ -472,9 +477,14 @@ def general_data(backbone, tokenizer, *, cache_dir=None, data_root=None, sizes: 
     """(splits, features) of the general mixture (`general_mixture(*sizes)`, split by prompt 80/10/10, seed 0): the
     paper's real-world setting for personalization and interpretability (§6). HH and DSP share a max length
     (Table 1), so their cached features are reused."""
-    splits = split_for_training(general_mixture(*sizes, data_root=data_root), 0)
+    splits = general_splits(data_root, sizes)
     return splits, cached_features(backbone, tokenizer, splits, cache_dir=cache_dir,
                                    max_length=DATASETS["dsp"].max_length)
+
+
+def general_splits(data_root=None, sizes: tuple = (700, 300)) -> dict:
+    """The general mixture (`general_mixture(*sizes)`) split by prompt 80/10/10, seed 0."""
+    return split_for_training(general_mixture(*sizes, data_root=data_root), 0)
 
 
 def adapt_per_domain(model, method, targets: dict, n_values, adaptation_sets: int) -> dict:
@@ -821,6 +831,45 @@ def unseen_dsp_queries(excluded, count: int, seed: int = 0, data_root=None) -> l
     if count > len(queries):
         raise InputError(f"eval_prompts: {count} requested, but DSP has {len(queries)} queries outside the run's.")
     return random.Random(seed).sample(queries, count)
+
+
+TUNED_BACKBONE_DATASETS = ("hh", "dsp", "general")  # the data every reproduction trains its heads on
+
+
+def reproduce_backbone(datasets=TUNED_BACKBONE_DATASETS, layers: int = 2, output_dir="outputs/reproduce/backbone",
+                       backbone=DEFAULT_BACKBONE, sizes: dict | None = None, seed: int = 0, cache_dir=None,
+                       data_root=None, training: dict | None = None) -> dict:
+    """Issue 16: a reward-tuned backbone per reproduction dataset (`output_dir/NAME`), its top `layers` layers
+    tuned (`tune_on_splits`) on exactly the train split that dataset's heads train on (validation monitors it; the
+    test split is never read): hh for Table 1, dsp for Table 1, Fig. 2 and Table 4, general for Table 5, Fig. 8
+    and Table 4. Each folder is then the `--backbone` of those reproductions. `training`: overrides of
+    `BackboneTuningTrainingArguments`."""
+    from .backbone_tuning import BackboneTuningArguments, BackboneTuningTrainingArguments, tune_on_splits
+
+    output, sizes, record = Path(output_dir).expanduser(), sizes or {}, {}
+    for name in datasets:
+        if name == "general":
+            splits, max_length = general_splits(data_root), DATASETS["dsp"].max_length
+        else:
+            data = reproduction_data(name, sizes.get(name))
+            splits, max_length = reproduction_splits(data, data_root), data.max_length
+        arguments = BackboneTuningTrainingArguments(output_dir=str(output / name), seed=seed, disable_tqdm=True,
+                                                    overwrite_output_dir=True, **(training or {}))
+        record[name] = tune_on_splits(splits, BackboneTuningArguments(backbone=backbone, layers=layers), arguments,
+                                      {"reproduction": name, "sizes": sizes}, cache_dir=cache_dir,
+                                      max_length=max_length)
+        print(f"{name}: validation accuracy {record[name]['validation_accuracy']:.3f}, "
+              f"{record[name]['seconds_per_epoch']:.0f} s per epoch")
+    lines = ["| dataset | layers tuned | train pairs | validation accuracy | hidden states (one-off) | s per epoch |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {run['layers_tuned']} of {run['layers']} | {run['train_pairs']} | "
+              f"{100 * run['validation_accuracy']:.1f} | {run['hidden_state_seconds']:.0f} s | "
+              f"{run['seconds_per_epoch']:.0f} |" for name, run in record.items()]
+    write_results(output, "backbone", "\n".join(lines) + "\n", {"experiment": "backbone", "datasets": list(datasets),
+                                                                 "layers": layers, "backbone": backbone,
+                                                                 "sizes": sizes, "seed": seed,
+                                                                 "training": training or {}}, record)
+    return record
 
 
 def reproduce_table14(domain: str = TABLE14_DOMAIN, steps: int = 100, seed: int = 0, n: int = 50,

@@ -6,11 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from catalogue import run_cli
 from transformers import AutoModel, AutoTokenizer
 
 from hf_smoe import SMoERewardModel, encode_pair
 from hf_smoe.backbone_tuning import (BackboneTuningArguments, BackboneTuningTrainingArguments, split_layers,
                                      tune_backbone)
+from hf_smoe.experiments import reproduction_data, reproduction_splits
 from hf_smoe.features import HiddenStateCache, text_key
 from hf_smoe.modeling.configuration_smoe import InputError
 from hf_smoe.synthetic import generate_preference_set
@@ -108,3 +110,27 @@ def test_tuning_from_the_cache_writes_a_plain_backbone_equal_to_tuning_the_slow_
     assert not (tmp_path / "tuned" / "trainer").exists()
     SMoERewardModel.from_backbone(str(tmp_path / "tuned"), num_experts=2)  # and any --backbone takes it
     assert np.isfinite(results["seconds_per_epoch"])
+
+
+def test_reproduce_backbone_tunes_on_the_reproductions_train_split_and_never_reads_test(three_layers, tmp_path):
+    """`smoe reproduce backbone` tunes on exactly the train split `smoe reproduce` trains heads on: the hidden-state
+    cache holds the train and validation texts and not one test text."""
+    result = run_cli("reproduce", "backbone", "--datasets", "demo", "--size", "demo=30", "--backbone", three_layers,
+                     "--layers", "1", "--epochs", "1", "--output-dir", str(tmp_path / "tuned"), "--cache-dir",
+                     str(tmp_path / "cache"), "--logging_strategy", "no")
+    assert result.code == 0, result.stderr
+    record = json.loads((tmp_path / "tuned" / "demo" / "results.json").read_text())
+    splits = reproduction_splits(reproduction_data("demo", 30))
+    assert record["results"]["train_pairs"] == len(splits["train"]) and record["job"]["reproduction"] == "demo"
+    assert "| demo | 1 of 3 |" in (tmp_path / "tuned" / "backbone.md").read_text()
+    backbone, tokenizer = AutoModel.from_pretrained(three_layers), AutoTokenizer.from_pretrained(three_layers)
+    cache = HiddenStateCache(split_layers(backbone, 1)[0], tokenizer, layer=2, cache_dir=tmp_path / "cache",
+                             max_length=reproduction_data("demo").max_length, show_progress=False)
+    assert record["results"]["hidden_state_cache"] == str(cache.directory)
+
+    def stored(split):
+        keys = [text_key(p, r) for side in ("chosen", "rejected") for p, r in zip(split["prompt"], split[side])]
+        return cache.store.rows(np.array(keys, dtype="S64")) >= 0
+
+    assert stored(splits["train"]).all() and stored(splits["validation"]).all()
+    assert not stored(splits["test"]).any()
