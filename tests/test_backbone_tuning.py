@@ -134,3 +134,13 @@ def test_reproduce_backbone_tunes_on_the_reproductions_train_split_and_never_rea
 
     assert stored(splits["train"]).all() and stored(splits["validation"]).all()
     assert not stored(splits["test"]).any()
+
+
+def test_bench_tune_compares_the_three_ways_on_the_same_split(three_layers):
+    from hf_smoe.bench import bench_tune
+
+    results = bench_tune(three_layers, num_pairs=40, layers=1)
+    assert (results["layers"], results["of_layers"]) == (1, 3) and results["train_pairs"] > 0
+    assert results["cached_validation_accuracy"] == results["recomputed_validation_accuracy"]
+    assert results["speedup_vs_recomputed"] == pytest.approx(
+        results["recomputed_seconds_per_epoch"] / results["cached_seconds_per_epoch"])

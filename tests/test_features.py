@@ -420,3 +420,16 @@ def test_stale_partial_pair_files_of_dead_processes_are_removed(tmp_path):
     stale.mkdir(parents=True)
     synthetic_store(tmp_path, rows=10, hidden=4)
     assert len(FeatureStore(tmp_path, 4, np.float32)) == 10 and not stale.exists()
+
+
+@pytest.mark.slow
+def test_bench_scale_streamed_and_in_memory_train_the_same_head(tmp_path):
+    """`smoe bench scale` at a small size: the streamed store and the all-in-RAM baseline reach the same test
+    accuracy (they read the same float16 values in the same batches), each run measured in its own process."""
+    from hf_smoe.bench import bench_scale
+
+    results = bench_scale("unused", num_pairs=(400,), hidden=256, in_memory_max_pairs=400, scratch_dir=tmp_path)
+    run = results["400"]
+    assert run["streamed"]["test_accuracy"] == run["in_memory"]["test_accuracy"] > 0.5
+    assert run["streamed"]["peak_anonymous_gb"] > 0 and run["disk_gb_with_pair_files"] > run["disk_gb"]
+    assert list(tmp_path.iterdir()) == []  # the scratch store is deleted
