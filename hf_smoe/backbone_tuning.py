@@ -191,7 +191,7 @@ def tune_backbone(data: DataArguments, tuning: BackboneTuningArguments, training
                   *, recompute_states: bool = False) -> dict:
     """`smoe tune-backbone`: `tune_on_splits` on the train and validation splits of `data`, split exactly as
     `smoe train` splits it (the same seed and fractions give the same test set, which this job never reads)."""
-    check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir)
+    check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir, flag="--output_dir")
     pairs = load_pairs(data.dataset, data.format, max_pairs=data.max_pairs, seed=data.split_seed)
     splits = split_for_training(pairs, data.split_seed, validation=data.validation_fraction,
                                 test=data.test_fraction)
@@ -207,7 +207,7 @@ def tune_on_splits(splits: dict, tuning: BackboneTuningArguments, training: Back
     `training.output_dir` with `results.json` (the command, `job` and the two argument sets, validation accuracy,
     the time per epoch and the one-off time of filling the hidden-state cache). `recompute_states` re-runs the
     lower layers every step instead of reading the cache (the benchmark's baseline)."""
-    output_dir = check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir)
+    output_dir = check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir, flag="--output_dir")
     backbone, tokenizer, bottom, top = load_tunable_backbone(tuning.backbone, tuning.layers)
     cache = HiddenStateCache(bottom, tokenizer, layer=len(backbone.layers) - tuning.layers, cache_dir=cache_dir,
                              max_length=max_length)

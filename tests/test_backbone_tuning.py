@@ -144,3 +144,17 @@ def test_bench_tune_compares_the_three_ways_on_the_same_split(three_layers):
     assert results["cached_validation_accuracy"] == results["recomputed_validation_accuracy"]
     assert results["speedup_vs_recomputed"] == pytest.approx(
         results["recomputed_seconds_per_epoch"] / results["cached_seconds_per_epoch"])
+
+
+def test_smoe_tune_backbone_cli_and_its_errors(three_layers, tmp_path):
+    generate_preference_set(30, seed=3).to_json(tmp_path / "pairs.jsonl")
+    common = ("--dataset", tmp_path / "pairs.jsonl", "--backbone", three_layers, "--cache_dir", tmp_path / "cache",
+              "--max_length", "64", "--num_train_epochs", "1", "--logging_strategy", "no")
+    bad = run_cli("tune-backbone", *common, "--layers", "9", "--output_dir", tmp_path / "bad")
+    assert bad.code == 2 and "layers: must be an integer from 1 to 3" in bad.stderr and "Traceback" not in bad.stderr
+    good = run_cli("tune-backbone", *common, "--layers", "2", "--output_dir", tmp_path / "tuned")
+    assert good.code == 0, good.stderr
+    assert "--backbone " + str(tmp_path / "tuned") in good.stdout
+    again = run_cli("tune-backbone", *common, "--layers", "2", "--output_dir", tmp_path / "tuned")
+    assert again.code == 2 and "pass --overwrite" in again.stderr
+    assert json.loads((tmp_path / "tuned" / "results.json").read_text())["results"]["layers_tuned"] == 2
