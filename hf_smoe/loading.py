@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from . import SMoERewardModel
 from .distributed import state
 from .modeling.configuration_smoe import InputError, SMoERewardConfig
-from .outputs import is_hf_smoe_output
+from .outputs import is_reward_model
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 DEFAULT_BACKBONE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was made from
@@ -90,7 +90,7 @@ def resolve_backbone(name_or_path: str) -> str:
     if is_default_backbone(name_or_path):
         return str(default_backbone_path())
     source = check_model_source("backbone", name_or_path)
-    if is_hf_smoe_output(Path(source)):
+    if is_reward_model(Path(source)):
         raise InputError(f"backbone: {name_or_path} is an hf_smoe reward model, not a backbone; give the base "
                          "model it was trained on (its card names it), or evaluate it with `smoe eval`.")
     return source

@@ -25,9 +25,12 @@ RUN_RECORD = "results.json"  # what `save_run` writes last into every folder a c
 
 
 def is_hf_smoe_output(folder: Path) -> bool:
-    """A folder hf_smoe wrote: a checkpoint (config.json of our model_type) or a run record."""
-    if (folder / RUN_RECORD).is_file():
-        return True
+    """A folder hf_smoe wrote: a checkpoint or a run record (a tuned backbone has one)."""
+    return (folder / RUN_RECORD).is_file() or is_reward_model(folder)
+
+
+def is_reward_model(folder: Path) -> bool:
+    """A checkpoint of ours: config.json of our model_type."""
     try:
         return json.loads((folder / "config.json").read_text()).get("model_type") == SMoERewardConfig.model_type
     except (OSError, ValueError, AttributeError):

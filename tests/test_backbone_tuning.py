@@ -14,6 +14,7 @@ from hf_smoe.backbone_tuning import (BackboneTuningArguments, BackboneTuningTrai
                                      tune_backbone)
 from hf_smoe.experiments import reproduction_data, reproduction_splits
 from hf_smoe.features import HiddenStateCache, text_key
+from hf_smoe.loading import resolve_backbone
 from hf_smoe.modeling.configuration_smoe import InputError
 from hf_smoe.synthetic import generate_preference_set
 from hf_smoe.testing import save_tiny_backbone
@@ -109,6 +110,7 @@ def test_tuning_from_the_cache_writes_a_plain_backbone_equal_to_tuning_the_slow_
     assert record["job"]["tuning"]["layers"] == 1 and record["results"]["train_pairs"] == results["train_pairs"]
     assert not (tmp_path / "tuned" / "trainer").exists()
     SMoERewardModel.from_backbone(str(tmp_path / "tuned"), num_experts=2)  # and any --backbone takes it
+    assert resolve_backbone(str(tmp_path / "tuned")) == str(tmp_path / "tuned")
     assert np.isfinite(results["seconds_per_epoch"])
 
 
