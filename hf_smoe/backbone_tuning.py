@@ -26,7 +26,7 @@ from transformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments
 from .data import load_pairs
 from .features import HiddenStateCache, PairTexts
 from .loading import DEFAULT_BACKBONE, loading, resolve_backbone
-from .modeling.configuration_smoe import InputError
+from .modeling.configuration_smoe import POOLINGS, InputError
 from .modeling.modeling_smoe import pool
 from .outputs import check_output_dir, publish, save_run, staging_dir
 from .training_job import DataArguments, split_for_training
@@ -208,6 +208,8 @@ def tune_on_splits(splits: dict, tuning: BackboneTuningArguments, training: Back
     the time per epoch and the one-off time of filling the hidden-state cache). `recompute_states` re-runs the
     lower layers every step instead of reading the cache (the benchmark's baseline)."""
     output_dir = check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir, flag="--output_dir")
+    if tuning.pooling not in POOLINGS:
+        raise InputError(f"pooling: unknown {tuning.pooling!r}; choose one of {POOLINGS}.")
     backbone, tokenizer, bottom, top = load_tunable_backbone(tuning.backbone, tuning.layers)
     cache = HiddenStateCache(bottom, tokenizer, layer=len(backbone.layers) - tuning.layers, cache_dir=cache_dir,
                              max_length=max_length)

@@ -154,6 +154,8 @@ def test_smoe_tune_backbone_cli_and_its_errors(three_layers, tmp_path):
               "--max_length", "64", "--num_train_epochs", "1", "--logging_strategy", "no")
     bad = run_cli("tune-backbone", *common, "--layers", "9", "--output_dir", tmp_path / "bad")
     assert bad.code == 2 and "layers: must be an integer from 1 to 3" in bad.stderr and "Traceback" not in bad.stderr
+    bad = run_cli("tune-backbone", *common, "--pooling", "max", "--output_dir", tmp_path / "bad")
+    assert bad.code == 2 and "pooling: unknown 'max'" in bad.stderr
     good = run_cli("tune-backbone", *common, "--layers", "2", "--output_dir", tmp_path / "tuned")
     assert good.code == 0, good.stderr
     assert "--backbone " + str(tmp_path / "tuned") in good.stdout
