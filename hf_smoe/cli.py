@@ -353,7 +353,7 @@ def run(args) -> None:
             training = parse_training_overrides("reproduce", args.training_argv, BackboneTuningTrainingArguments)
             reproduce_backbone(datasets=tuple(args.datasets or TUNED_BACKBONE_DATASETS), layers=args.layers,
                                output_dir=args.output_dir or "outputs/reproduce/backbone", backbone=args.backbone,
-                               sizes=parse_sizes(args.size), seed=(args.seeds or [0])[0], cache_dir=args.cache_dir,
+                               sizes=sizes, seed=(args.seeds or [0])[0], cache_dir=args.cache_dir,
                                data_root=None if only_generated else resolve_data_root(args.data_root),
                                training=training | ({"num_train_epochs": args.epochs} if args.epochs else {}))
             return
