@@ -26,6 +26,7 @@ from transformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments
 from .data import load_pairs
 from .features import HiddenStateCache, PairTexts
 from .loading import DEFAULT_BACKBONE, loading, resolve_backbone
+from .metrics import pairwise_accuracy
 from .modeling.configuration_smoe import POOLINGS, InputError
 from .modeling.modeling_smoe import pool
 from .outputs import check_output_dir, publish, save_run, staging_dir
@@ -106,13 +107,14 @@ class TopLayersRewardModel(nn.Module):
         return {"loss": loss, "logits": torch.stack([chosen, rejected], dim=1)}
 
 
-def pad_states(states: list, dtype=torch.float32) -> tuple:
-    """Right-padded (N, T, H) tensor and lengths (N,) of N (T_i, H) arrays."""
+def state_batch(states: list) -> dict:
+    """The model's inputs for the (T_i, H) states of B chosen then B rejected sides: right-padded float32 states,
+    their lengths, and the label "chosen wins" of each pair."""
     lengths = torch.tensor([len(s) for s in states])
-    padded = torch.zeros(len(states), int(lengths.max()), states[0].shape[1], dtype=dtype)
+    padded = torch.zeros(len(states), int(lengths.max()), states[0].shape[1], dtype=torch.float32)
     for row, value in enumerate(states):
         padded[row, :len(value)] = torch.as_tensor(value)
-    return padded, lengths
+    return {"states": padded, "lengths": lengths, "labels": torch.ones(len(states) // 2)}
 
 
 @dataclass
@@ -124,8 +126,7 @@ class CachedStatesCollator:
 
     def __call__(self, rows):
         keys = np.array([row["chosen_key"] for row in rows] + [row["rejected_key"] for row in rows], dtype="S64")
-        states, lengths = pad_states(self.cache.states(keys))
-        return {"states": states, "lengths": lengths, "labels": torch.ones(len(rows))}
+        return state_batch(self.cache.states(keys))
 
 
 @dataclass
@@ -138,14 +139,13 @@ class RecomputedStatesCollator:
     def __call__(self, rows):
         texts = [(row["prompt"], row[side]) for side in ("chosen", "rejected") for row in rows]
         encodings = [self.cache.encode(text) for text in texts]
-        states, lengths = pad_states(self.cache.compute(encodings))
-        return {"states": states, "lengths": lengths, "labels": torch.ones(len(rows))}
+        return state_batch(self.cache.compute(encodings))
 
 
 def pairwise_accuracy_metric(prediction) -> dict:
     """`compute_metrics`: the share of pairs whose chosen reward is above the rejected one."""
-    logits = prediction.predictions
-    return {"accuracy": float(np.mean(logits[:, 0] > logits[:, 1]))}
+    logits = torch.as_tensor(prediction.predictions)
+    return {"accuracy": pairwise_accuracy(logits[:, 0], logits[:, 1]).item()}
 
 
 class TopLayersTrainer(Trainer):
