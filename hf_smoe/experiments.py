@@ -10,6 +10,7 @@ JSON beside the exact command that produced them.
 """
 
 import copy
+import json
 import os
 import random
 import statistics
@@ -96,27 +97,28 @@ def resolve_data_root(data_root=None) -> Path:
     return root
 
 
-def hh_mixture(size: int, seed: int = 0, data_root=None):
-    """`size` random pairs from each of HH helpful-base and harmless-base, with the subset as category."""
+def hh_mixture(size: int | None, seed: int = 0, data_root=None):
+    """`size` random pairs (None: all) from each of HH helpful-base and harmless-base, with the subset as
+    category."""
     data_root = resolve_data_root(data_root)
     subsets = [load_pairs(data_root / "hh-rlhf" / f"{subset}-base.test.jsonl.gz", "hh-rlhf", max_pairs=size,
                           seed=seed, category=subset) for subset in ("helpful", "harmless")]
     return concatenate_datasets(subsets)
 
 
-def dsp_with_criterion(size: int, seed: int = 0, data_root=None):
-    """Every pair of `size` random DSP queries, criterion appended, plus a `query` column (the prompt without the
-    criterion) so that a query's four domains stay in one split."""
+def dsp_with_criterion(size: int | None, seed: int = 0, data_root=None):
+    """Every pair of `size` random DSP queries (None: all), criterion appended, plus a `query` column (the prompt
+    without the criterion) so that a query's four domains stay in one split."""
     path = resolve_data_root(data_root) / "dsp" / "domain_specific_preference.test.json"
     queries = [prompt[-1]["content"] for prompt in load_pairs(path, "dsp", append_criterion=False)["prompt"]]
-    kept = set(random.Random(seed).sample(sorted(set(queries)), size))
+    kept = set(queries) if size is None else set(random.Random(seed).sample(sorted(set(queries)), size))
     pairs = load_pairs(path, "dsp").select([row for row, query in enumerate(queries) if query in kept])
     return pairs.add_column("query", [query for query in queries if query in kept])
 
 
-def general_mixture(hh_size: int = 700, webgpt_size: int = 300, seed: int = 0, data_root=None):
+def general_mixture(hh_size: int | None = 700, webgpt_size: int | None = 300, seed: int = 0, data_root=None):
     """The personalization experiments' general training data (Table 5): HH helpful + harmless and WebGPT, each pair
-    with its source as category (never an input)."""
+    with its source as category (never an input). A size of None takes every pair."""
     data_root = resolve_data_root(data_root)
     webgpt = load_pairs(data_root / "webgpt" / "webgpt.test.json", "webgpt", max_pairs=webgpt_size, seed=seed,
                         category="webgpt")
@@ -834,30 +836,62 @@ def unseen_dsp_queries(excluded, count: int, seed: int = 0, data_root=None) -> l
 
 
 TUNED_BACKBONE_DATASETS = ("hh", "dsp", "general")  # the data every reproduction trains its heads on
+TUNING_PAIRS = ("train", "unsampled")  # what `reproduce backbone` tunes on, see `with_unsampled_pairs`
+
+
+def with_unsampled_pairs(splits: dict, pool, group_by: str) -> dict:
+    """`splits` with every pair of `pool` (the dataset's whole source) that the reproduction's sample left out added
+    to train, except a pair whose `group_by` value (its prompt or query) is in validation or test: more preference
+    data for the backbone's tuning, none of it from a prompt either stage is measured on."""
+    def group(value):
+        return json.dumps(value, sort_keys=True)
+
+    def identity(row):
+        return json.dumps([row[group_by], row["chosen"], row["rejected"]], sort_keys=True)
+
+    held_out = {group(value) for name in ("validation", "test") for value in splits[name][group_by]}
+    sampled = {identity(row) for row in splits["train"]}
+    unsampled = pool.filter(lambda row: group(row[group_by]) not in held_out and identity(row) not in sampled)
+    return {**splits, "train": concatenate_datasets([splits["train"], unsampled.select_columns(
+        splits["train"].column_names)])}
+
+
+def tuning_splits(name: str, size: int | None, tuning_pairs: str, data_root=None) -> tuple:
+    """(splits, max_length) of `reproduce backbone` for dataset `name`: the splits its heads use, with the
+    unsampled pairs added to train when `tuning_pairs` is "unsampled"."""
+    if name == "general":
+        splits, max_length, group_by = general_splits(data_root), DATASETS["dsp"].max_length, "prompt"
+        pool = general_mixture(None, None, data_root=data_root) if tuning_pairs == "unsampled" else None
+    else:
+        data = reproduction_data(name, size)
+        splits, max_length, group_by = reproduction_splits(data, data_root), data.max_length, data.group_by
+        if tuning_pairs == "unsampled" and name == "demo":
+            raise InputError("tuning_pairs: the demo set is generated, so no pairs are left unsampled; use 'train'.")
+        pool = load_reproduction_pairs(replace(data, size=None), 0, data_root) if tuning_pairs == "unsampled" else None
+    return (splits if pool is None else with_unsampled_pairs(splits, pool, group_by)), max_length
 
 
 def reproduce_backbone(datasets=TUNED_BACKBONE_DATASETS, layers: int = 2, output_dir="outputs/reproduce/backbone",
                        backbone=DEFAULT_BACKBONE, sizes: dict | None = None, seed: int = 0, cache_dir=None,
-                       data_root=None, training: dict | None = None) -> dict:
+                       data_root=None, training: dict | None = None, tuning_pairs: str = "train") -> dict:
     """Issue 16: a reward-tuned backbone per reproduction dataset (`output_dir/NAME`), its top `layers` layers
-    tuned (`tune_on_splits`) on exactly the train split that dataset's heads train on (validation monitors it; the
-    test split is never read): hh for Table 1, dsp for Table 1, Fig. 2 and Table 4, general for Table 5, Fig. 8
-    and Table 4. Each folder is then the `--backbone` of those reproductions. `training`: overrides of
+    tuned (`tune_on_splits`) on the train split that dataset's heads train on (validation monitors it; the test
+    split is never read): hh for Table 1, dsp for Table 1, Fig. 2 and Table 4, general for Table 5, Fig. 8 and
+    Table 4. Each folder is then the `--backbone` of those reproductions. `tuning_pairs` "unsampled" adds the
+    source's pairs the sample left out (`with_unsampled_pairs`). `training`: overrides of
     `BackboneTuningTrainingArguments`."""
     from .backbone_tuning import BackboneTuningArguments, BackboneTuningTrainingArguments, tune_on_splits
 
+    if tuning_pairs not in TUNING_PAIRS:
+        raise InputError(f"tuning_pairs: {tuning_pairs!r} is not one of {', '.join(TUNING_PAIRS)}.")
     output, sizes, record = Path(output_dir).expanduser(), sizes or {}, {}
     for name in datasets:
-        if name == "general":
-            splits, max_length = general_splits(data_root), DATASETS["dsp"].max_length
-        else:
-            data = reproduction_data(name, sizes.get(name))
-            splits, max_length = reproduction_splits(data, data_root), data.max_length
+        splits, max_length = tuning_splits(name, sizes.get(name), tuning_pairs, data_root)
         arguments = BackboneTuningTrainingArguments(output_dir=str(output / name), seed=seed, disable_tqdm=True,
                                                     overwrite_output_dir=True, **(training or {}))
         record[name] = tune_on_splits(splits, BackboneTuningArguments(backbone=backbone, layers=layers), arguments,
-                                      {"reproduction": name, "sizes": sizes}, cache_dir=cache_dir,
-                                      max_length=max_length)
+                                      {"reproduction": name, "sizes": sizes, "tuning_pairs": tuning_pairs},
+                                      cache_dir=cache_dir, max_length=max_length)
         print(f"{name}: validation accuracy {record[name]['validation_accuracy']:.3f}, "
               f"{record[name]['seconds_per_epoch']:.0f} s per epoch")
     lines = ["| dataset | layers tuned | train pairs | validation accuracy | hidden states (one-off) | s per epoch |",
@@ -868,6 +902,7 @@ def reproduce_backbone(datasets=TUNED_BACKBONE_DATASETS, layers: int = 2, output
     write_results(output, "backbone", "\n".join(lines) + "\n", {"experiment": "backbone", "datasets": list(datasets),
                                                                  "layers": layers, "backbone": backbone,
                                                                  "sizes": sizes, "seed": seed,
+                                                                 "tuning_pairs": tuning_pairs,
                                                                  "training": training or {}}, record)
     return record
 

@@ -2,6 +2,7 @@
 text's states once, and tuning from the cache writes a plain backbone folder equal to tuning the slow way."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +13,13 @@ from transformers import AutoModel, AutoTokenizer
 from hf_smoe import SMoERewardModel, encode_pair
 from hf_smoe.backbone_tuning import (BackboneTuningArguments, BackboneTuningTrainingArguments, split_layers,
                                      tune_backbone)
-from hf_smoe.experiments import reproduction_data, reproduction_splits
+from hf_smoe.experiments import reproduction_data, reproduction_splits, tuning_splits, with_unsampled_pairs
 from hf_smoe.features import HiddenStateCache, text_key
 from hf_smoe.loading import resolve_backbone
 from hf_smoe.modeling.configuration_smoe import InputError
 from hf_smoe.synthetic import generate_preference_set
 from hf_smoe.testing import save_tiny_backbone
-from hf_smoe.training_job import DataArguments
+from hf_smoe.training_job import DataArguments, split_for_training
 
 TEXTS = [("hello how are you today", "good thanks"), ("what is a cat ?", "a kind dog , yes"), ("why ?", "because")]
 
@@ -136,6 +137,38 @@ def test_reproduce_backbone_tunes_on_the_reproductions_train_split_and_never_rea
 
     assert stored(splits["train"]).all() and stored(splits["validation"]).all()
     assert not stored(splits["test"]).any()
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_unsampled_pairs_join_train_unless_their_prompt_is_held_out():
+    """Every pool pair joins train once, except a pair already sampled and any pair of a validation or test
+    prompt; validation and test are unchanged."""
+    pairs = generate_preference_set(40, seed=5)
+    splits = split_for_training(pairs.select(range(0, 80, 2)), 0, validation=0.25, test=0.25)
+    extended = with_unsampled_pairs(splits, pairs, "prompt")
+
+    def triples(split):
+        return [(json.dumps(p), c, r) for p, c, r in zip(split["prompt"], split["chosen"], split["rejected"])]
+
+    held_out = {json.dumps(p) for name in ("validation", "test") for p in splits[name]["prompt"]}
+    expected = set(triples(pairs)) - {t for t in triples(pairs) if t[0] in held_out}
+    assert sorted(triples(extended["train"])) == sorted(expected) and len(expected) > len(splits["train"])
+    assert all(extended[name]["chosen"] == splits[name]["chosen"] for name in ("validation", "test"))
+
+
+def test_unsampled_hh_tuning_pairs_keep_every_test_prompt_out():
+    splits, max_length = tuning_splits("hh", None, "unsampled", SHARED_DATA)
+    sampled = reproduction_splits(reproduction_data("hh"), SHARED_DATA)
+    assert max_length == reproduction_data("hh").max_length
+    held_out = {json.dumps(p) for name in ("validation", "test") for p in sampled[name]["prompt"]}
+    assert not any(json.dumps(p) in held_out for p in splits["train"]["prompt"])
+    assert splits["test"]["chosen"] == sampled["test"]["chosen"]
+    assert splits["train"].select(range(len(sampled["train"])))["chosen"] == sampled["train"]["chosen"]
+    assert len(splits["train"]) > 4 * len(sampled["train"])  # 4,642 HH test pairs, 1,400 sampled
+    with pytest.raises(InputError, match="tuning_pairs: the demo set is generated"):
+        tuning_splits("demo", 30, "unsampled")
 
 
 def test_bench_tune_compares_the_three_ways_on_the_same_split(three_layers):
