@@ -33,6 +33,7 @@ from .personalization import adapt_router
 from .loading import DEFAULT_BACKBONE, load_frozen_backbone
 from .outputs import run_command, save_run
 from .training_job import cached_features, save_checkpoint, split_for_training, train_preset
+from .probes import category_probe, preference_probes
 from .plots import plot_flip_rates, plot_gains, plot_interpretability_vs_experts, plot_routing_heatmap
 from .steering import STEERING_WEIGHTS, random_target_report, steering_report, target_experts
 from .synthetic import generate_preference_set
@@ -146,31 +147,6 @@ def prepare(data: ReproductionData, backbone, tokenizer, *, cache_dir=None, data
     return splits, cached_features(backbone, tokenizer, splits, cache_dir=cache_dir, max_length=data.max_length)
 
 
-def category_probe(features: dict, steps: int = 300, seed: int = 0) -> dict:
-    """Is the latent category in the router's input at all? A linear probe (multinomial logistic regression on the
-    standardised prompt representations, Adam, weight decay) fitted on train and scored on validation, against the
-    majority-class rate. A low probe accuracy means no router on these features can recover the categories."""
-    names = sorted(set(features["train"]["category"]))
-    inputs, labels = {}, {}
-    for split in ("train", "validation"):
-        inputs[split] = as_training_features(features[split])[:]["prompt_embedding"].float()
-        labels[split] = torch.tensor([names.index(c) for c in features[split]["category"]])
-    mean, scale = inputs["train"].mean(0), inputs["train"].std(0).clamp_min(1e-6)
-    torch.manual_seed(seed)
-    probe = torch.nn.Linear(inputs["train"].shape[1], len(names))
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-2, weight_decay=1e-2)
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(probe((inputs["train"] - mean) / scale), labels["train"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        predicted = probe((inputs["validation"] - mean) / scale).argmax(-1)
-    majority = torch.bincount(labels["validation"], minlength=len(names)).max() / len(labels["validation"])
-    return {"probe_accuracy": (predicted == labels["validation"]).float().mean().item(),
-            "majority_rate": majority.item()}
-
-
 def summarize(runs: list) -> dict:
     """Mean, sample standard deviation and count over seeds of every numeric metric."""
     summary = {}
@@ -208,6 +184,7 @@ def table1_markdown(record: dict) -> str:
         probe = result["category_probe"]
         lines += ["", f"Category probe (linear, on the router's input; train -> validation): accuracy "
                       f"{100 * probe['probe_accuracy']:.1f}% (majority class {100 * probe['majority_rate']:.1f}%).",
+                  *preference_probes_markdown(result.get("preference_probes")),
                   "", "Accuracy (%) by category, mean over seeds:", ""]
         categories = sorted(result["runs"]["single"][0]["accuracy_by_category"])
         lines += ["| preset | " + " | ".join(categories) + " |", "|---" * (len(categories) + 1) + "|"]
@@ -216,6 +193,18 @@ def table1_markdown(record: dict) -> str:
             lines.append(f"| {preset} | " + " | ".join(f"{mean:.1f}" for mean in means) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def preference_probes_markdown(probes: dict | None) -> list:
+    """`preference_probes` as Markdown lines: one row per training set, one column per validation category."""
+    if not probes:
+        return []
+    categories = list(next(iter(probes.values())))
+    lines = ["", "Preference probes (a linear Bradley-Terry head fitted on the train pairs of the row's category; "
+                 "accuracy % on each category's validation pairs):", "",
+             "| trained on | " + " | ".join(categories) + " |", "|---" * (len(categories) + 1) + "|"]
+    return lines + [f"| {trained_on} | " + " | ".join(f"{100 * row[c]:.1f}" for c in categories) + " |"
+                    for trained_on, row in probes.items()]
 
 
 def routing_figure(path, name: str, splits, features, models: dict, expert_labels: dict, per_category: int = 3):
@@ -266,7 +255,7 @@ def reproduce_table1(datasets=tuple(DATASETS), seeds=(0, 1, 2), output_dir="outp
         data = reproduction_data(name, (sizes or {}).get(name))
         splits, features = prepare(data, backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root)
         embedded = time.time() - started
-        probe = category_probe(features)
+        probe, preference = category_probe(features), preference_probes(features)
         if measure_on == "validation":
             splits, features = without_test(splits), without_test(features)
         runs, first_models = {}, {}
@@ -283,7 +272,7 @@ def reproduce_table1(datasets=tuple(DATASETS), seeds=(0, 1, 2), output_dir="outp
                                 {preset: runs[preset][0]["expert_categories"] for preset in first_models})
         record[name] = {"data": asdict(data), "pairs": "/".join(str(len(s)) for s in splits.values()),
                         "seeds": list(seeds), "runs": runs, "summary": {p: summarize(r) for p, r in runs.items()},
-                        "category_probe": probe, "measured_on": measure_on,
+                        "category_probe": probe, "preference_probes": preference, "measured_on": measure_on,
                         "seconds": {"embedding": embedded, "total": time.time() - started}, "figure": figure.name}
         print(f"{name}: done in {record[name]['seconds']['total']:.0f} s (embedding {embedded:.0f} s)")
     write_results(output, "table1", table1_markdown(record),

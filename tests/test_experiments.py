@@ -1,6 +1,7 @@
 """`smoe reproduce`: the datasets it builds, its aggregation and the files it writes (tiny backbone, real data)."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -14,11 +15,12 @@ from hf_smoe import encode_pair
 from hf_smoe.cli import main
 from hf_smoe.data import CRITERION_TEMPLATE, DSP_CRITERIA, load_pairs
 from hf_smoe.loading import load_checkpoint
-from hf_smoe.experiments import (SPLIT_FRACTIONS, category_probe, dsp_with_criterion, hh_mixture,
+from hf_smoe.experiments import (SPLIT_FRACTIONS, dsp_with_criterion, hh_mixture,
                                  reproduce_fig2, reproduce_fig6, reproduce_personalization, reproduce_table1,
                                  reproduce_table4, reproduce_table8, reproduce_table14, dsp_user_pairs,
                                  resolve_data_root, summarize, without_criterion)
 from hf_smoe.metrics import routing_diagnosis
+from hf_smoe.probes import category_probe, preference_probes
 from hf_smoe.modeling.configuration_smoe import InputError
 from hf_smoe.training_job import split_for_training
 from hf_smoe.testing import save_tiny_causal_lm
@@ -75,6 +77,34 @@ def test_category_probe_finds_a_linear_category_and_not_noise():
     assert separable["probe_accuracy"] > 0.97
     noise = category_probe({"train": probe_features(False), "validation": probe_features(False, seed=1)})
     assert noise["probe_accuracy"] < 0.65 and 0.4 < noise["majority_rate"] < 0.65
+
+
+def conflicting_preferences(n=4000, hidden=6, seed=0):
+    """chosen - rejected = (+2, 1) + noise for cooking and (-2, 1) + noise for travel: the categories disagree on
+    dimension 0 and agree on dimension 1."""
+    generator = torch.Generator().manual_seed(seed)
+    categories = torch.arange(n) % 2
+    rejected = torch.randn(n, hidden, generator=generator)
+    difference = torch.randn(n, hidden, generator=generator)
+    difference[:, 0] += torch.where(categories == 0, 2.0, -2.0)
+    difference[:, 1] += 1.0
+    return Dataset.from_dict({"prompt_embedding": rejected.numpy(), "chosen_embedding": (rejected + difference).numpy(),
+                              "rejected_embedding": rejected.numpy(),
+                              "category": [("cooking", "travel")[c] for c in categories]})
+
+
+def test_preference_probes_show_each_categorys_preference_and_their_conflict():
+    probes = preference_probes({"train": conflicting_preferences(), "validation": conflicting_preferences(seed=1)})
+    assert list(probes) == ["all", "cooking", "travel"] and list(probes["all"]) == ["cooking", "travel"]
+    # a head fitted on one category follows (2, 1): P(2 d0 + d1 > 0) on its own, P(-4 + 1 + noise > 0) on the other
+    own, other = 0.5 * (1 + math.erf(5 / math.sqrt(5) / math.sqrt(2))), 0.5 * (1 + math.erf(-3 / math.sqrt(10)))
+    for trained_on, foreign in (("cooking", "travel"), ("travel", "cooking")):
+        assert probes[trained_on][trained_on] == pytest.approx(own, abs=0.06)
+        assert probes[trained_on][foreign] == pytest.approx(other, abs=0.08)
+    # on both, dimension 0 cancels and the shared dimension 1 is left: P(1 + noise > 0)
+    shared = 0.5 * (1 + math.erf(1 / math.sqrt(2)))
+    assert probes["all"]["cooking"] == pytest.approx(shared, abs=0.08)
+    assert probes["all"]["travel"] == pytest.approx(shared, abs=0.08)
 
 
 def test_summarize_is_mean_and_sample_std():
