@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments
 
 from .data import load_pairs
@@ -30,7 +31,11 @@ from .metrics import pairwise_accuracy
 from .modeling.configuration_smoe import POOLINGS, InputError
 from .modeling.modeling_smoe import pool
 from .outputs import check_output_dir, publish, save_run, staging_dir
+from .probes import bradley_terry_probe
 from .training_job import DataArguments, split_for_training
+
+
+HEAD_INITS = ("probe", "random")
 
 
 @dataclass
@@ -44,6 +49,9 @@ class BackboneTuningArguments:
     head_learning_rate: float = field(default=1e-3, metadata={"help": "learning rate of the Bradley-Terry head"})
     pooling: str = field(default="last_token", metadata={"help": "last_token or mean: the representation the head "
                                                                  "reads (that of the reward models trained after)"})
+    head_init: str = field(default="probe", metadata={
+        "help": "probe: start the head at the optimal linear Bradley-Terry probe of the untuned layers' train "
+                "states, then tune (LP-FT); random: start it at random"})
 
 
 @dataclass
@@ -94,10 +102,14 @@ class TopLayersRewardModel(nn.Module):
         self.top, self.pooling = top, pooling
         self.head = nn.Linear(hidden_size, 1)
 
-    def rewards(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def pooled(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(2B, H): the top layers' pooled final state of each side, what the head reads."""
         mask = (torch.arange(states.shape[1], device=states.device) < lengths.unsqueeze(1)).long()
         hidden = self.top(inputs_embeds=states, attention_mask=mask, use_cache=False).last_hidden_state
-        return self.head(pool(hidden, lengths, self.pooling)).squeeze(-1)
+        return pool(hidden, lengths, self.pooling)
+
+    def rewards(self, states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(states, lengths)).squeeze(-1)
 
     def forward(self, states, lengths, labels=None):
         """`states` (2B, T, H): the B chosen sides, then the B rejected ones, right-padded; `lengths` (2B,)."""
@@ -140,6 +152,21 @@ class RecomputedStatesCollator:
         texts = [(row["prompt"], row[side]) for side in ("chosen", "rejected") for row in rows]
         encodings = [self.cache.encode(text) for text in texts]
         return state_batch(self.cache.compute(encodings))
+
+
+@torch.no_grad()
+def initialize_head_by_probe(model: TopLayersRewardModel, pairs, collator, batch_size: int) -> None:
+    """Linear probe, then fine-tune (LP-FT; Kumar et al., 2022): the head starts at the optimal linear
+    Bradley-Terry probe (`probes.bradley_terry_probe`) of the untuned top layers' pooled train states, so the
+    first steps tune the layers toward a head that already reads the preference, instead of pulling them toward a
+    random one (which distorts the features a pretrained representation holds)."""
+    device = next(model.parameters()).device
+    differences = []
+    for batch in DataLoader(pairs, batch_size=batch_size, collate_fn=collator):
+        chosen, rejected = model.pooled(batch["states"].to(device), batch["lengths"].to(device)).float().chunk(2)
+        differences.append((chosen - rejected).cpu())
+    model.head.weight.copy_(bradley_terry_probe(torch.cat(differences)).unsqueeze(0))
+    model.head.bias.zero_()
 
 
 def pairwise_accuracy_metric(prediction) -> dict:
@@ -210,6 +237,8 @@ def tune_on_splits(splits: dict, tuning: BackboneTuningArguments, training: Back
     output_dir = check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir, flag="--output_dir")
     if tuning.pooling not in POOLINGS:
         raise InputError(f"pooling: unknown {tuning.pooling!r}; choose one of {POOLINGS}.")
+    if tuning.head_init not in HEAD_INITS:
+        raise InputError(f"head_init: unknown {tuning.head_init!r}; choose one of {HEAD_INITS}.")
     backbone, tokenizer, bottom, top = load_tunable_backbone(tuning.backbone, tuning.layers)
     cache = HiddenStateCache(bottom, tokenizer, layer=len(backbone.layers) - tuning.layers, cache_dir=cache_dir,
                              max_length=max_length)
@@ -218,10 +247,14 @@ def tune_on_splits(splits: dict, tuning: BackboneTuningArguments, training: Back
             for name in ("train", "validation")}
     caching_seconds = time.perf_counter() - start
     torch.manual_seed(training.seed)
-    model = TopLayersRewardModel(top, backbone.config.hidden_size, tuning.pooling)
+    model = TopLayersRewardModel(top, backbone.config.hidden_size, tuning.pooling).to(training.device)
     staging = staging_dir(output_dir)
     args = dataclasses.replace(training, output_dir=str(staging / "trainer"))
     collator = (RecomputedStatesCollator if recompute_states else CachedStatesCollator)(cache)
+    start = time.perf_counter()
+    if tuning.head_init == "probe":
+        initialize_head_by_probe(model, sets["train"], collator, training.per_device_eval_batch_size)
+    probe_seconds = time.perf_counter() - start
     trainer = TopLayersTrainer(model=model, args=args, train_dataset=sets["train"], eval_dataset=sets["validation"],
                                data_collator=collator, compute_metrics=pairwise_accuracy_metric,
                                head_learning_rate=tuning.head_learning_rate)
@@ -232,6 +265,7 @@ def tune_on_splits(splits: dict, tuning: BackboneTuningArguments, training: Back
                "layers": len(backbone.layers), "train_pairs": len(sets["train"]),
                "validation_pairs": len(sets["validation"]), "train_seconds": seconds,
                "seconds_per_epoch": seconds / training.num_train_epochs, "hidden_state_seconds": caching_seconds,
+               "probe_seconds": probe_seconds,
                "hidden_state_cache": None if recompute_states else str(cache.directory)}
     shutil.rmtree(staging / "trainer", ignore_errors=True)
     backbone.save_pretrained(staging)

@@ -104,7 +104,9 @@ def test_tuning_from_the_cache_writes_a_plain_backbone_equal_to_tuning_the_slow_
             assert not torch.equal(tuned[name], value), name  # the top layer and the final norm were tuned
         else:
             assert torch.equal(tuned[name], value), name  # the frozen lower layers and embeddings are untouched
-        torch.testing.assert_close(tuned[name], recomputed[name], atol=1e-4, rtol=0)
+        # 5e-4: the cached and recomputed states differ by ~1e-6 (batch composition), which the L-BFGS probe the
+        # head starts from and 2 epochs at lr 3e-3 amplify; a real difference in what is trained is ~1e-2
+        torch.testing.assert_close(tuned[name], recomputed[name], atol=5e-4, rtol=0)
     assert 0.0 <= results["validation_accuracy"] <= 1.0
     assert results["validation_accuracy"] == pytest.approx(slow["validation_accuracy"], abs=0.05)
     record = json.loads((tmp_path / "tuned" / "results.json").read_text())
@@ -113,6 +115,33 @@ def test_tuning_from_the_cache_writes_a_plain_backbone_equal_to_tuning_the_slow_
     SMoERewardModel.from_backbone(str(tmp_path / "tuned"), num_experts=2)  # and any --backbone takes it
     assert resolve_backbone(str(tmp_path / "tuned")) == str(tmp_path / "tuned")
     assert np.isfinite(results["seconds_per_epoch"])
+
+
+def test_the_head_starts_at_the_bradley_terry_probe_of_the_untuned_layers(three_layers, tmp_path):
+    """LP-FT: before any step, the head is the optimal linear probe of the pooled final states, computed here
+    independently by the whole (untuned) backbone on each text's tokens."""
+    from hf_smoe.backbone_tuning import CachedStatesCollator, TopLayersRewardModel, initialize_head_by_probe, keyed_pairs
+    from hf_smoe.probes import bradley_terry_probe
+
+    backbone, tokenizer = AutoModel.from_pretrained(three_layers).eval(), AutoTokenizer.from_pretrained(three_layers)
+    pairs = generate_preference_set(12, seed=2)
+    bottom, top = split_layers(backbone, 1)
+    cache = HiddenStateCache(bottom, tokenizer, layer=2, cache_dir=tmp_path, show_progress=False, max_length=64)
+    model = TopLayersRewardModel(top, backbone.config.hidden_size)
+    initialize_head_by_probe(model, keyed_pairs(pairs, cache), CachedStatesCollator(cache), batch_size=5)
+
+    def final_states(side):
+        ids = [torch.tensor([encode_pair(tokenizer, p, r, 64)["input_ids"]]) for p, r in zip(pairs["prompt"], pairs[side])]
+        with torch.no_grad():
+            return torch.stack([backbone(input_ids=text).last_hidden_state[0, -1] for text in ids])
+
+    differences = final_states("chosen") - final_states("rejected")
+    expected = bradley_terry_probe(differences)
+    # the two inputs agree to 1e-7; L-BFGS stops within ~1% on this small, ill-conditioned fit
+    assert torch.nn.functional.cosine_similarity(model.head.weight[0], expected, dim=0) > 0.9995
+    torch.testing.assert_close(model.head.weight[0], expected, atol=0.05, rtol=0.05)
+    assert torch.equal(differences @ model.head.weight[0] > 0, differences @ expected > 0)
+    assert model.head.bias.item() == 0.0
 
 
 def test_reproduce_backbone_tunes_on_the_reproductions_train_split_and_never_reads_test(three_layers, tmp_path):
@@ -189,6 +218,8 @@ def test_smoe_tune_backbone_cli_and_its_errors(three_layers, tmp_path):
     assert bad.code == 2 and "layers: must be an integer from 1 to 3" in bad.stderr and "Traceback" not in bad.stderr
     bad = run_cli("tune-backbone", *common, "--pooling", "max", "--output_dir", tmp_path / "bad")
     assert bad.code == 2 and "pooling: unknown 'max'" in bad.stderr
+    bad = run_cli("tune-backbone", *common, "--head_init", "zeros", "--output_dir", tmp_path / "bad")
+    assert bad.code == 2 and "head_init: unknown 'zeros'; choose one of ('probe', 'random')" in bad.stderr
     good = run_cli("tune-backbone", *common, "--layers", "2", "--output_dir", tmp_path / "tuned")
     assert good.code == 0, good.stderr
     assert "--backbone " + str(tmp_path / "tuned") in good.stdout
