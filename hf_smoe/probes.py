@@ -31,14 +31,35 @@ def fit_linear_probe(inputs: torch.Tensor, outputs: int, loss_of, l2: float = 1e
     return probe.requires_grad_(False)
 
 
-def bradley_terry_probe(differences: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)  # ridge strengths (on standardised inputs) the cross-validation chooses from
+
+
+def bradley_terry_probe(differences: torch.Tensor, scale: torch.Tensor | None = None, folds: int = 5) -> torch.Tensor:
     """The weight w of the linear Bradley-Terry reward r(x, y) = w . h(x, y) fitted on (N, H) differences
     h(x, y_w) - h(x, y_l), each dimension divided by `scale` (default: its standard deviation) for the fit and w
-    returned in the original units. No bias: it cancels in the margin."""
+    returned in the original units. No bias: it cancels in the margin.
+
+    With fewer pairs than dimensions the pairs are separable and an unregularised probe only memorises them, so the
+    ridge strength is chosen from `L2_GRID` by `folds`-fold cross-validation of the Bradley-Terry loss on these
+    pairs alone (interleaved folds; the stronger one on a tie): no validation or test pair is read."""
     scale = differences.std(0).clamp_min(1e-6) if scale is None else scale
-    probe = fit_linear_probe(differences / scale, 1, lambda margins: expert_losses(margins, 0 * margins).mean(),
-                             bias=False)
-    return probe.weight[0] / scale
+    inputs = differences / scale
+
+    def fit(rows, l2):
+        return fit_linear_probe(inputs[rows], 1, bradley_terry_loss, l2=l2, bias=False)
+
+    rows = torch.arange(len(inputs))
+    if len(rows) < folds:
+        return fit(rows, max(L2_GRID)).weight[0] / scale
+    held_out_loss = {l2: sum(bradley_terry_loss(fit(rows[rows % folds != fold], l2)(inputs[rows % folds == fold]))
+                             for fold in range(folds)) for l2 in L2_GRID}
+    best = min(L2_GRID, key=lambda l2: (held_out_loss[l2], -l2))
+    return fit(rows, best).weight[0] / scale
+
+
+def bradley_terry_loss(margins: torch.Tensor) -> torch.Tensor:
+    """Mean -log sigma(margin) over pairs whose margin is r(x, y_w) - r(x, y_l)."""
+    return expert_losses(margins, torch.zeros_like(margins)).mean()
 
 
 def category_probe(features: dict) -> dict:

@@ -81,8 +81,10 @@ def test_the_hidden_state_cache_stores_each_texts_states_once(three_layers, tmp_
 
 
 def tune(backbone, data_file, output_dir, cache_dir, **options):
+    """Tunes with a random head: the probe start is tested on its own, and the cached and recomputed states differ
+    by ~1e-6 (batch composition), which a fitted probe would amplify past the 1e-4 the weights are compared to."""
     data = DataArguments(dataset=str(data_file), max_length=64, cache_dir=str(cache_dir))
-    tuning = BackboneTuningArguments(backbone=backbone, layers=1, head_learning_rate=1e-2)
+    tuning = BackboneTuningArguments(backbone=backbone, layers=1, head_learning_rate=1e-2, head_init="random")
     training = BackboneTuningTrainingArguments(output_dir=str(output_dir), num_train_epochs=2, learning_rate=3e-3,
                                                seed=0, disable_tqdm=True, logging_strategy="no")
     return tune_backbone(data, tuning, training, **options)
@@ -104,9 +106,7 @@ def test_tuning_from_the_cache_writes_a_plain_backbone_equal_to_tuning_the_slow_
             assert not torch.equal(tuned[name], value), name  # the top layer and the final norm were tuned
         else:
             assert torch.equal(tuned[name], value), name  # the frozen lower layers and embeddings are untouched
-        # 5e-4: the cached and recomputed states differ by ~1e-6 (batch composition), which the L-BFGS probe the
-        # head starts from and 2 epochs at lr 3e-3 amplify; a real difference in what is trained is ~1e-2
-        torch.testing.assert_close(tuned[name], recomputed[name], atol=5e-4, rtol=0)
+        torch.testing.assert_close(tuned[name], recomputed[name], atol=1e-4, rtol=0)
     assert 0.0 <= results["validation_accuracy"] <= 1.0
     assert results["validation_accuracy"] == pytest.approx(slow["validation_accuracy"], abs=0.05)
     record = json.loads((tmp_path / "tuned" / "results.json").read_text())

@@ -20,7 +20,8 @@ from hf_smoe.experiments import (SPLIT_FRACTIONS, dsp_with_criterion, hh_mixture
                                  reproduce_table4, reproduce_table8, reproduce_table14, dsp_user_pairs,
                                  resolve_data_root, summarize, without_criterion)
 from hf_smoe.metrics import routing_diagnosis
-from hf_smoe.probes import category_probe, preference_probes
+from hf_smoe.probes import (L2_GRID, bradley_terry_loss, bradley_terry_probe, category_probe, fit_linear_probe,
+                            preference_probes)
 from hf_smoe.modeling.configuration_smoe import InputError
 from hf_smoe.training_job import split_for_training
 from hf_smoe.testing import save_tiny_causal_lm
@@ -105,6 +106,19 @@ def test_preference_probes_show_each_categorys_preference_and_their_conflict():
     shared = 0.5 * (1 + math.erf(1 / math.sqrt(2)))
     assert probes["all"]["cooking"] == pytest.approx(shared, abs=0.08)
     assert probes["all"]["travel"] == pytest.approx(shared, abs=0.08)
+
+
+@pytest.mark.parametrize("signal", [False, True])
+def test_the_bradley_terry_probe_chooses_its_ridge_by_cross_validation(signal):
+    """Pure noise with more dimensions than pairs: the strongest ridge generalises best. A strong signal in few
+    dimensions with many pairs: the weakest. Each is checked against the probe fitted at that strength directly."""
+    generator = torch.Generator().manual_seed(0)
+    differences = torch.randn(2000, 4, generator=generator) + 3.0 if signal else torch.randn(60, 100,
+                                                                                             generator=generator)
+    scale = differences.std(0)
+    expected_l2 = min(L2_GRID) if signal else max(L2_GRID)
+    direct = fit_linear_probe(differences / scale, 1, bradley_terry_loss, l2=expected_l2, bias=False).weight[0] / scale
+    torch.testing.assert_close(bradley_terry_probe(differences), direct)
 
 
 def test_summarize_is_mean_and_sample_std():
