@@ -258,10 +258,13 @@ def tune_on_splits(splits: dict, tuning: BackboneTuningArguments, training: Back
     trainer = TopLayersTrainer(model=model, args=args, train_dataset=sets["train"], eval_dataset=sets["validation"],
                                data_collator=collator, compute_metrics=pairwise_accuracy_metric,
                                head_learning_rate=tuning.head_learning_rate)
+    # the probe head on the untuned layers (LP), the baseline the tuning (FT) must beat
+    before = trainer.evaluate()["eval_accuracy"] if tuning.head_init == "probe" else None
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    results = {"validation_accuracy": trainer.evaluate()["eval_accuracy"], "layers_tuned": tuning.layers,
+    results = {"validation_accuracy": trainer.evaluate()["eval_accuracy"], "probe_validation_accuracy": before,
+               "layers_tuned": tuning.layers,
                "layers": len(backbone.layers), "train_pairs": len(sets["train"]),
                "validation_pairs": len(sets["validation"]), "train_seconds": seconds,
                "seconds_per_epoch": seconds / training.num_train_epochs, "hidden_state_seconds": caching_seconds,

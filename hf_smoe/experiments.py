@@ -883,10 +883,12 @@ def reproduce_backbone(datasets=TUNED_BACKBONE_DATASETS, layers: int = 2, output
                                       cache_dir=cache_dir, max_length=max_length)
         print(f"{name}: validation accuracy {record[name]['validation_accuracy']:.3f}, "
               f"{record[name]['seconds_per_epoch']:.0f} s per epoch")
-    lines = ["| dataset | layers tuned | train pairs | validation accuracy | hidden states (one-off) | s per epoch |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| dataset | layers tuned | train pairs | validation accuracy: probe head before tuning → tuned | "
+             "hidden states (one-off) | s per epoch |", "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {run['layers_tuned']} of {run['layers']} | {run['train_pairs']} | "
-              f"{100 * run['validation_accuracy']:.1f} | {run['hidden_state_seconds']:.0f} s | "
+              + ("" if run["probe_validation_accuracy"] is None
+                 else f"{100 * run['probe_validation_accuracy']:.1f} → ")
+              + f"{100 * run['validation_accuracy']:.1f} | {run['hidden_state_seconds']:.0f} s | "
               f"{run['seconds_per_epoch']:.0f} |" for name, run in record.items()]
     write_results(output, "backbone", "\n".join(lines) + "\n", {"experiment": "backbone", "datasets": list(datasets),
                                                                  "layers": layers, "backbone": backbone,

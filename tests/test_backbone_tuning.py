@@ -120,7 +120,8 @@ def test_tuning_from_the_cache_writes_a_plain_backbone_equal_to_tuning_the_slow_
 def test_the_head_starts_at_the_bradley_terry_probe_of_the_untuned_layers(three_layers, tmp_path):
     """LP-FT: before any step, the head is the optimal linear probe of the pooled final states, computed here
     independently by the whole (untuned) backbone on each text's tokens."""
-    from hf_smoe.backbone_tuning import CachedStatesCollator, TopLayersRewardModel, initialize_head_by_probe, keyed_pairs
+    from hf_smoe.backbone_tuning import (CachedStatesCollator, TopLayersRewardModel, initialize_head_by_probe,
+                                         keyed_pairs)
     from hf_smoe.probes import bradley_terry_probe
 
     backbone, tokenizer = AutoModel.from_pretrained(three_layers).eval(), AutoTokenizer.from_pretrained(three_layers)
@@ -131,7 +132,8 @@ def test_the_head_starts_at_the_bradley_terry_probe_of_the_untuned_layers(three_
     initialize_head_by_probe(model, keyed_pairs(pairs, cache), CachedStatesCollator(cache), batch_size=5)
 
     def final_states(side):
-        ids = [torch.tensor([encode_pair(tokenizer, p, r, 64)["input_ids"]]) for p, r in zip(pairs["prompt"], pairs[side])]
+        ids = [torch.tensor([encode_pair(tokenizer, prompt, response, 64)["input_ids"]])
+               for prompt, response in zip(pairs["prompt"], pairs[side])]
         with torch.no_grad():
             return torch.stack([backbone(input_ids=text).last_hidden_state[0, -1] for text in ids])
 
@@ -154,7 +156,9 @@ def test_reproduce_backbone_tunes_on_the_reproductions_train_split_and_never_rea
     record = json.loads((tmp_path / "tuned" / "demo" / "results.json").read_text())
     splits = reproduction_splits(reproduction_data("demo", 30))
     assert record["results"]["train_pairs"] == len(splits["train"]) and record["job"]["reproduction"] == "demo"
-    assert "| demo | 1 of 3 |" in (tmp_path / "tuned" / "backbone.md").read_text()
+    probe, tuned = record["results"]["probe_validation_accuracy"], record["results"]["validation_accuracy"]
+    assert f"| demo | 1 of 3 | {len(splits['train'])} | {100 * probe:.1f} → {100 * tuned:.1f} |" in (
+        tmp_path / "tuned" / "backbone.md").read_text()
     backbone, tokenizer = AutoModel.from_pretrained(three_layers), AutoTokenizer.from_pretrained(three_layers)
     cache = HiddenStateCache(split_layers(backbone, 1)[0], tokenizer, layer=2, cache_dir=tmp_path / "cache",
                              max_length=reproduction_data("demo").max_length, show_progress=False)
