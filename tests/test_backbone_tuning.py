@@ -81,10 +81,8 @@ def test_the_hidden_state_cache_stores_each_texts_states_once(three_layers, tmp_
 
 
 def tune(backbone, data_file, output_dir, cache_dir, **options):
-    """Tunes with a random head: the probe start is tested on its own, and the cached and recomputed states differ
-    by ~1e-6 (batch composition), which a fitted probe would amplify past the 1e-4 the weights are compared to."""
     data = DataArguments(dataset=str(data_file), max_length=64, cache_dir=str(cache_dir))
-    tuning = BackboneTuningArguments(backbone=backbone, layers=1, head_learning_rate=1e-2, head_init="random")
+    tuning = BackboneTuningArguments(backbone=backbone, layers=1, head_learning_rate=1e-2)
     training = BackboneTuningTrainingArguments(output_dir=str(output_dir), num_train_epochs=2, learning_rate=3e-3,
                                                seed=0, disable_tqdm=True, logging_strategy="no")
     return tune_backbone(data, tuning, training, **options)
@@ -156,8 +154,9 @@ def test_reproduce_backbone_tunes_on_the_reproductions_train_split_and_never_rea
     record = json.loads((tmp_path / "tuned" / "demo" / "results.json").read_text())
     splits = reproduction_splits(reproduction_data("demo", 30))
     assert record["results"]["train_pairs"] == len(splits["train"]) and record["job"]["reproduction"] == "demo"
-    probe, tuned = record["results"]["probe_validation_accuracy"], record["results"]["validation_accuracy"]
-    assert f"| demo | 1 of 3 | {len(splits['train'])} | {100 * probe:.1f} → {100 * tuned:.1f} |" in (
+    assert record["results"]["probe_validation_accuracy"] is None  # the head started at random (the default)
+    tuned = record["results"]["validation_accuracy"]
+    assert f"| demo | 1 of 3 | {len(splits['train'])} | {100 * tuned:.1f} |" in (
         tmp_path / "tuned" / "backbone.md").read_text()
     backbone, tokenizer = AutoModel.from_pretrained(three_layers), AutoTokenizer.from_pretrained(three_layers)
     cache = HiddenStateCache(split_layers(backbone, 1)[0], tokenizer, layer=2, cache_dir=tmp_path / "cache",
@@ -224,9 +223,13 @@ def test_smoe_tune_backbone_cli_and_its_errors(three_layers, tmp_path):
     assert bad.code == 2 and "pooling: unknown 'max'" in bad.stderr
     bad = run_cli("tune-backbone", *common, "--head_init", "zeros", "--output_dir", tmp_path / "bad")
     assert bad.code == 2 and "head_init: unknown 'zeros'; choose one of ('probe', 'random')" in bad.stderr
-    good = run_cli("tune-backbone", *common, "--layers", "2", "--output_dir", tmp_path / "tuned")
+    good = run_cli("tune-backbone", *common, "--layers", "2", "--head_init", "probe", "--output_dir",
+                   tmp_path / "tuned")
     assert good.code == 0, good.stderr
     assert "--backbone " + str(tmp_path / "tuned") in good.stdout
     again = run_cli("tune-backbone", *common, "--layers", "2", "--output_dir", tmp_path / "tuned")
     assert again.code == 2 and "pass --overwrite" in again.stderr
-    assert json.loads((tmp_path / "tuned" / "results.json").read_text())["results"]["layers_tuned"] == 2
+    results = json.loads((tmp_path / "tuned" / "results.json").read_text())["results"]
+    assert results["layers_tuned"] == 2
+    # the probe head's accuracy before tuning: a share of the validation pairs
+    assert (results["probe_validation_accuracy"] * results["validation_pairs"]) % 1 == pytest.approx(0, abs=1e-6)
