@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "fig6", "table14", "backbone"])
     reproduce.add_argument("--layers", type=at_least_one, default=2,
                            help="backbone: the top layers tuned (the others are frozen and their output cached)")
+    reproduce.add_argument("--head-init", default="random", choices=["random", "probe"],
+                           help="backbone: the tuning head's start (probe: the best linear probe, then tune)")
     reproduce.add_argument("--tuning-pairs", default="train", choices=["train", "unsampled"],
                            help="backbone: 'train' tunes on the heads' train split; 'unsampled' adds every pair of "
                                 "the source files the sample leaves out, except those of a validation or test prompt")
@@ -359,7 +361,7 @@ def run(args) -> None:
                                sizes=sizes, seed=(args.seeds or [0])[0], cache_dir=args.cache_dir,
                                data_root=None if only_generated else resolve_data_root(args.data_root),
                                training=training | ({"num_train_epochs": args.epochs} if args.epochs else {}),
-                               tuning_pairs=args.tuning_pairs)
+                               tuning_pairs=args.tuning_pairs, head_init=args.head_init)
             return
         options = {"backbone": args.backbone, "epochs": args.epochs or 3.0, "cache_dir": args.cache_dir,
                    "training": parse_training_overrides("reproduce", args.training_argv),

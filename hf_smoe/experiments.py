@@ -862,13 +862,14 @@ def tuning_splits(name: str, size: int | None, tuning_pairs: str, data_root=None
 
 def reproduce_backbone(datasets=TUNED_BACKBONE_DATASETS, layers: int = 2, output_dir="outputs/reproduce/backbone",
                        backbone=DEFAULT_BACKBONE, sizes: dict | None = None, seed: int = 0, cache_dir=None,
-                       data_root=None, training: dict | None = None, tuning_pairs: str = "train") -> dict:
+                       data_root=None, training: dict | None = None, tuning_pairs: str = "train",
+                       head_init: str = "random") -> dict:
     """Issue 16: a reward-tuned backbone per reproduction dataset (`output_dir/NAME`), its top `layers` layers
     tuned (`tune_on_splits`) on the train split that dataset's heads train on (validation monitors it; the test
     split is never read): hh for Table 1, dsp for Table 1, Fig. 2 and Table 4, general for Table 5, Fig. 8 and
     Table 4. Each folder is then the `--backbone` of those reproductions. `tuning_pairs` "unsampled" adds the
-    source's pairs the sample left out (`with_unsampled_pairs`). `training`: overrides of
-    `BackboneTuningTrainingArguments`."""
+    source's pairs the sample left out (`with_unsampled_pairs`); `head_init` is `BackboneTuningArguments.head_init`.
+    `training`: overrides of `BackboneTuningTrainingArguments`."""
     from .backbone_tuning import BackboneTuningArguments, BackboneTuningTrainingArguments, tune_on_splits
 
     if tuning_pairs not in TUNING_PAIRS:
@@ -878,7 +879,8 @@ def reproduce_backbone(datasets=TUNED_BACKBONE_DATASETS, layers: int = 2, output
         splits, max_length = tuning_splits(name, sizes.get(name), tuning_pairs, data_root)
         arguments = BackboneTuningTrainingArguments(output_dir=str(output / name), seed=seed, disable_tqdm=True,
                                                     overwrite_output_dir=True, **(training or {}))
-        record[name] = tune_on_splits(splits, BackboneTuningArguments(backbone=backbone, layers=layers), arguments,
+        tuning = BackboneTuningArguments(backbone=backbone, layers=layers, head_init=head_init)
+        record[name] = tune_on_splits(splits, tuning, arguments,
                                       {"reproduction": name, "sizes": sizes, "tuning_pairs": tuning_pairs},
                                       cache_dir=cache_dir, max_length=max_length)
         print(f"{name}: validation accuracy {record[name]['validation_accuracy']:.3f}, "
@@ -893,7 +895,7 @@ def reproduce_backbone(datasets=TUNED_BACKBONE_DATASETS, layers: int = 2, output
     write_results(output, "backbone", "\n".join(lines) + "\n", {"experiment": "backbone", "datasets": list(datasets),
                                                                  "layers": layers, "backbone": backbone,
                                                                  "sizes": sizes, "seed": seed,
-                                                                 "tuning_pairs": tuning_pairs,
+                                                                 "tuning_pairs": tuning_pairs, "head_init": head_init,
                                                                  "training": training or {}}, record)
     return record
 

@@ -106,6 +106,7 @@ def test_tuning_from_the_cache_writes_a_plain_backbone_equal_to_tuning_the_slow_
             assert torch.equal(tuned[name], value), name  # the frozen lower layers and embeddings are untouched
         torch.testing.assert_close(tuned[name], recomputed[name], atol=1e-4, rtol=0)
     assert 0.0 <= results["validation_accuracy"] <= 1.0
+    assert results["probe_validation_accuracy"] is None  # the head started at random (the default)
     assert results["validation_accuracy"] == pytest.approx(slow["validation_accuracy"], abs=0.05)
     record = json.loads((tmp_path / "tuned" / "results.json").read_text())
     assert record["job"]["tuning"]["layers"] == 1 and record["results"]["train_pairs"] == results["train_pairs"]
@@ -148,15 +149,16 @@ def test_reproduce_backbone_tunes_on_the_reproductions_train_split_and_never_rea
     """`smoe reproduce backbone` tunes on exactly the train split `smoe reproduce` trains heads on: the hidden-state
     cache holds the train and validation texts and not one test text."""
     result = run_cli("reproduce", "backbone", "--datasets", "demo", "--size", "demo=30", "--backbone", three_layers,
-                     "--layers", "1", "--epochs", "1", "--output-dir", str(tmp_path / "tuned"), "--cache-dir",
+                     "--layers", "1", "--epochs", "1", "--head-init", "probe", "--output-dir", str(tmp_path / "tuned"),
+                     "--cache-dir",
                      str(tmp_path / "cache"), "--logging_strategy", "no")
     assert result.code == 0, result.stderr
     record = json.loads((tmp_path / "tuned" / "demo" / "results.json").read_text())
     splits = reproduction_splits(reproduction_data("demo", 30))
     assert record["results"]["train_pairs"] == len(splits["train"]) and record["job"]["reproduction"] == "demo"
-    assert record["results"]["probe_validation_accuracy"] is None  # the head started at random (the default)
-    tuned = record["results"]["validation_accuracy"]
-    assert f"| demo | 1 of 3 | {len(splits['train'])} | {100 * tuned:.1f} |" in (
+    probe, tuned = record["results"]["probe_validation_accuracy"], record["results"]["validation_accuracy"]
+    assert record["job"]["tuning"]["head_init"] == "probe"
+    assert f"| demo | 1 of 3 | {len(splits['train'])} | {100 * probe:.1f} → {100 * tuned:.1f} |" in (
         tmp_path / "tuned" / "backbone.md").read_text()
     backbone, tokenizer = AutoModel.from_pretrained(three_layers), AutoTokenizer.from_pretrained(three_layers)
     cache = HiddenStateCache(split_layers(backbone, 1)[0], tokenizer, layer=2, cache_dir=tmp_path / "cache",
