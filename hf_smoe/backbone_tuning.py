@@ -265,8 +265,7 @@ def tune_on_splits(splits: dict, tuning: BackboneTuningArguments, training: Back
     trainer.train()
     seconds = time.perf_counter() - start
     results = {"validation_accuracy": trainer.evaluate()["eval_accuracy"], "probe_validation_accuracy": before,
-               "layers_tuned": tuning.layers,
-               "layers": len(backbone.layers), "train_pairs": len(sets["train"]),
+               "layers_tuned": tuning.layers, "layers": len(backbone.layers), "train_pairs": len(sets["train"]),
                "validation_pairs": len(sets["validation"]), "train_seconds": seconds,
                "seconds_per_epoch": seconds / training.num_train_epochs, "hidden_state_seconds": caching_seconds,
                "probe_seconds": probe_seconds,

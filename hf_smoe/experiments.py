@@ -16,6 +16,7 @@ import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -847,17 +848,19 @@ def with_unsampled_pairs(splits: dict, pool, group_by: str) -> dict:
 
 def tuning_splits(name: str, size: int | None, tuning_pairs: str, data_root=None) -> tuple:
     """(splits, max_length) of `reproduce backbone` for dataset `name`: the splits its heads use, with the
-    unsampled pairs added to train when `tuning_pairs` is "unsampled"."""
+    unsampled pairs of its source added to train when `tuning_pairs` is "unsampled"."""
     if name == "general":
         splits, max_length, group_by = general_splits(data_root), DATASETS["dsp"].max_length, "prompt"
-        pool = general_mixture(None, None, data_root=data_root) if tuning_pairs == "unsampled" else None
+        source = partial(general_mixture, None, None, data_root=data_root)
     else:
         data = reproduction_data(name, size)
         splits, max_length, group_by = reproduction_splits(data, data_root), data.max_length, data.group_by
-        if tuning_pairs == "unsampled" and name == "demo":
-            raise InputError("tuning_pairs: the demo set is generated, so no pairs are left unsampled; use 'train'.")
-        pool = load_reproduction_pairs(replace(data, size=None), 0, data_root) if tuning_pairs == "unsampled" else None
-    return (splits if pool is None else with_unsampled_pairs(splits, pool, group_by)), max_length
+        source = partial(load_reproduction_pairs, replace(data, size=None), 0, data_root)
+    if tuning_pairs == "train":
+        return splits, max_length
+    if name == "demo":
+        raise InputError("tuning_pairs: the demo set is generated, so no pairs are left unsampled; use 'train'.")
+    return with_unsampled_pairs(splits, source(), group_by), max_length
 
 
 def reproduce_backbone(datasets=TUNED_BACKBONE_DATASETS, layers: int = 2, output_dir="outputs/reproduce/backbone",
