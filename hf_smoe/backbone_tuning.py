@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader
@@ -31,7 +30,7 @@ from .metrics import pairwise_accuracy
 from .modeling.configuration_smoe import POOLINGS, InputError
 from .modeling.modeling_smoe import pool
 from .outputs import check_output_dir, publish, save_run, staging_dir
-from .probes import bradley_terry_probe
+from .probes import bradley_terry_loss, bradley_terry_probe
 from .training_job import DataArguments, split_for_training
 
 
@@ -96,7 +95,7 @@ def split_layers(backbone, k: int) -> tuple:
 
 class TopLayersRewardModel(nn.Module):
     """The backbone's top layers and a linear reward r(x, y) = w . h(x, y) + b on the pooled final state, trained
-    with the Bradley-Terry loss -log sigma(r(x, y_w) - r(x, y_l)) (`labels` = 1: the chosen response wins)."""
+    with the Bradley-Terry loss -log sigma(r(x, y_w) - r(x, y_l))."""
 
     def __init__(self, top, hidden_size: int, pooling: str = "last_token"):
         super().__init__()
@@ -113,11 +112,11 @@ class TopLayersRewardModel(nn.Module):
         return self.head(self.pooled(states, lengths)).squeeze(-1)
 
     def forward(self, states, lengths, labels=None):
-        """`states` (2B, T, H): the B chosen sides, then the B rejected ones, right-padded; `lengths` (2B,)."""
+        """`states` (2B, T, H): the B chosen sides, then the B rejected ones, right-padded; `lengths` (2B,).
+        `labels` (all 1) is accepted so the Trainer's `prediction_step` finds label ids; the chosen side always
+        wins, so the loss is the Bradley-Terry loss of the margins."""
         chosen, rejected = self.rewards(states, lengths).chunk(2)
-        margin = chosen - rejected
-        loss = F.binary_cross_entropy_with_logits(margin, torch.ones_like(margin) if labels is None else labels)
-        return {"loss": loss, "logits": torch.stack([chosen, rejected], dim=1)}
+        return {"loss": bradley_terry_loss(chosen - rejected), "logits": torch.stack([chosen, rejected], dim=1)}
 
 
 def state_batch(states: list) -> dict:
