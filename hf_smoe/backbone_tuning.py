@@ -14,6 +14,7 @@ import dataclasses
 import json
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +53,11 @@ class BackboneTuningArguments:
         "help": "random: start the head at random; probe: at the best linear Bradley-Terry probe of the untuned "
                 "layers' train states, then tune (LP-FT; lower validation accuracy on HH and DSP here, "
                 "docs/results.md)"})
+    lora_rank: int = field(default=0, metadata={
+        "help": "0: tune the top layers' full weights and final norm; r > 0: train rank-r LoRA adapters (peft) on "
+                "every linear map of the top layers instead, merged into the weights when the folder is written "
+                "(needs peft: pip install 'hf-smoe[trl]')"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scale numerator: updates are (alpha / r) B A"})
 
 
 @dataclass
@@ -214,6 +220,25 @@ def load_tunable_backbone(name_or_path: str, k: int):
     return backbone, tokenizer, bottom, top
 
 
+def add_lora_adapters(backbone, top, rank: int, alpha: float):
+    """Rank-`rank` LoRA adapters (peft) on every linear map of the top layers, everything else frozen: far fewer
+    trainable weights than the full layers, so more layers can be tuned on few pairs. Returns the `PeftModel`,
+    whose `merge_and_unload()` folds the adapters back into a plain backbone; `top` sees the adapters because
+    they replace modules inside the layers it shares."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise InputError("lora_rank: LoRA needs peft; install it with pip install 'hf-smoe[trl]' (or pass "
+                         "--lora_rank 0 to tune the full layers).") from None
+    tuned = {id(layer) for layer in top.layers}
+    targets = [f"layers.{index}.{name}" for index, layer in enumerate(backbone.layers) if id(layer) in tuned
+               for name, module in layer.named_modules() if isinstance(module, nn.Linear)]
+    with warnings.catch_warnings():  # peft calls a transformers property that transformers 5 deprecates
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(backbone, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                                                   target_modules=targets))
+
+
 def tune_backbone(data: DataArguments, tuning: BackboneTuningArguments, training: BackboneTuningTrainingArguments,
                   *, recompute_states: bool = False) -> dict:
     """`smoe tune-backbone`: `tune_on_splits` on the train and validation splits of `data`, split exactly as
@@ -239,6 +264,10 @@ def tune_on_splits(splits: dict, tuning: BackboneTuningArguments, training: Back
         raise InputError(f"pooling: unknown {tuning.pooling!r}; choose one of {POOLINGS}.")
     if tuning.head_init not in HEAD_INITS:
         raise InputError(f"head_init: unknown {tuning.head_init!r}; choose one of {HEAD_INITS}.")
+    if isinstance(tuning.lora_rank, bool) or not isinstance(tuning.lora_rank, int) or tuning.lora_rank < 0:
+        raise InputError(f"lora_rank: must be 0 (full layers) or a positive rank, got {tuning.lora_rank!r}.")
+    if not tuning.lora_alpha > 0:
+        raise InputError(f"lora_alpha: must be positive, got {tuning.lora_alpha!r}.")
     backbone, tokenizer, bottom, top = load_tunable_backbone(tuning.backbone, tuning.layers)
     cache = HiddenStateCache(bottom, tokenizer, layer=len(backbone.layers) - tuning.layers, cache_dir=cache_dir,
                              max_length=max_length)
@@ -247,6 +276,7 @@ def tune_on_splits(splits: dict, tuning: BackboneTuningArguments, training: Back
             for name in ("train", "validation")}
     caching_seconds = time.perf_counter() - start
     torch.manual_seed(training.seed)
+    adapters = add_lora_adapters(backbone, top, tuning.lora_rank, tuning.lora_alpha) if tuning.lora_rank else None
     model = TopLayersRewardModel(top, backbone.config.hidden_size, tuning.pooling).to(training.device)
     staging = staging_dir(output_dir)
     args = dataclasses.replace(training, output_dir=str(staging / "trainer"))
@@ -268,8 +298,11 @@ def tune_on_splits(splits: dict, tuning: BackboneTuningArguments, training: Back
                "validation_pairs": len(sets["validation"]), "train_seconds": seconds,
                "seconds_per_epoch": seconds / training.num_train_epochs, "hidden_state_seconds": caching_seconds,
                "probe_seconds": probe_seconds,
+               "trainable_layer_parameters": sum(p.numel() for p in top.parameters() if p.requires_grad),
                "hidden_state_cache": None if recompute_states else str(cache.directory)}
     shutil.rmtree(staging / "trainer", ignore_errors=True)
+    if adapters is not None:
+        adapters.merge_and_unload()  # W + (alpha / r) B A, in place: the folder is a plain backbone again
     backbone.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     job = job | {"tuning": dataclasses.asdict(tuning), "training": json.loads(training.to_json_string())}

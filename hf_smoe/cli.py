@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="backbone: the top layers tuned (the others are frozen and their output cached)")
     reproduce.add_argument("--head-init", default="random", choices=["random", "probe"],
                            help="backbone: the tuning head's start (probe: the best linear probe, then tune)")
+    reproduce.add_argument("--lora-rank", type=int, default=0,
+                           help="backbone: 0 tunes the full top layers; r > 0 trains rank-r LoRA adapters on them")
     reproduce.add_argument("--tuning-pairs", default="train", choices=["train", "unsampled"],
                            help="backbone: 'train' tunes on the heads' train split; 'unsampled' adds every pair of "
                                 "the source files the sample leaves out, except those of a validation or test prompt")
@@ -356,12 +358,13 @@ def run(args) -> None:
             from .experiments import TUNED_BACKBONE_DATASETS, reproduce_backbone
 
             training = parse_training_overrides("reproduce", args.training_argv, BackboneTuningTrainingArguments)
-            reproduce_backbone(datasets=tuple(args.datasets or TUNED_BACKBONE_DATASETS), layers=args.layers,
+            reproduce_backbone(datasets=tuple(args.datasets or TUNED_BACKBONE_DATASETS),
                                output_dir=args.output_dir or "outputs/reproduce/backbone", backbone=args.backbone,
                                sizes=sizes, seed=(args.seeds or [0])[0], cache_dir=args.cache_dir,
                                data_root=None if only_generated else resolve_data_root(args.data_root),
                                training=training | ({"num_train_epochs": args.epochs} if args.epochs else {}),
-                               tuning_pairs=args.tuning_pairs, head_init=args.head_init)
+                               tuning={"layers": args.layers, "head_init": args.head_init,
+                                       "lora_rank": args.lora_rank}, tuning_pairs=args.tuning_pairs)
             return
         options = {"backbone": args.backbone, "epochs": args.epochs or 3.0, "cache_dir": args.cache_dir,
                    "training": parse_training_overrides("reproduce", args.training_argv),

@@ -863,16 +863,16 @@ def tuning_splits(name: str, size: int | None, tuning_pairs: str, data_root=None
     return with_unsampled_pairs(splits, source(), group_by), max_length
 
 
-def reproduce_backbone(datasets=TUNED_BACKBONE_DATASETS, layers: int = 2, output_dir="outputs/reproduce/backbone",
+def reproduce_backbone(datasets=TUNED_BACKBONE_DATASETS, output_dir="outputs/reproduce/backbone",
                        backbone=DEFAULT_BACKBONE, sizes: dict | None = None, seed: int = 0, cache_dir=None,
-                       data_root=None, training: dict | None = None, tuning_pairs: str = "train",
-                       head_init: str = "random") -> dict:
+                       data_root=None, tuning: dict | None = None, training: dict | None = None,
+                       tuning_pairs: str = "train") -> dict:
     """Issue 16: a reward-tuned backbone per reproduction dataset (`output_dir/NAME`), its top `layers` layers
     tuned (`tune_on_splits`) on the train split that dataset's heads train on (validation monitors it; the test
     split is never read): hh for Table 1, dsp for Table 1, Fig. 2 and Table 4, general for Table 5, Fig. 8 and
     Table 4. Each folder is then the `--backbone` of those reproductions. `tuning_pairs` "unsampled" adds the
-    source's pairs the sample left out (`with_unsampled_pairs`); `head_init` is `BackboneTuningArguments.head_init`.
-    `training`: overrides of `BackboneTuningTrainingArguments`."""
+    source's pairs the sample left out (`with_unsampled_pairs`). `tuning` and `training`: overrides of
+    `BackboneTuningArguments` (layers, head_init, lora_rank, ...) and `BackboneTuningTrainingArguments`."""
     from .backbone_tuning import BackboneTuningArguments, BackboneTuningTrainingArguments, tune_on_splits
 
     if tuning_pairs not in TUNING_PAIRS:
@@ -880,26 +880,28 @@ def reproduce_backbone(datasets=TUNED_BACKBONE_DATASETS, layers: int = 2, output
     output, sizes, record = Path(output_dir).expanduser(), sizes or {}, {}
     for name in datasets:
         splits, max_length = tuning_splits(name, sizes.get(name), tuning_pairs, data_root)
-        arguments = BackboneTuningTrainingArguments(output_dir=str(output / name), seed=seed, disable_tqdm=True,
-                                                    overwrite_output_dir=True, **(training or {}))
-        tuning = BackboneTuningArguments(backbone=backbone, layers=layers, head_init=head_init)
-        record[name] = tune_on_splits(splits, tuning, arguments,
-                                      {"reproduction": name, "sizes": sizes, "tuning_pairs": tuning_pairs},
-                                      cache_dir=cache_dir, max_length=max_length)
+        tuning_arguments = BackboneTuningArguments(backbone=backbone, **(tuning or {}))
+        training_arguments = BackboneTuningTrainingArguments(output_dir=str(output / name), seed=seed,
+                                                             disable_tqdm=True, overwrite_output_dir=True,
+                                                             **(training or {}))
+        job = {"reproduction": name, "sizes": sizes, "tuning_pairs": tuning_pairs}
+        record[name] = tune_on_splits(splits, tuning_arguments, training_arguments, job, cache_dir=cache_dir,
+                                      max_length=max_length)
         print(f"{name}: validation accuracy {record[name]['validation_accuracy']:.3f}, "
               f"{record[name]['seconds_per_epoch']:.0f} s per epoch")
     lines = ["| dataset | layers tuned | train pairs | validation accuracy: probe head before tuning → tuned | "
              "hidden states (one-off) | s per epoch |", "|---|---|---|---|---|---|"]
-    lines += [f"| {name} | {run['layers_tuned']} of {run['layers']} | {run['train_pairs']} | "
+    lora = f" (LoRA r = {tuning['lora_rank']})" if (tuning or {}).get("lora_rank") else ""
+    lines += [f"| {name} | {run['layers_tuned']} of {run['layers']}{lora} | {run['train_pairs']} | "
               + ("" if run["probe_validation_accuracy"] is None
                  else f"{100 * run['probe_validation_accuracy']:.1f} → ")
               + f"{100 * run['validation_accuracy']:.1f} | {run['hidden_state_seconds']:.0f} s | "
               f"{run['seconds_per_epoch']:.0f} |" for name, run in record.items()]
     write_results(output, "backbone", "\n".join(lines) + "\n", {"experiment": "backbone", "datasets": list(datasets),
-                                                                 "layers": layers, "backbone": backbone,
-                                                                 "sizes": sizes, "seed": seed,
-                                                                 "tuning_pairs": tuning_pairs, "head_init": head_init,
-                                                                 "training": training or {}}, record)
+                                                                 "backbone": backbone, "sizes": sizes,
+                                                                 "seed": seed, "tuning_pairs": tuning_pairs,
+                                                                 "tuning": tuning or {}, "training": training or {}},
+                  record)
     return record
 
 

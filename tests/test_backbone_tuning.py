@@ -80,9 +80,10 @@ def test_the_hidden_state_cache_stores_each_texts_states_once(three_layers, tmp_
     assert other_layer.directory != cache.directory
 
 
-def tune(backbone, data_file, output_dir, cache_dir, **options):
+def tune(backbone, data_file, output_dir, cache_dir, tuning_options=None, **options):
     data = DataArguments(dataset=str(data_file), max_length=64, cache_dir=str(cache_dir))
-    tuning = BackboneTuningArguments(backbone=backbone, layers=1, head_learning_rate=1e-2)
+    tuning = BackboneTuningArguments(backbone=backbone, **{"layers": 1, "head_learning_rate": 1e-2,
+                                                           **(tuning_options or {})})
     training = BackboneTuningTrainingArguments(output_dir=str(output_dir), num_train_epochs=2, learning_rate=3e-3,
                                                seed=0, disable_tqdm=True, logging_strategy="no")
     return tune_backbone(data, tuning, training, **options)
@@ -114,6 +115,39 @@ def test_tuning_from_the_cache_writes_a_plain_backbone_equal_to_tuning_the_slow_
     SMoERewardModel.from_backbone(str(tmp_path / "tuned"), num_experts=2)  # and any --backbone takes it
     assert resolve_backbone(str(tmp_path / "tuned")) == str(tmp_path / "tuned")
     assert np.isfinite(results["seconds_per_epoch"])
+
+
+def test_lora_tuning_moves_each_top_linear_map_by_a_rank_r_update_and_writes_a_plain_backbone(three_layers, tmp_path):
+    """--lora_rank r: the written folder holds the merged weights W + (alpha / r) B A, so each linear map of the top
+    layers moved by a matrix of rank exactly r; norms, embeddings and the lower layer are untouched, no adapter key
+    is left, and the trainable count is LoRA's r (in + out) per map."""
+    generate_preference_set(40, seed=4).to_json(tmp_path / "pairs.jsonl")
+    rank = 2
+    results = tune(three_layers, tmp_path / "pairs.jsonl", tmp_path / "lora", tmp_path / "cache",
+                   {"layers": 2, "lora_rank": rank})
+    original = AutoModel.from_pretrained(three_layers)
+    tuned = AutoModel.from_pretrained(tmp_path / "lora").state_dict()
+    assert tuned.keys() == original.state_dict().keys()  # no lora_A / lora_B / base_layer keys
+    maps = {f"layers.{index}.{name}.weight": module for index in (1, 2)
+            for name, module in original.layers[index].named_modules() if isinstance(module, torch.nn.Linear)}
+    assert len(maps) == 14  # q, k, v, o, gate, up, down in each of the two top layers
+    for name, value in original.state_dict().items():
+        update = (tuned[name] - value).double().numpy()
+        if name in maps:
+            assert np.linalg.matrix_rank(update, tol=1e-7) == rank, name
+        else:
+            assert not update.any(), name  # the lower layer, the embeddings and every norm
+    assert results["trainable_layer_parameters"] == sum(rank * (m.in_features + m.out_features) for m in maps.values())
+
+
+def test_lora_without_peft_is_one_clear_error(three_layers, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # what `import peft` meets where it is not installed
+    generate_preference_set(20, seed=5).to_json(tmp_path / "pairs.jsonl")
+    with pytest.raises(InputError, match=r"lora_rank: LoRA needs peft; install it with pip install 'hf-smoe\[trl\]'"):
+        tune(three_layers, tmp_path / "pairs.jsonl", tmp_path / "lora", tmp_path / "cache", {"lora_rank": 4})
+    assert not (tmp_path / "lora").exists()
 
 
 def test_the_head_starts_at_the_bradley_terry_probe_of_the_untuned_layers(three_layers, tmp_path):
@@ -149,16 +183,15 @@ def test_reproduce_backbone_tunes_on_the_reproductions_train_split_and_never_rea
     """`smoe reproduce backbone` tunes on exactly the train split `smoe reproduce` trains heads on: the hidden-state
     cache holds the train and validation texts and not one test text."""
     result = run_cli("reproduce", "backbone", "--datasets", "demo", "--size", "demo=30", "--backbone", three_layers,
-                     "--layers", "1", "--epochs", "1", "--head-init", "probe", "--output-dir", str(tmp_path / "tuned"),
-                     "--cache-dir",
-                     str(tmp_path / "cache"), "--logging_strategy", "no")
+                     "--layers", "1", "--epochs", "1", "--head-init", "probe", "--lora-rank", "2", "--output-dir",
+                     str(tmp_path / "tuned"), "--cache-dir", str(tmp_path / "cache"), "--logging_strategy", "no")
     assert result.code == 0, result.stderr
     record = json.loads((tmp_path / "tuned" / "demo" / "results.json").read_text())
     splits = reproduction_splits(reproduction_data("demo", 30))
     assert record["results"]["train_pairs"] == len(splits["train"]) and record["job"]["reproduction"] == "demo"
     probe, tuned = record["results"]["probe_validation_accuracy"], record["results"]["validation_accuracy"]
-    assert record["job"]["tuning"]["head_init"] == "probe"
-    assert f"| demo | 1 of 3 | {len(splits['train'])} | {100 * probe:.1f} → {100 * tuned:.1f} |" in (
+    assert record["job"]["tuning"]["head_init"] == "probe" and record["job"]["tuning"]["lora_rank"] == 2
+    assert f"| demo | 1 of 3 (LoRA r = 2) | {len(splits['train'])} | {100 * probe:.1f} → {100 * tuned:.1f} |" in (
         tmp_path / "tuned" / "backbone.md").read_text()
     backbone, tokenizer = AutoModel.from_pretrained(three_layers), AutoTokenizer.from_pretrained(three_layers)
     cache = HiddenStateCache(split_layers(backbone, 1)[0], tokenizer, layer=2, cache_dir=tmp_path / "cache",
@@ -225,6 +258,8 @@ def test_smoe_tune_backbone_cli_and_its_errors(three_layers, tmp_path):
     assert bad.code == 2 and "pooling: unknown 'max'" in bad.stderr
     bad = run_cli("tune-backbone", *common, "--head_init", "zeros", "--output_dir", tmp_path / "bad")
     assert bad.code == 2 and "head_init: unknown 'zeros'; choose one of ('probe', 'random')" in bad.stderr
+    bad = run_cli("tune-backbone", *common, "--lora_rank", "-1", "--output_dir", tmp_path / "bad")
+    assert bad.code == 2 and "lora_rank: must be 0 (full layers) or a positive rank, got -1" in bad.stderr
     good = run_cli("tune-backbone", *common, "--layers", "2", "--head_init", "probe", "--output_dir",
                    tmp_path / "tuned")
     assert good.code == 0, good.stderr
