@@ -54,7 +54,9 @@ class ModelArguments:
     backbone: str = field(default=DEFAULT_BACKBONE, metadata={
         "help": f"Hub id or folder of any AutoModel (default: {DEFAULT_BACKBONE}, the embedded copy)"})
     preset: str = field(default="sparse", metadata={"help": "single, vanilla, micro, sparse or static"})
-    num_experts: int | None = field(default=None, metadata={"help": "K (default: 1 for single, else 5)"})
+    num_experts: int | None = field(default=None, metadata={
+        "help": "K (default: 1 for single; else one per category of the train pairs plus one, at most 50, or 5 "
+                "when the pairs carry fewer than two categories)"})
     lambda_local: float | None = field(default=None, metadata={"help": "weight of L_ls (Eq. 4)"})
     lambda_global: float | None = field(default=None, metadata={"help": "weight of L_gb (Eq. 5)"})
     lambda_div: float | None = field(default=None, metadata={"help": "weight of L_div (Eq. 6)"})
@@ -232,6 +234,19 @@ def staging_for(record: dict, output_dir: Path, overwrite: bool) -> Path:
     return staging
 
 
+MAX_DEFAULT_EXPERTS = 50  # the largest K the paper trains (Fig. 6)
+
+
+def default_num_experts(preset: str, train) -> int | None:
+    """K when `--num_experts` is not given: one expert per category of the train pairs and one more (the paper's
+    rule: SHP's 4 categories, K = 5), so that every category can have an expert of its own; None (the config's
+    default: 1 for single, 5 otherwise) when the pairs carry fewer than two categories."""
+    if preset == "single" or "category" not in train.column_names:
+        return None
+    categories = len({category for category in train["category"] if category})
+    return min(categories + 1, MAX_DEFAULT_EXPERTS) if categories >= 2 else None
+
+
 def train_reward_model(data: DataArguments, model_args: ModelArguments, training) -> dict:
     """`smoe train`: returns the test metrics. Everything is written to a staging folder and renamed into
     `training.output_dir` when complete; a killed run resumes from its last saved checkpoint when rerun (or from
@@ -243,8 +258,11 @@ def train_reward_model(data: DataArguments, model_args: ModelArguments, training
     pairs = load_pairs(data.dataset, data.format, max_pairs=data.max_pairs, seed=data.split_seed)
     splits = split_for_training(pairs, data.split_seed, validation=data.validation_fraction,
                                 test=data.test_fraction)
-    model, tokenizer = load_backbone_model(model_args.backbone, model_args.preset, model_args.num_experts,
-                                           training.seed, **model_args.config_overrides())
+    num_experts = model_args.num_experts
+    if num_experts is None:
+        num_experts = default_num_experts(model_args.preset, splits["train"])
+    model, tokenizer = load_backbone_model(model_args.backbone, model_args.preset, num_experts, training.seed,
+                                           **model_args.config_overrides())
     record = job_record(data, model_args, training)
     if process.is_main_process:
         staging_for(record, output_dir, training.overwrite_output_dir)

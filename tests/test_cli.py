@@ -89,6 +89,24 @@ def test_train_heads_only_writes_the_head_alone_and_loads_like_the_full_run(back
     assert torch.equal(full.logits, heads.logits) and torch.equal(full.routing_weights, heads.routing_weights)
 
 
+def test_default_k_is_one_expert_per_category_and_one_more():
+    """The paper's rule (SHP: 4 categories, K = 5) when `--num_experts` is not given; the config's default (5, or
+    1 for single) when the pairs carry fewer than two categories; at most 50."""
+    from datasets import Dataset
+
+    from hf_smoe.training_job import default_num_experts
+
+    def pairs(categories):
+        return Dataset.from_dict({"prompt": ["p"] * len(categories), "category": categories})
+
+    nine = pairs([f"topic {i % 9}" for i in range(40)])
+    assert default_num_experts("sparse", nine) == default_num_experts("micro", nine) == 10
+    assert default_num_experts("single", nine) is None
+    assert default_num_experts("sparse", pairs(["a", "", None, "a"])) is None  # one category once blanks are out
+    assert default_num_experts("sparse", Dataset.from_dict({"prompt": ["p", "q"]})) is None
+    assert default_num_experts("sparse", pairs([str(i) for i in range(80)])) == 50
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_on_the_embedded_defaults(tmp_path, capsys):
     output = tmp_path / "demo"
@@ -111,6 +129,7 @@ def test_train_default_backbone_on_hh(tmp_path):
                  "--output-dir", str(output), "--cache-dir", str(tmp_path / "cache")]) == 0
     config = json.loads((output / "config.json").read_text())
     assert config["backbone_config"]["model_type"] == "llama" and config["backbone_config"]["hidden_size"] == 576
+    assert config["num_experts"] == 3  # no --num-experts: helpful and harmless, one expert each and one more
     check_checkpoint(output, tmp_path, atol=REAL_BACKBONE_ATOL)
 
 
