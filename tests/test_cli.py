@@ -107,6 +107,18 @@ def test_default_k_is_one_expert_per_category_and_one_more():
     assert default_num_experts("sparse", pairs([str(i) for i in range(80)])) == 50
 
 
+def test_train_without_num_experts_gives_each_category_an_expert_and_one_more(backbone_dirs, tmp_path):
+    from hf_smoe.synthetic import generate_preference_set
+
+    pairs = generate_preference_set(60, seed=6)
+    three = sorted(set(pairs["category"]))[:3]
+    pairs.filter(lambda row: row["category"] in three).to_json(tmp_path / "pairs.jsonl")
+    assert main(["train", "--dataset", str(tmp_path / "pairs.jsonl"), "--backbone", backbone_dirs["llama"],
+                 "--max_length", "64", "--epochs", "1", "--output_dir", str(tmp_path / "run"),
+                 "--cache_dir", str(tmp_path / "cache")]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["num_experts"] == 4
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_on_the_embedded_defaults(tmp_path, capsys):
     output = tmp_path / "demo"
@@ -129,7 +141,7 @@ def test_train_default_backbone_on_hh(tmp_path):
                  "--output-dir", str(output), "--cache-dir", str(tmp_path / "cache")]) == 0
     config = json.loads((output / "config.json").read_text())
     assert config["backbone_config"]["model_type"] == "llama" and config["backbone_config"]["hidden_size"] == 576
-    assert config["num_experts"] == 3  # no --num-experts: helpful and harmless, one expert each and one more
+    assert config["num_experts"] == 5  # no --num-experts, and the HH files carry no category column
     check_checkpoint(output, tmp_path, atol=REAL_BACKBONE_ATOL)
 
 
