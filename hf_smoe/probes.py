@@ -92,11 +92,13 @@ def preference_probes(features: dict) -> dict:
 
     train, validation = features["train"], features["validation"]
     names = sorted(set(train["category"]))
-    scale = differences(train).std(0).clamp_min(1e-6)
+    every_pair = differences(train)
+    scale = every_pair.std(0).clamp_min(1e-6)
     measured = {name: differences(validation.filter(lambda row: row["category"] == name)) for name in names}
     probes = {}
     for trained_on in ["all", *names]:
-        pairs = train if trained_on == "all" else train.filter(lambda row: row["category"] == trained_on)
-        weight = bradley_terry_probe(differences(pairs), scale)
+        pairs = every_pair if trained_on == "all" else differences(
+            train.filter(lambda row: row["category"] == trained_on))
+        weight = bradley_terry_probe(pairs, scale)
         probes[trained_on] = {name: (inputs @ weight > 0).float().mean().item() for name, inputs in measured.items()}
     return probes
