@@ -1,18 +1,21 @@
 """hf_smoe: sparse Mixture-of-Experts reward models with readable, steerable, personalizable experts.
 
 Importing the package registers the model with transformers' Auto classes, so `AutoModel.from_pretrained(path)`
-works without `trust_remote_code` where hf_smoe is installed (and with it everywhere else).
+works without `trust_remote_code` where hf_smoe is installed (and with it everywhere else). The modules are grouped in
+subpackages, one per concern, that import only downward (docs/design-notes.md).
 """
+
+__version__ = "0.1.0"  # the distribution's version too (pyproject.toml reads it from here)
 
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-from .encoding import encode_pair
-from .evaluate_modules import evaluate_module_path
+from .errors import InputError
+from .evaluation import evaluate_module_path
+from .features import encode_pair
 from .losses import moe_preference_loss
-from .modeling.configuration_smoe import InputError, SMoERewardConfig
+from .modeling.configuration_smoe import SMoERewardConfig
 from .modeling.modeling_smoe import SMoERewardModel, SMoERewardOutput
 
-__version__ = "0.1.0"
 
 AutoConfig.register(SMoERewardConfig.model_type, SMoERewardConfig, exist_ok=True)
 AutoModel.register(SMoERewardConfig, SMoERewardModel, exist_ok=True)

@@ -10,7 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .modeling.configuration_smoe import InputError, LAMBDA_NAMES, PRESETS, check_loss_weights
+from .modeling.configuration_smoe import LAMBDA_NAMES, PRESETS, check_loss_weights
+from .errors import InputError
 
 
 def _xlogx(p: torch.Tensor) -> torch.Tensor:

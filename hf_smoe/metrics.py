@@ -1,4 +1,4 @@
-"""The paper's metrics (App. A, SPEC 5) as plain torch functions that run on their inputs' device, batched.
+"""The paper's metrics (App. A, Eq. 8-20) as plain torch functions that run on their inputs' device, batched.
 
 Routing-entropy-style metrics reuse the loss functions, so each equation's math lives in exactly one place.
 
@@ -18,8 +18,8 @@ import math
 
 import torch
 
+from .errors import InputError
 from .losses import expert_diversity, global_balance, local_sparsity
-from .modeling.configuration_smoe import InputError
 
 
 def pairwise_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
@@ -199,7 +199,7 @@ def description_fidelity(judgments: torch.Tensor, routing_weights: torch.Tensor,
     fewer than 2 samples, Pearson is undefined and DF_k is defined as **0**: the description then carries no
     information about the routing, and Eq. 20 keeps averaging over all K experts. An expert with no samples is
     left out (NaN in the per-expert vector). `per_expert=True` returns the (K,) vector of DF_k.
-    The paper samples S_k as 100 examples from the top 10% of pi_k plus 100 from the rest (SPEC 5); sampling is
+    The paper samples S_k as 100 examples from the top 10% of pi_k plus 100 from the rest (App. A); sampling is
     the caller's job.
     """
     dtype = torch.float64 if routing_weights.device.type != "mps" else torch.float32
@@ -235,8 +235,8 @@ DENSE_ABOVE_ROUTING_ENTROPY = 0.5
 
 
 def routing_diagnosis(routing_entropy: float, global_entropy: float) -> str:
-    """SPEC 7's collapse diagnosis: healthy routing is sparse per prompt (low routing entropy) *and* spread over the
-    experts (high global entropy). `collapsed`: most prompts go to the same few experts (global entropy < 0.5);
+    """The collapse diagnosis of Table 8: healthy routing is sparse per prompt (low routing entropy) *and* spread over
+    the experts (high global entropy). `collapsed`: most prompts go to the same few experts (global entropy < 0.5);
     `dense`: the router mixes experts near-uniformly (routing entropy > 0.5); otherwise `healthy`."""
     if global_entropy < COLLAPSED_BELOW_GLOBAL_ENTROPY:
         return "collapsed"

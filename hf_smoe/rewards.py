@@ -8,11 +8,11 @@ once for the whole batch, whatever the mix of users.
 
 import torch
 
-from .encoding import encode_batch
-from .loading import load_checkpoint, loading
-from .modeling.configuration_smoe import InputError
+from .features import encode_batch
+from .runtime import load_checkpoint, model_load_errors
+from .errors import InputError
 from .modeling.modeling_smoe import mixture_reward
-from .routers import load_router
+from .personalization import load_router
 
 
 class SMoEReward:
@@ -88,7 +88,7 @@ def smoe_reward(model_or_checkpoint, routers: dict | None = None, user_column: s
         if tokenizer is None:
             from transformers import AutoTokenizer
 
-            with loading("tokenizer", model.name_or_path):
+            with model_load_errors("tokenizer", model.name_or_path):
                 tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
     loaded = {user: load_router(router, model) if not isinstance(router, torch.nn.Module) else router.eval()
               for user, router in (routers or {}).items()}

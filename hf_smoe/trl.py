@@ -16,12 +16,12 @@ from torch.nn.utils.rnn import pad_sequence
 from trl import RewardConfig, RewardTrainer
 
 from .data import load_pairs
-from .loading import load_checkpoint
+from .errors import InputError
 from .losses import loss_weights
 from .metrics import pairwise_accuracy
-from .modeling.configuration_smoe import InputError
 from .modeling.modeling_smoe import mixture_reward
-from .training import SIDES, distributed_objective, optimizer_groups, tokenize_pairs
+from .runtime import load_checkpoint
+from .training import SIDES, PartLearningRatesMixin, distributed_objective, tokenize_pairs
 
 TOKEN_COLUMNS = [f"{side}_{name}" for side in SIDES for name in ("input_ids", "prompt_lengths")]
 
@@ -54,13 +54,20 @@ class PreferenceCollator:
                 "prompt_lengths": torch.tensor([row[f"{side}_prompt_lengths"] for side in SIDES for row in rows])}
 
 
-class SMoERewardTrainer(RewardTrainer):
-    """`trl.RewardTrainer` for `SMoERewardModel`s with the paper's objective. Takes a TRL `RewardConfig` or an
-    `SMoERewardTrainerConfig` (default: the latter's defaults, i.e. TRL's with the head's learning rates).
+class SMoERewardTrainer(PartLearningRatesMixin, RewardTrainer):
+    """`trl.RewardTrainer` for `SMoERewardModel`s with the paper's objective: the trainer family's member for TRL
+    (`hf_smoe.training`: its optimizer groups parameters as `SMoETrainer`'s does, and its loss is the same
+    `distributed_objective`). Takes a TRL `RewardConfig` or an `SMoERewardTrainerConfig` (default: the latter's
+    defaults, i.e. TRL's with the head's learning rates).
 
     With `peft_config` the head is trained and saved in full beside the adapters (added to `modules_to_save`) and
     the backbone is unfrozen for the adapters (`config.freeze_backbone = False`); for an unfrozen or partly frozen
     backbone build the model with `freeze_backbone=False` (and freeze what should stay frozen).
+
+    It overrides `RewardTrainer`'s public hooks (`compute_loss`, `create_optimizer` through the family's mixin, the
+    `data_collator`) and, where TRL 1.16.0 has no public hook, two private ones: `_prepare_dataset` (how the
+    datasets are encoded) and `_set_signature_columns_if_needed` (which columns reach the collator); its logged
+    metrics go into TRL's `_metrics` store, which `RewardTrainer.log` averages.
     """
 
     def __init__(self, model, args: RewardConfig | None = None, train_dataset=None, eval_dataset=None,
@@ -76,14 +83,15 @@ class SMoERewardTrainer(RewardTrainer):
             model.config.freeze_backbone = False  # peft freezes the base weights itself; keep its adapters trainable
         super().__init__(model, args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          peft_config=peft_config, **kwargs)
-        if kwargs.get("data_collator") is None:
-            self.data_collator = PreferenceCollator(self.processing_class.pad_token_id)  # pad token set by TRL
+        if kwargs.get("data_collator") is None:  # built here: TRL's __init__ settles the pad token
+            self.data_collator = PreferenceCollator(self.processing_class.pad_token_id)
         self.lambdas = loss_weights(self.model.config)
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         """TRL's preference formats, read by `hf_smoe.data` (the same rules as `smoe train`) and encoded with the
         model's chat template and each row's prompt length; long pairs are truncated to `max_length` as in training
-        (the prompt loses its oldest tokens first), not dropped."""
+        (the prompt loses its oldest tokens first), not dropped. (TRL 1.16.0 encodes datasets only in this private
+        method, which its `__init__` and `evaluate` call; it offers no public hook for the encoding.)"""
         if not isinstance(dataset, Dataset):
             raise InputError(f"{dataset_name}_dataset: a `datasets.Dataset` is needed (got {type(dataset).__name__}); "
                              "materialise a streamed dataset first.")
@@ -92,24 +100,25 @@ class SMoERewardTrainer(RewardTrainer):
         return tokenize_pairs(load_pairs(dataset, "trl"), processing_class, max_length=args.max_length)
 
     def _set_signature_columns_if_needed(self):
+        """The columns the collator reads. (TRL 1.16.0 names the columns `remove_unused_columns` keeps only here,
+        privately; a `RewardConfig` keeps its default `remove_unused_columns=True`, which would drop the prompt
+        lengths.)"""
         if self._signature_columns is None:
             self._signature_columns = TOKEN_COLUMNS
 
-    def create_optimizer(self, model=None):
-        """`optim`'s class and kwargs (`get_optimizer_cls_and_kwargs`), one learning rate per part."""
-        if self.optimizer is None:
-            model = model or self.model
-            defaults = SMoERewardTrainerConfig  # a plain TRL RewardConfig has no head rates: the paper's
-            rates = {"backbone": self.args.learning_rate,
-                     "experts": getattr(self.args, "experts_learning_rate", defaults.experts_learning_rate),
-                     "router": getattr(self.args, "router_learning_rate", defaults.router_learning_rate)}
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-            self.optimizer = optimizer_cls(optimizer_groups(self, model, rates), **optimizer_kwargs)
-        return self.optimizer
+    def part_learning_rates(self) -> dict:
+        """The backbone's trainable parameters at `learning_rate`, the experts and the router at their own rates
+        (a plain TRL `RewardConfig` has none: the paper's)."""
+        defaults = SMoERewardTrainerConfig
+        return {"backbone": self.args.learning_rate,
+                "experts": getattr(self.args, "experts_learning_rate", defaults.experts_learning_rate),
+                "router": getattr(self.args, "router_learning_rate", defaults.router_learning_rate)}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Eq. 7 on the batch: each pair routed by its prompt (read from the chosen row), the batch-level terms over
-        the global batch when several processes train. Logs every term, the accuracy and the rewards."""
+        the global batch when several processes train. Logs every term, the accuracy and the rewards (through
+        `self._metrics`, the store `RewardTrainer.log` averages: TRL 1.16.0 has no public way to add a logged
+        metric per step)."""
         mode = "train" if self.model.training else "eval"
         outputs = model(**inputs, use_cache=False)
         routing = outputs.routing_weights.chunk(2)[0]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15's GPU check: embedding throughput and FLOP-bound fraction on CUDA (bf16 weights, 16K-token batches,
+# The GPU check: embedding throughput and FLOP-bound fraction on CUDA (bf16 weights, 16K-token batches,
 # page-locked transfers) and the feature-store scale benchmark, in one run on a lent GPU machine (`device` tool).
 #
 #   bash scripts/gpu_check.sh prepare   # here: wheels the device image lacks or has too old, into .whl/ (ignored)
@@ -52,6 +52,6 @@ tokenizer.save_pretrained("/tmp/smollm2-shape")
 PY
 python3 -m hf_smoe.cli bench embed --backbone /tmp/smollm2-shape --num-texts 2048 --output-dir "$OUT" 2>&1 \
     | tee "$OUT/embed.log"
-# 700K pairs take about 20 min on 2 CPU cores; one device call is 10 min at most: SCALE_PAIRS sets the sizes
+# 700K pairs would not fit in one device call (10 min at most): SCALE_PAIRS sets the sizes
 python3 -m hf_smoe.cli bench scale --pairs ${SCALE_PAIRS:-10000 100000} --hidden 3072 --in-memory-max-pairs 100000 \
     --scratch-dir /tmp/scale --output-dir "$OUT" 2>&1 | grep -v train_runtime | tee "$OUT/scale.log"

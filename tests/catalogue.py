@@ -1,4 +1,4 @@
-"""The failure catalogue's table format, shared by the `test_catalogue_*.py` modules (issue 12).
+"""The failure catalogue's table format, shared by the `test_catalogue_*.py` modules.
 
 Each `Case` names a bad input or a fault, the class of behaviour expected from it, and a fragment of the message:
 
@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import pytest
 
-from hf_smoe.modeling.configuration_smoe import InputError
+from hf_smoe.errors import InputError
 
 KINDS = ("error", "warning", "handled")
 
@@ -50,7 +50,7 @@ class CliResult(NamedTuple):
 def run_cli(*argv) -> CliResult:
     """`smoe ARGV` in this process: its exit status and what it printed (argparse's own errors included). A raw
     exception propagates: that is a bug."""
-    from hf_smoe.cli import main
+    from hf_smoe.cli.main import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):

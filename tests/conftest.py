@@ -11,8 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_SMOE_DTYPE", "float32")
 
 from hf_smoe import SMoERewardModel, encode_pair  # noqa: E402
-from hf_smoe.training_job import save_checkpoint  # noqa: E402
-from hf_smoe.synthetic import generate_preference_set  # noqa: E402
+from hf_smoe.training.job import save_checkpoint  # noqa: E402
+from hf_smoe.data.synthetic import generate_preference_set  # noqa: E402
 from hf_smoe.testing import save_tiny_backbone, word_tokenizer  # noqa: E402
 
 BACKBONES = ("llama", "bert")

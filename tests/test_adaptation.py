@@ -1,4 +1,4 @@
-"""Personalization (SPEC 4): Hedge targets, Hedge router fitting, HyRe weights, router files, multi-user scoring."""
+"""Personalization (§6.2): Hedge targets, Hedge router fitting, HyRe weights, router files, multi-user scoring."""
 
 import math
 
@@ -8,8 +8,8 @@ import torch
 from datasets import Dataset
 
 from hf_smoe import SMoERewardModel
-from hf_smoe.adaptation import expert_losses, expert_rewards_of, hedge_adapt, hedge_targets, hyre_weights
-from hf_smoe.routers import load_router, read_router_metadata, save_router, score_users, static_router
+from hf_smoe.personalization.adaptation import expert_losses, expert_rewards_of, hedge_adapt, hedge_targets, hyre_weights
+from hf_smoe.personalization.routers import load_router, read_router_metadata, save_router, score_users, static_router
 
 
 def numpy_hedge_targets(routing, losses, tau):

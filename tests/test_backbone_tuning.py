@@ -11,15 +11,16 @@ from catalogue import run_cli
 from transformers import AutoModel, AutoTokenizer
 
 from hf_smoe import SMoERewardModel, encode_pair
-from hf_smoe.backbone_tuning import (BackboneTuningArguments, BackboneTuningTrainingArguments, split_layers,
-                                     tune_backbone)
-from hf_smoe.experiments import reproduction_data, reproduction_splits, tuning_splits, with_unsampled_pairs
+from hf_smoe.training.arguments import BackboneTuningArguments, BackboneTuningTrainingArguments, DataArguments
+from hf_smoe.training.backbone_tuning import split_layers, tune_backbone
+from hf_smoe.reproduce.backbone import tuning_splits, with_unsampled_pairs
+from hf_smoe.reproduce.reproduction_datasets import reproduction_data, reproduction_splits
 from hf_smoe.features import HiddenStateCache, text_key
-from hf_smoe.loading import resolve_backbone
-from hf_smoe.modeling.configuration_smoe import InputError
-from hf_smoe.synthetic import generate_preference_set
+from hf_smoe.runtime.loading import resolve_backbone
+from hf_smoe.errors import InputError
+from hf_smoe.data.synthetic import generate_preference_set
 from hf_smoe.testing import save_tiny_backbone
-from hf_smoe.training_job import DataArguments, split_for_training
+from hf_smoe.training.job import split_for_training
 
 TEXTS = [("hello how are you today", "good thanks"), ("what is a cat ?", "a kind dog , yes"), ("why ?", "because")]
 
@@ -153,9 +154,9 @@ def test_lora_without_peft_is_one_clear_error(three_layers, tmp_path, monkeypatc
 def test_the_head_starts_at_the_bradley_terry_probe_of_the_untuned_layers(three_layers, tmp_path):
     """LP-FT: before any step, the head is the optimal linear probe of the pooled final states, computed here
     independently by the whole (untuned) backbone on each text's tokens."""
-    from hf_smoe.backbone_tuning import (CachedStatesCollator, TopLayersRewardModel, initialize_head_by_probe,
-                                         keyed_pairs)
-    from hf_smoe.probes import bradley_terry_probe
+    from hf_smoe.training.backbone_tuning import (CachedStatesCollator, TopLayersRewardModel, initialize_head_by_probe,
+                                                  keyed_pairs)
+    from hf_smoe.evaluation.probes import bradley_terry_probe
 
     backbone, tokenizer = AutoModel.from_pretrained(three_layers).eval(), AutoTokenizer.from_pretrained(three_layers)
     pairs = generate_preference_set(12, seed=2)

@@ -1,4 +1,4 @@
-"""Failure catalogue (issue 12): the embedding cache's damaged, deleted and half-written shards, a weight change the
+"""Failure catalogue: the embedding cache's damaged, deleted and half-written shards, a weight change the
 old strided digest missed, and `encode_pair`'s truncation limits. Every `check` compares with values computed
 independently: a fresh cache in another folder, the model's own forward, or ids assembled by hand."""
 
@@ -8,7 +8,8 @@ import shutil
 import torch
 
 from hf_smoe import SMoERewardModel, encode_pair
-from hf_smoe.features import MANIFEST, EmbeddingCache
+from hf_smoe.features import EmbeddingCache
+from hf_smoe.features.store import MANIFEST
 from hf_smoe.modeling.modeling_smoe import assistant_turn_pattern
 from hf_smoe.testing import save_tiny_backbone, word_tokenizer
 

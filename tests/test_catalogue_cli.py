@@ -1,4 +1,4 @@
-"""The failure catalogue of the command line and the API (issue 12): arguments, outputs, checkpoints, routers, pushes,
+"""The failure catalogue of the command line and the API: arguments, outputs, checkpoints, routers, pushes,
 loss weights, routing weights, prompt lengths, Hedge; plus kill -9 and resume of `smoe train`.
 
 Every case builds what it needs on a tiny backbone (`world()`), so each is a real run of the code a user would hit.
@@ -25,14 +25,14 @@ from catalogue import Case, check_case, parametrize, run_cli
 from safetensors.torch import load_file, save_file
 
 from hf_smoe import SMoERewardConfig, SMoERewardModel
-from hf_smoe.adaptation import hedge_adapt, hedge_targets
-from hf_smoe.encoding import encode_batch
-from hf_smoe.hub import push_checkpoint
+from hf_smoe.personalization.adaptation import hedge_adapt, hedge_targets
+from hf_smoe.features.encoding import encode_batch
+from hf_smoe.hub.push import push_checkpoint
 from hf_smoe.losses import moe_preference_loss
-from hf_smoe.evaluation import category_metrics, evaluate_head
-from hf_smoe.training_job import save_checkpoint, train_head
-from hf_smoe.routers import load_router, save_router
-from hf_smoe.synthetic import generate_preference_set
+from hf_smoe.evaluation.evaluate import category_metrics, evaluate_head
+from hf_smoe.training.job import save_checkpoint, train_head
+from hf_smoe.personalization.routers import load_router, save_router
+from hf_smoe.data.synthetic import generate_preference_set
 from hf_smoe.testing import save_tiny_backbone, word_tokenizer
 
 NAN, INF = float("nan"), float("inf")
@@ -170,7 +170,7 @@ def foreign_files(tmp_path):
 
 def full_disk(tmp_path):
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "eval.json"))
-    with mock.patch("hf_smoe.outputs.write_text_atomic", side_effect=full):
+    with mock.patch("hf_smoe.runtime.outputs.write_text_atomic", side_effect=full):
         return run_cli(*eval_args(world()["checkpoint"], "--output", tmp_path / "eval.json"))
 
 
@@ -243,7 +243,7 @@ def diverging_training(tmp_path):
     torch.manual_seed(0)
     model = SMoERewardModel.from_backbone(world()["backbone"], num_experts=2)
     features = {"train": tiny_features(), "validation": tiny_features(8)}
-    with mock.patch("hf_smoe.training.moe_preference_loss",
+    with mock.patch("hf_smoe.training.trainer.moe_preference_loss",
                     side_effect=lambda *a, **k: {"loss": torch.tensor(NAN, requires_grad=True) * sum(
                         p.sum() for p in model.head.parameters())}):
         return train_head(model, features, str(tmp_path / "trainer"), seed=0, epochs=1)
@@ -477,7 +477,7 @@ def damaged_metadata(tmp_path, **changes):
 
 def hh_variants(tmp_path):
     """HH records as released, stripped of the leading blank line, and with Windows line ends."""
-    from hf_smoe.data import load_pairs
+    from hf_smoe.data.loading import load_pairs
 
     released = [{"chosen": "\n\nHuman: how do I cook rice?\n\nAssistant: Rinse it, then simmer it.",
                  "rejected": "\n\nHuman: how do I cook rice?\n\nAssistant: Buy bread."}] * 3
@@ -500,7 +500,7 @@ def check_hh_variants(loaded):
 
 def text_file(name, data: bytes):
     def run(tmp_path):
-        from hf_smoe.data import load_pairs
+        from hf_smoe.data.loading import load_pairs
 
         (tmp_path / name).write_bytes(data)
         return load_pairs(tmp_path / name)
@@ -582,7 +582,7 @@ CASES_FOUND_LATER = [
          damaged_metadata(None, router_activation="swish9")),
     Case("router metadata without routing", "error", "damaged metadata", damaged_metadata(None, routing=None)),
     Case("load_pairs on a list", "error", "expected a Hub name, a file or folder path, or a datasets.Dataset",
-         lambda t: __import__("hf_smoe.data").data.load_pairs([{"prompt": "a", "chosen": "b", "rejected": "c"}])),
+         lambda t: __import__("hf_smoe.data.loading").data.load_pairs([{"prompt": "a", "chosen": "b", "rejected": "c"}])),
     Case("forward 1-D input_ids", "error", "input_ids: expected a (batch, length) tensor",
          lambda t: world()["model"](input_ids=torch.tensor([1, 2, 3]))),
     Case("forward attention_mask of another shape", "error", "attention_mask: shape",
@@ -591,7 +591,7 @@ CASES_FOUND_LATER = [
     Case("mixture_reward with other K", "error", "routing_weights: 2 weights for 3 experts",
          lambda t: __import__("hf_smoe").modeling.modeling_smoe.mixture_reward(torch.ones(1, 2), torch.ones(1, 3))),
     Case("split_pairs NaN fraction", "error", "must be >= 0",
-         lambda t: __import__("hf_smoe.data").data.split_pairs(generate_preference_set(16, seed=0), test=NAN)),
+         lambda t: __import__("hf_smoe.data.loading").data.split_pairs(generate_preference_set(16, seed=0), test=NAN)),
 ]
 
 
@@ -602,7 +602,7 @@ def test_cli_and_api_failure(case, tmp_path):
 
 def test_a_bug_keeps_its_traceback(tmp_path):
     """Only failures the user can fix become one line; an internal error propagates with its traceback."""
-    with mock.patch("hf_smoe.evaluation.behaviour_metrics", side_effect=KeyError("internal")):
+    with mock.patch("hf_smoe.evaluation.evaluate.behaviour_metrics", side_effect=KeyError("internal")):
         with pytest.raises(KeyError, match="internal"):
             run_cli(*eval_args(world()["checkpoint"], "--output", tmp_path / "e.json"))
 
@@ -624,7 +624,7 @@ KILL_AFTER_SAVE = textwrap.dedent("""
         original_rng(self, *args, **kwargs)
 
     Trainer._save_checkpoint, Trainer._save_rng_state = save_then_die, die_mid_save
-    from hf_smoe.cli import main
+    from hf_smoe.cli.main import main
     sys.exit(main(sys.argv[3:]))
 """)
 
@@ -700,7 +700,7 @@ KILL_EMBED = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
 
     EmbeddingCache._write = write_then_die
-    from hf_smoe.cli import main
+    from hf_smoe.cli.main import main
     sys.exit(main(sys.argv[1:]))
 """)
 

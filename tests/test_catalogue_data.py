@@ -1,4 +1,4 @@
-"""The failure catalogue of `hf_smoe.data` (issue 12): bad data files in their real formats, through `load_pairs` and
+"""The failure catalogue of `hf_smoe.data` loading: bad data files in their real formats, through `load_pairs` and
 through `smoe embed`. Each case writes its file into tmp_path; `check` recomputes the expected pairs by hand."""
 
 import gzip

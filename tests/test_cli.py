@@ -1,5 +1,7 @@
-"""The `smoe` command line: demo and train end to end (real data, real backbone in the slow tests)."""
+"""The `smoe` command line: demo and train end to end (real data, real backbone in the slow tests), and the parsing
+mechanism every command shares."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,7 +14,7 @@ from test_remote_code import LOADER
 from transformers import AutoModel, AutoTokenizer
 
 from hf_smoe import encode_pair
-from hf_smoe.cli import main
+from hf_smoe.cli.main import main
 
 HH_HELPFUL = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "helpful-base.test.jsonl.gz"
 
@@ -94,7 +96,7 @@ def test_default_k_is_one_expert_per_category_and_one_more():
     1 for single) when the pairs carry fewer than two categories; at most 50."""
     from datasets import Dataset
 
-    from hf_smoe.training_job import default_num_experts
+    from hf_smoe.training.job import default_num_experts
 
     def pairs(categories):
         return Dataset.from_dict({"prompt": ["p"] * len(categories), "category": categories})
@@ -108,7 +110,7 @@ def test_default_k_is_one_expert_per_category_and_one_more():
 
 
 def test_train_without_num_experts_gives_each_category_an_expert_and_one_more(backbone_dirs, tmp_path):
-    from hf_smoe.synthetic import generate_preference_set
+    from hf_smoe.data.synthetic import generate_preference_set
 
     pairs = generate_preference_set(60, seed=6)
     three = sorted(set(pairs["category"]))[:3]
@@ -135,7 +137,7 @@ def test_demo_end_to_end_on_the_embedded_defaults(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_train_default_backbone_on_hh(tmp_path):
-    """The issue's acceptance run: `smoe train` on the shared HH folder with the default backbone."""
+    """`smoe train` end to end on the shared HH folder with the default backbone."""
     output = tmp_path / "hh"
     assert main(["train", "--dataset", str(HH_HELPFUL.parent), "--max-pairs", "24", "--max-length", "256", "--epochs", "1",
                  "--output-dir", str(output), "--cache-dir", str(tmp_path / "cache")]) == 0
@@ -158,3 +160,139 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main(["train", "--dataset", "x", "--output-dir", "y", "--no-such-flag", "1"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "--no-such-flag" in error
+
+
+# The parsing mechanism every command shares: recipes, positional arguments, passed-on training flags, help.
+
+def parse(command: str, *argv) -> tuple:
+    """What `smoe COMMAND ARGV` hands its `main`."""
+    from hf_smoe.cli.commands import load_command
+
+    return load_command(command).make_parser().parse_command_line([str(arg) for arg in argv])
+
+
+def write_recipe(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_help_lists_every_command_with_its_one_line(capsys):
+    from hf_smoe.cli.commands import COMMANDS, summary
+
+    assert main(["--help"]) == 0
+    listed = [line.split(None, 1) for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert [name for name, _ in listed] == list(COMMANDS)
+    for name, line in listed:
+        assert line == summary(name) and line.strip()
+    assert main([]) == 0 and "tune-backbone" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command, fragment", [
+    ("demo", "prompts to generate"), ("embed", "Hub dataset name or local file/folder"),
+    ("train", "Learning rate of the router"), ("tune-backbone", "the top layers tuned"),
+    ("eval", "JSON file (default: CHECKPOINT/eval_results.json)"), ("interpret", "skip the random baseline"),
+    ("reproduce", "the numbers of experts"), ("steer", "0 removes the expert"),
+    ("adapt", "pairs to adapt on"), ("push", "branch to push to"), ("bench", "texts to encode")])
+def test_each_command_help_comes_from_its_fields(command, fragment, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert exit_.value.code == 0 and fragment in help_text
+    assert f"usage: smoe {command} [RECIPE.yaml]" in help_text and "--config RECIPE.yaml" in help_text
+
+
+def test_an_unknown_command_is_one_error_line(capsys):
+    assert main(["trian"]) == 2
+    assert "smoe: error: unknown command 'trian'" in capsys.readouterr().err
+
+
+def test_positional_arguments_are_their_fields_flags():
+    assert parse("eval", "ckpt", "--dataset", "d.jsonl") == parse("eval", "--checkpoint", "ckpt", "--dataset",
+                                                                  "d.jsonl")
+    push = parse("push", "ckpt", "org/name", "--private")[0]
+    assert (push.checkpoint, push.repo_id, push.private) == ("ckpt", "org/name", True)
+    assert parse("push", "--repo-id", "org/name", "--checkpoint", "ckpt", "--private") == (push,)
+    assert parse("bench", "--what", "users")[0].what == parse("bench", "users")[0].what == "users"
+
+
+def test_a_missing_or_extra_positional_argument_is_refused(capsys):
+    assert main(["push", "ckpt", "org/name", "third"]) == 2
+    assert "unrecognized arguments: third" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["push", "ckpt"])
+    assert "--repo_id" in capsys.readouterr().err
+
+
+def test_config_and_positional_recipe_with_flags_overriding_them(tmp_path):
+    recipe = write_recipe(tmp_path / "eval.yaml", "checkpoint: from-recipe\ndataset: d.jsonl\nmax-pairs: 5\n"
+                                                  "seed: 3\noverwrite: true\n")
+    checkpoint, data, output = parse("eval", "--config", recipe, "--seed", 4)
+    assert (checkpoint.checkpoint, data.dataset, data.max_pairs, data.seed, output.overwrite) == (
+        "from-recipe", "d.jsonl", 5, 4, True)
+    assert parse("eval", recipe, "other", "--max_pairs", 7) == parse("eval", f"--config={recipe}", "--max-pairs", 7,
+                                                                     "--checkpoint", "other")
+    assert parse("eval", recipe, "other")[0].checkpoint == "other"  # the positional beats the recipe
+
+
+def test_train_config_sets_every_dataclass_and_keeps_the_train_defaults(tmp_path):
+    recipe = write_recipe(tmp_path / "train.yaml", "dataset: d.jsonl\nnum_experts: 3\nlearning_rate: 1e-3\n"
+                                                   "heads_only: true\noutput_dir: out\nlambda_div: 0.5\n")
+    data, model, training = parse("train", "--config", recipe, "--lambda_div", 0.25)
+    assert data.dataset == "d.jsonl" and model.num_experts == 3 and model.heads_only is True
+    assert model.lambda_div == 0.25 and training.learning_rate == 1e-3
+    assert (training.save_strategy, training.save_total_limit, training.seed) == ("epoch", 1, 0)
+    assert parse("train", recipe)[:2] == (data, dataclasses.replace(model, lambda_div=0.5))
+
+
+def test_reproduce_config_passes_on_only_the_training_flags_given(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", "experiment: table1\nseeds: [0, 1]\nsize: [hh=30, dsp=6]\n"
+                                               "learning_rate: 0.01\nper_device_train_batch_size: 8\n")
+    reproduce, *_, training = parse("reproduce", "--config", recipe, "--learning_rate", 0)
+    assert reproduce.experiment == "table1" and reproduce.seeds == [0, 1]
+    assert reproduce.sizes() == {"hh": 30, "dsp": 6}
+    assert training == {"learning_rate": 0.0, "per_device_train_batch_size": 8}
+    assert parse("reproduce", "fig2")[-1] == {} and parse("demo", "--epochs", 2)[-1] == {}
+    backbone = parse("reproduce", "backbone", "--weight_decay", 0.1)
+    assert backbone[-1] == {"weight_decay": 0.1}
+
+
+def test_flags_a_training_command_sets_itself_are_refused(tmp_path, capsys):
+    assert main(["demo", "--overwrite"]) == 2
+    assert "overwrite_output_dir: `smoe demo` sets it itself" in capsys.readouterr().err
+    recipe = write_recipe(tmp_path / "r.yaml", "experiment: fig2\nnum_train_epochs: 2\n")
+    assert main(["reproduce", "--config", str(recipe)]) == 2
+    assert "num_train_epochs: `smoe reproduce` sets it itself; use --epochs" in capsys.readouterr().err
+    assert main(["reproduce", "backbone", "--router_learning_rate", "1"]) == 2
+    assert "unrecognized arguments: --router_learning_rate 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("checkpoint: c\ndataset: d\nnum_expert: 3\n", "unknown key(s) ['num_expert']; keys are `smoe eval` flags"),
+    ("- checkpoint\n- c\n", "expected a mapping of flag names to values, got list"),
+    ("checkpoint: [c\n", "not valid YAML"),
+])
+def test_a_bad_recipe_is_one_line(tmp_path, capsys, text, message):
+    recipe = write_recipe(tmp_path / "r.yaml", text)
+    assert main(["eval", "--config", str(recipe)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("smoe eval: error: recipe ") and message in error
+
+
+def test_recipe_file_errors_are_one_line(tmp_path, capsys):
+    assert main(["steer", str(tmp_path / "none.yaml")]) == 2
+    assert "smoe steer: error: recipe: no such file" in capsys.readouterr().err
+    recipe = write_recipe(tmp_path / "r.yaml", "dataset: d\n")
+    assert main(["embed", str(recipe), "--config", str(recipe)]) == 2
+    assert "got 2 recipes" in capsys.readouterr().err
+    assert main(["embed", "--config"]) == 2
+    assert "--config: expected the path of a YAML recipe" in capsys.readouterr().err
+
+
+def test_value_checks_name_the_flag(capsys):
+    assert main(["bench", "scale", "--pairs", "10", "0"]) == 2
+    assert "smoe bench: error: --pairs: must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert main(["demo", "--epochs", "inf"]) == 2
+    assert "--epochs: must be a finite number > 0, got inf" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["reproduce", "table1", "--datasets", "hh", "shp"])
+    assert "invalid choice: 'shp'" in capsys.readouterr().err

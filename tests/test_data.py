@@ -11,7 +11,7 @@ from datasets import Dataset, concatenate_datasets
 from hf_smoe.data import (DSP_CRITERIA, DSP_RESPONSES, FORMATS, HELPSTEER2_CRITERIA, PAIR_FEATURES,
                           PERSONAL_LLM_REWARD_MODELS, RPR_EVALUATION_ATTRIBUTES, load_pairs, personal_llm_users,
                           split_pairs)
-from hf_smoe.modeling.configuration_smoe import InputError
+from hf_smoe.errors import InputError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
@@ -492,7 +492,7 @@ def test_split_without_categories_cuts_the_whole_dataset():
 
 
 def test_split_by_prompt_keeps_each_prompt_in_one_split():
-    from hf_smoe.synthetic import generate_preference_set
+    from hf_smoe.data.synthetic import generate_preference_set
 
     pairs = generate_preference_set(80, seed=1)
     splits = split_pairs(pairs, seed=3, group_by="prompt")
@@ -508,7 +508,7 @@ def test_split_by_prompt_keeps_each_prompt_in_one_split():
         split_pairs(pairs, group_by="conversation")
 
 
-# Pairs without preference signal, missing numbers, unreadable files (issue 12; the table is test_catalogue_data.py).
+# Pairs without preference signal, missing numbers, unreadable files (the full table is test_catalogue_data.py).
 
 
 def write_jsonl(path, records):
@@ -680,7 +680,7 @@ def test_failures_the_user_did_not_cause_are_not_converted(tmp_path, monkeypatch
     while datasets writes its cache) keep their own exception, for the CLI to show as a traceback or an OS error."""
     import errno
 
-    import hf_smoe.data as data
+    import hf_smoe.data.loading as data
 
     def buggy(dataset):
         raise ValueError("bug")

@@ -13,14 +13,14 @@ import torch
 from datasets import concatenate_datasets, load_from_disk
 from safetensors.torch import load_file
 
-from hf_smoe.cli import main
+from hf_smoe.cli.main import main
 from hf_smoe.features import text_key
-from hf_smoe.synthetic import generate_preference_set
+from hf_smoe.data.synthetic import generate_preference_set
 
 DUMP_EACH_RANK = textwrap.dedent("""
     import os, sys
     from safetensors.torch import save_file
-    import hf_smoe.training_job as training_job
+    import hf_smoe.training.job as training_job
 
     trained = training_job.run_trainer
 
@@ -31,7 +31,7 @@ DUMP_EACH_RANK = textwrap.dedent("""
         return trainer
 
     training_job.run_trainer = run_and_dump
-    from hf_smoe.cli import main
+    from hf_smoe.cli.main import main
     sys.exit(main(sys.argv[1:]))
 """)
 

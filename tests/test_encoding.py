@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_smoe import encode_pair
-from hf_smoe.encoding import encode_batch
+from hf_smoe.features.encoding import encode_batch
 from hf_smoe.modeling.modeling_smoe import assistant_turn_pattern, find_prompt_lengths
 from hf_smoe.testing import word_tokenizer
 

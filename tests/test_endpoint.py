@@ -19,8 +19,9 @@ from huggingface_hub import InferenceClient, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_smoe.endpoint import JUDGE_TOKENS, TOP_LOGPROBS, EndpointError, EndpointGenerator
-from hf_smoe.generators import parse_yes_no, yes_probability
+from hf_smoe.errors import EndpointError
+from hf_smoe.interpret.generators.endpoint import JUDGE_TOKENS, TOP_LOGPROBS, EndpointGenerator
+from hf_smoe.interpret.generators.base import parse_yes_no, yes_probability
 from hf_smoe.testing import save_tiny_causal_lm
 
 PROMPTS = ["hello how are you today ?", "please code a short poem", "what is a cat ?", "why is the sun good ?",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_smoe import metrics
-from hf_smoe.evaluate_modules import MODULE_NAMES, evaluate_module_path
+from hf_smoe.evaluation.modules import MODULE_NAMES, evaluate_module_path
 
 G = torch.Generator().manual_seed(0)
 N, K, C, W = 40, 3, 3, 4

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hf_smoe import encode_pair
-from hf_smoe.cli import main
-from hf_smoe.data import load_pairs
-from hf_smoe.evaluation import evaluate_checkpoint
+from hf_smoe.cli.main import main
+from hf_smoe.data.loading import load_pairs
+from hf_smoe.evaluation.evaluate import evaluate_checkpoint
 
 
 def test_saved_common_schema_loads_back_unchanged(checkpoint_and_data):

@@ -12,18 +12,20 @@ import torch
 from datasets import Dataset, Value
 
 from hf_smoe import encode_pair
-from hf_smoe.cli import main
+from hf_smoe.cli.main import main
 from hf_smoe.data import CRITERION_TEMPLATE, DSP_CRITERIA, load_pairs
-from hf_smoe.loading import load_checkpoint
-from hf_smoe.experiments import (SPLIT_FRACTIONS, dsp_with_criterion, hh_mixture,
-                                 reproduce_fig2, reproduce_fig6, reproduce_personalization, reproduce_table1,
-                                 reproduce_table4, reproduce_table8, reproduce_table14, dsp_user_pairs,
-                                 resolve_data_root, summarize, without_criterion)
+from hf_smoe.runtime.loading import load_checkpoint
+from hf_smoe.reproduce import (reproduce_fig2, reproduce_fig6, reproduce_personalization, reproduce_table1,
+                               reproduce_table4, reproduce_table8, reproduce_table14, resolve_data_root)
+from hf_smoe.reproduce.personalization import dsp_user_pairs
+from hf_smoe.reproduce.reproduction_datasets import (SPLIT_FRACTIONS, dsp_with_criterion, hh_mixture,
+                                                     without_criterion)
+from hf_smoe.reproduce.results import summarize
 from hf_smoe.metrics import routing_diagnosis
-from hf_smoe.probes import (L2_GRID, bradley_terry_loss, bradley_terry_probe, category_probe, fit_linear_probe,
+from hf_smoe.evaluation.probes import (L2_GRID, bradley_terry_loss, bradley_terry_probe, category_probe, fit_linear_probe,
                             preference_probes)
-from hf_smoe.modeling.configuration_smoe import InputError
-from hf_smoe.training_job import split_for_training
+from hf_smoe.errors import InputError
+from hf_smoe.training.job import split_for_training
 from hf_smoe.testing import save_tiny_causal_lm
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -204,15 +206,15 @@ def test_table8_runs_the_grid_with_a_diagnosis_per_row(backbone_dirs, tmp_path):
 def test_training_flags_reach_every_head_a_reproduction_trains(backbone_dirs, tmp_path, monkeypatch):
     """`smoe reproduce ... --learning_rate 0 ...`: any training flag beside the command's own reaches each head's
     Trainer and the run's record."""
-    import hf_smoe.experiments as experiments
+    import hf_smoe.reproduce.table1 as table1
 
-    seen, train_preset = [], experiments.train_preset
+    seen, train_preset = [], table1.train_preset
 
     def recording(*args, **kwargs):
         seen.append(args[8])  # `training`, after output_dir
         return train_preset(*args, **kwargs)
 
-    monkeypatch.setattr(experiments, "train_preset", recording)
+    monkeypatch.setattr(table1, "train_preset", recording)
     code = main([str(arg) for arg in (
         "reproduce", "table1", "--datasets", "hh", "--size", "hh=30", "--seeds", 0, "--epochs", 1,
         "--backbone", backbone_dirs["llama"], "--data-root", SHARED_DATA, "--cache-dir", tmp_path / "cache",
@@ -363,7 +365,7 @@ def test_fig6_plots_fidelity_and_specialization_against_k(backbone_dirs, tmp_pat
 
 
 def test_table14_aligns_two_policies_and_judges_them_with_other_reward_models(backbone_dirs, tmp_path):
-    from hf_smoe.alignment import answers
+    from hf_smoe.reproduce.alignment import answers
 
     policy = save_tiny_causal_lm(tmp_path / "policy")
     record = reproduce_table14(domain="entertainment", steps=2, n=5, eval_prompts=4, output_dir=tmp_path / "out",
@@ -391,7 +393,7 @@ def test_table14_aligns_two_policies_and_judges_them_with_other_reward_models(ba
 
 
 def test_judge_margins_are_reward_differences_and_empty_answers_lose(checkpoint_and_data, tmp_path):
-    from hf_smoe.alignment import judge_margins
+    from hf_smoe.reproduce.alignment import judge_margins
     from hf_smoe.features import EmbeddingCache
 
     model, tokenizer, _, _ = checkpoint_and_data

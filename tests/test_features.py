@@ -18,7 +18,7 @@ from datasets import Dataset, load_from_disk
 
 from hf_smoe import SMoERewardModel, encode_pair
 from hf_smoe.features import FEATURE_COLUMNS, EmbeddingCache, FeatureStore, text_key
-from hf_smoe.modeling.configuration_smoe import InputError
+from hf_smoe.errors import InputError
 
 ITEMS = [("hello how are you today", "good thanks"), ("what is a cat ?", "a kind dog , yes"),
          ("why ?", "because"), ("please code a poem", "sure here is a long poem of the sun and rain and the code"),
@@ -129,7 +129,7 @@ def test_pair_features(backbone_dirs, tokenizers, tmp_path):
 
 
 def strided_digest(module):
-    """The digest before issue 12's fix: a strided sample of every tensor (kept here to show what it missed)."""
+    """An earlier digest: a strided sample of every tensor (kept here to show what it missed)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         flat = tensor.detach().flatten()
@@ -291,23 +291,23 @@ def test_bf16_features_come_from_a_bf16_copy_and_match_fp32_to_bf16_precision(mo
 
 
 def test_the_compute_dtype_follows_the_hardware_unless_overridden(monkeypatch):
-    from hf_smoe import loading
-    from hf_smoe.modeling.configuration_smoe import InputError
+    from hf_smoe.runtime import devices
+    from hf_smoe.errors import InputError
 
     cpu = torch.device("cpu")
     monkeypatch.delenv("HF_SMOE_DTYPE", raising=False)
     for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
-        monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda native=native: native)
-        assert loading.fast_dtype(cpu) == expected
+        monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda native=native: native)
+        assert devices.fast_dtype(cpu) == expected
     monkeypatch.setenv("HF_SMOE_DTYPE", "float32")
-    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: True)
-    assert loading.fast_dtype(cpu) == torch.float32
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.fast_dtype(cpu) == torch.float32
     monkeypatch.setenv("HF_SMOE_DTYPE", "fp16")
     with pytest.raises(InputError, match="HF_SMOE_DTYPE: 'fp16' is not a compute dtype"):
-        loading.fast_dtype(cpu)
+        devices.fast_dtype(cpu)
     flags = open("/proc/cpuinfo").read().split()
     monkeypatch.undo()
-    assert loading.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    assert devices.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
 
 
 def test_bf16_features_are_stored_exactly_in_float16(model, kind, tokenizers, tmp_path):
@@ -374,7 +374,7 @@ def test_the_index_reads_keys_only_and_vectors_on_demand(tmp_path):
 def test_streamed_pair_features_equal_the_in_memory_computation(model, kind, tokenizers, tmp_path):
     """The memory-mapped pair file, read in batches of 2 by `head_outputs`, gives exactly what the head computes on
     the whole set held in memory (vectors looked up text by text); shuffled pairs (an indices mapping) too."""
-    from hf_smoe.evaluation import head_outputs
+    from hf_smoe.evaluation.evaluate import head_outputs
     from hf_smoe.features import as_training_features
 
     pairs = Dataset.from_dict({"prompt": [p for p, _ in ITEMS], "chosen": [r for _, r in ITEMS],

@@ -16,7 +16,8 @@ from huggingface_hub import HfApi, ModelCard, metadata_load
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from hf_smoe import SMoERewardModel, encode_pair
-from hf_smoe.hub import push_checkpoint, write_model_card
+from hf_smoe.hub.card import write_model_card
+from hf_smoe.hub.push import push_checkpoint
 
 REPO_ID = "org/smoe-rm"
 BASE_MODEL = "Ray2333/GRM-Llama3.2-3B-rewardmodel-ft"

@@ -12,7 +12,7 @@ from datasets.exceptions import DatasetNotFoundError
 from hub_server import hub_server  # noqa: F401  (the fixture)
 from huggingface_hub import HfApi, constants
 
-from hf_smoe.data import load_pairs
+from hf_smoe.data.loading import load_pairs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HH = {subset: DATA / "hh-rlhf" / f"{subset}-base.test.jsonl.gz" for subset in ("harmless", "helpful")}

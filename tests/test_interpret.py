@@ -12,12 +12,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_smoe import encode_pair
 from hf_smoe.bench import bench_judge
-from hf_smoe.cli import main
+from hf_smoe.cli.main import main
 from hf_smoe.data import split_pairs
-from hf_smoe.generators import CachedGenerator, Judgment, LocalGenerator, TextGenerator, as_chat
-from hf_smoe.hub import EXPERTS_END, EXPERTS_START, write_expert_table
-from hf_smoe.interpret import (DESCRIBER_PROMPT, JUDGE_PROMPT, describer_prompt, distinct_prompts, fidelity_sample,
-                               interpret_experts, judge_agreement, parse_description)
+from hf_smoe.hub.card import EXPERTS_END, EXPERTS_START, write_expert_table
+from hf_smoe.interpret.describe import distinct_prompts, interpret_experts
+from hf_smoe.interpret.fidelity import fidelity_sample
+from hf_smoe.interpret.generators.base import Judgment, TextGenerator
+from hf_smoe.interpret.generators.cache import CachedGenerator
+from hf_smoe.interpret.generators.local import LocalGenerator, as_chat
+from hf_smoe.interpret.judge_checks import judge_agreement
+from hf_smoe.interpret.prompts import DESCRIBER_PROMPT, JUDGE_PROMPT, describer_prompt, parse_description
 from hf_smoe.testing import save_tiny_causal_lm
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "papers" / "sparse-moe-reward-models.txt"

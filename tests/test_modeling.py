@@ -1,4 +1,5 @@
-"""SMoERewardModel: representations (SPEC 1), padding invariance, routing override, frozen backbone, presets."""
+"""SMoERewardModel: prompt and response representations, padding invariance, routing override, frozen backbone,
+presets."""
 
 import pytest
 import torch

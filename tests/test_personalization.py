@@ -6,10 +6,10 @@ import torch
 
 from hf_smoe import encode_pair
 from hf_smoe.bench import bench_users
-from hf_smoe.cli import main
-from hf_smoe.personalization import adaptation_split
-from hf_smoe.routers import load_router, read_router_metadata
-from hf_smoe.steering import intervene, steer_responses
+from hf_smoe.cli.main import main
+from hf_smoe.personalization.adaptation import adaptation_split
+from hf_smoe.personalization.routers import load_router, read_router_metadata
+from hf_smoe.personalization.steering import intervene, steer_responses
 
 
 def forward(model, tokenizer, pairs, side):

@@ -1,10 +1,10 @@
-"""Routing intervention (SPEC 3): the arithmetic, target selection and the flip-rate report, against hand values."""
+"""Routing intervention (§5.2): the arithmetic, target selection and the flip-rate report, against hand values."""
 
 import numpy as np
 import pytest
 import torch
 
-from hf_smoe.steering import intervene, random_target_report, steered_margins, steering_report, target_experts
+from hf_smoe.personalization.steering import intervene, random_target_report, steered_margins, steering_report, target_experts
 
 
 def test_intervention_sets_the_target_and_keeps_the_others_ratios():

@@ -1,4 +1,4 @@
-"""The generated preference set (hf_smoe.synthetic): schema, determinism, size, and that every label is the
+"""The generated preference set (hf_smoe.data.synthetic): schema, determinism, size, and that every label is the
 category annotator's documented rule applied to properties read back from the response text (plus the configured
 label noise). The properties are parsed here from the text and the rules are written here from
 docs/synthetic-data.md, independently of the generator's own bookkeeping."""
@@ -10,8 +10,8 @@ import re
 import pytest
 from datasets import Value
 
-from hf_smoe import synthetic
-from hf_smoe.synthetic import CATEGORIES, PROPERTIES, generate_preference_set
+from hf_smoe.data import synthetic
+from hf_smoe.data.synthetic import CATEGORIES, PROPERTIES, generate_preference_set
 
 COLUMNS = ["prompt", "chosen", "rejected", "category", "attribute", "criterion", "user"]
 

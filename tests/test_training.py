@@ -1,4 +1,5 @@
-"""SMoETrainer: the paper's optimiser settings, logged terms, exact resume, token path = cached path."""
+"""SMoETrainer: the paper's optimiser settings, logged terms, exact resume, token path = cached path; the trainer
+family's one parameter grouping."""
 
 import os
 import subprocess
@@ -11,9 +12,12 @@ from datasets import Dataset
 
 from hf_smoe import SMoERewardModel
 from hf_smoe.features import EmbeddingCache
-from hf_smoe.evaluation import behaviour_metrics, head_outputs
+from hf_smoe.evaluation.evaluate import behaviour_metrics, head_outputs
 from hf_smoe.losses import loss_weights
-from hf_smoe.training import PairCollator, SMoETrainer, SMoETrainingArguments, tokenize_pairs
+from hf_smoe.training.arguments import BackboneTuningTrainingArguments, SMoETrainingArguments
+from hf_smoe.training.backbone_tuning import TopLayersRewardModel, TopLayersTrainer, load_tunable_backbone
+from hf_smoe.training.trainer import PairCollator, SMoETrainer, tokenize_pairs
+from hf_smoe.trl import SMoERewardTrainer, SMoERewardTrainerConfig
 
 WORDS = ["cat", "dog", "sun", "rain", "code", "math", "poem", "story"]
 
@@ -98,6 +102,57 @@ def test_the_optimizer_comes_from_the_training_arguments(setup, tmp_path, preset
     assert len(decay) == len(list(model.head.parameters()))
 
 
+def optimizer_table(trainer) -> dict:
+    """{parameter name: (learning rate, weight decay)} of the optimizer `trainer` builds."""
+    trainer.create_optimizer()
+    names = {id(parameter): name for name, parameter in trainer.model.named_parameters()}
+    table = {names[id(p)]: (group["lr"], group["weight_decay"]) for group in trainer.optimizer.param_groups
+             for p in group["params"]}
+    assert len(table) == sum(len(group["params"]) for group in trainer.optimizer.param_groups)  # one group each
+    return table
+
+
+def expected_table(model, rates: dict, weight_decay: float) -> dict:
+    """The same, from the parameter names alone: every trainable parameter, at its part's rate (the backbone, the
+    router, else the head's experts), without weight decay for biases, norms and a static router's logits."""
+    table = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            part = "backbone" if name.startswith("backbone.") else "router" if ".router." in name else "experts"
+            plain = name.endswith(("bias", "logits")) or any("norm" in piece for piece in name.split("."))
+            table[name] = (rates[part], 0.0 if plain else weight_decay)
+    return table
+
+
+@pytest.mark.parametrize("preset", ["sparse", "static"])
+def test_every_trainer_of_the_family_groups_parameters_alike(setup, backbone_dirs, tmp_path, preset):
+    """One grouping for the optimizer: the same model with a trainable backbone gets the same groups from
+    `SMoETrainer` and TRL's `SMoERewardTrainer`, and the backbone tuning's trainer gives its head one rate; each
+    is what the parameter names say."""
+    build, tokenizer, *_ = setup
+    rates = {"backbone": 1e-3, "experts": 1e-3, "router": 3e-4}
+    args = arguments(tmp_path, learning_rate=1e-3, router_learning_rate=3e-4, weight_decay=0.1, eval_strategy="no")
+    smoe = optimizer_table(SMoETrainer(build(preset=preset, freeze_backbone=False), args))
+    config = SMoERewardTrainerConfig(output_dir=str(tmp_path / "trl"), learning_rate=1e-3, experts_learning_rate=1e-3,
+                                     router_learning_rate=3e-4, weight_decay=0.1, bf16=False, report_to="none")
+    pairs = Dataset.from_list([{"prompt": "what is the cat ?", "chosen": "a kind answer", "rejected": "no"}] * 4)
+    trl = optimizer_table(SMoERewardTrainer(build(preset=preset, freeze_backbone=False), config,
+                                            train_dataset=pairs, processing_class=tokenizer))
+    tuning_args = BackboneTuningTrainingArguments(output_dir=str(tmp_path / "tune"), learning_rate=1e-3,
+                                                  weight_decay=0.1, eval_strategy="no")
+    model = build(preset=preset, freeze_backbone=False)
+    tuned = optimizer_table(TopLayersTrainer(model=model, args=tuning_args, head_learning_rate=3e-4))
+    assert smoe == trl == expected_table(model, rates, 0.1)
+    assert {lr for lr, _ in smoe.values()} == {1e-3, 3e-4} and {decay for _, decay in smoe.values()} == {0.0, 0.1}
+    assert tuned == expected_table(model, {"backbone": 1e-3, "experts": 3e-4, "router": 3e-4}, 0.1)
+
+    backbone, _, _, top = load_tunable_backbone(backbone_dirs["llama"], 1)
+    top_layers = TopLayersRewardModel(top, backbone.config.hidden_size)
+    tuned = optimizer_table(TopLayersTrainer(model=top_layers, args=tuning_args, head_learning_rate=3e-4))
+    assert tuned == expected_table(top_layers, {"backbone": 1e-3, "experts": 3e-4}, 0.1)
+    assert {name.split(".")[1] for name in tuned if name.startswith("backbone.")} == {"layers", "norm"}
+
+
 def test_trainer_evaluation_matches_the_metrics_on_the_whole_set(setup, tmp_path):
     """`evaluate` runs the Trainer's loop in batches of `per_device_eval_batch_size` and `compute_metrics` on the
     gathered set: the same numbers as the metrics computed on all pairs at once (to float rounding: the batches'
@@ -174,7 +229,7 @@ def test_bad_dataset_is_named(setup, tmp_path):
 
 def test_train_preset_trains_with_the_training_overrides(setup, backbone_dirs, tmp_path):
     """Both learning rates 0: the head leaves training exactly as a fresh head of the same seed starts."""
-    from hf_smoe.training_job import train_preset
+    from hf_smoe.training.job import train_preset
 
     build, tokenizer, _, train, validation = setup
     features = {"train": train, "validation": validation, "test": validation}
@@ -194,7 +249,7 @@ def test_saving_a_checkpoint_leaves_the_callers_tokenizer_as_it_is(backbone_dirs
     from transformers import AutoTokenizer
 
     from hf_smoe.modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE
-    from hf_smoe.training_job import save_checkpoint
+    from hf_smoe.training.job import save_checkpoint
     from hf_smoe.testing import word_tokenizer
 
     tokenizer = word_tokenizer("bert")

@@ -13,10 +13,10 @@ from trl import GRPOConfig, GRPOTrainer, RewardConfig, RewardTrainer
 
 from hf_smoe import SMoERewardModel, encode_pair
 from hf_smoe.losses import loss_weights, moe_preference_loss
-from hf_smoe.modeling.configuration_smoe import InputError
+from hf_smoe.errors import InputError
 from hf_smoe.modeling.modeling_smoe import SMoERouter
 from hf_smoe.rewards import smoe_reward
-from hf_smoe.routers import save_router, set_router
+from hf_smoe.personalization.routers import save_router, set_router
 from hf_smoe.testing import save_tiny_causal_lm
 from hf_smoe.trl import SMoERewardTrainer, SMoERewardTrainerConfig
 
@@ -261,7 +261,7 @@ def test_the_readmes_grpo_snippet_runs(checkpoint_and_data, tmp_path, monkeypatc
     model, _, _, folder = checkpoint_and_data
     router = routers_for(model, tmp_path)["alice"]
     policy = save_tiny_causal_lm(tmp_path / "policy")
-    monkeypatch.setattr("hf_smoe.loading.default_generator_path", lambda: policy)
+    monkeypatch.setattr("hf_smoe.runtime.default_generator_path", lambda: policy)  # as the snippet imports it
     monkeypatch.chdir(tmp_path)
     for placeholder, path in (('"outputs/demo"', folder / "checkpoint"), ('"outputs/ana.safetensors"', router)):
         assert placeholder in snippet

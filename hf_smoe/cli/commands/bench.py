@@ -1,0 +1,62 @@
+"""Speed benchmarks, each a ratio against a baseline in the same run.
+
+embed: cache tokens/s vs a one-text-at-a-time loop and vs the FLOP bound. train: training on cached features vs
+re-running the frozen backbone every step, at equal final accuracy. users: 1 vs 100 users from one pass. judge: the
+local judge of `smoe interpret`, one prompt at a time in fp32 vs batched with shared prompt beginnings, fp32 and
+bf16. tune: tuning the top layers from cached hidden states vs re-running the lower layers every step vs tuning
+every layer. scale: one training epoch and an evaluation on synthetic features of --pairs pairs, peak memory and
+pairs/s, vs every vector in RAM.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..arguments import AT_LEAST_ONE, SEED, BackboneArguments
+from ..parsing import CommandParser
+from ..printing import print_values
+
+
+@dataclass
+class BenchArguments:
+    what: Literal["embed", "train", "users", "judge", "tune", "scale"] = field(metadata={
+        "help": "the benchmark to run"})
+    num_texts: int = field(default=64, metadata={"help": "embed: texts to encode"})
+    num_pairs: int = field(default=192, metadata={
+        "help": "train: pairs (75%% train, 25%% held out); tune: pairs (80/10/10)"})
+    layers: int = field(default=2, metadata={"help": "tune: top layers tuned"})
+    epochs: float = field(default=1.0, metadata={"help": "tune: epochs timed"})
+    num_users: int = field(default=100, metadata={"help": "users: routers scored from one pass"})
+    num_prompts: int = field(default=64, metadata={"help": "judge: Fig. 5 prompts to judge"})
+    pairs: list[int] = field(default_factory=lambda: [10_000, 100_000], metadata={
+        "help": "scale: pair counts to run (90%% train, 10%% test)"})
+    hidden: int = field(default=3072, metadata={"help": "scale: feature width (3B backbone: 3072)"})
+    in_memory_max_pairs: int = field(default=10_000, metadata={
+        "help": "scale: run the all-in-RAM baseline up to this many pairs"})
+    scratch_dir: str | None = field(default=None, metadata={
+        "help": "scale: where the synthetic features go (deleted after)"})
+    output_dir: str = field(default="outputs/bench", metadata={"help": "where bench_WHAT.json is written"})
+    seed: int = field(default=0, metadata={"help": "seed of the generated data and models"})
+
+    def __post_init__(self):
+        AT_LEAST_ONE.check(self, "num_texts", "num_pairs", "layers", "num_users", "num_prompts", "pairs", "hidden")
+        SEED.check(self, "seed")
+
+    def options(self) -> dict:
+        """The keyword arguments of benchmark `what`."""
+        return {"embed": {"num_texts": self.num_texts}, "train": {"num_pairs": self.num_pairs},
+                "users": {"num_users": self.num_users}, "judge": {"num_prompts": self.num_prompts},
+                "tune": {"num_pairs": self.num_pairs, "layers": self.layers, "epochs": self.epochs},
+                "scale": {"num_pairs": self.pairs, "hidden": self.hidden, "scratch_dir": self.scratch_dir,
+                          "in_memory_max_pairs": self.in_memory_max_pairs}}[self.what]
+
+
+def make_parser() -> CommandParser:
+    return CommandParser("bench", (BenchArguments, BackboneArguments), doc=__doc__, positional=("what",))
+
+
+def main(bench: BenchArguments, backbone: BackboneArguments) -> None:
+    from ...bench import run_bench
+
+    record = run_bench(bench.what, backbone.backbone, bench.output_dir, seed=bench.seed, **bench.options())
+    print(f"{record['benchmark']} benchmark on {record['machine']}")
+    print_values(record["results"], "{:,.4g}")

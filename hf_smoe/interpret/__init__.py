@@ -1,0 +1,18 @@
+"""Reading the experts (§6.1, App. A, Fig. 4-5): an LLM describes each expert from its top-routed prompts, an LLM
+judge checks each description on held-out prompts, and description fidelity scores the match. The room sits above
+evaluation and the hub (it reads a checkpoint's routing and writes the expert table into its card) and owns every
+use of a text-generating model: `prompts` (Fig. 4 and 5), `describe` (the pipeline over a head), `fidelity` (the
+App. A measurement), `judge_checks` (how far the judge can be trusted), `checkpoint` (`smoe interpret`) and
+`generators` (the language models behind describer and judge).
+"""
+
+from .checkpoint import expert_table_markdown, interpret_checkpoint
+from .describe import distinct_prompts, interpret_head, routing_by_prompt
+from .fidelity import SAMPLES_PER_STRATUM, score_descriptions
+from .generators import LocalGenerator, TextGenerator, load_describer_and_judge
+from .judge_checks import judge_agreement
+from .prompts import judge_prompt, prompt_text
+
+__all__ = ["LocalGenerator", "SAMPLES_PER_STRATUM", "TextGenerator", "distinct_prompts", "expert_table_markdown",
+           "interpret_checkpoint", "interpret_head", "judge_agreement", "judge_prompt", "load_describer_and_judge",
+           "prompt_text", "routing_by_prompt", "score_descriptions"]

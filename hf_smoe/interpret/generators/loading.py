@@ -1,0 +1,30 @@
+"""Which generator a command line names: `local` (the embedded SmolLM2), a causal LM's folder or Hub id, or an
+OpenAI-compatible server's URL, each behind the disk cache. A new kind of generator is one more branch here."""
+
+from ...runtime import default_generator_path
+from .cache import CachedGenerator
+from .endpoint import EndpointGenerator
+from .local import LocalGenerator
+
+
+def load_generator(spec: str = "local", *, model: str | None = None, cache_dir=None, device=None,
+                   show_progress: bool = True) -> CachedGenerator:
+    """A cached generator from a command-line spec: `local` (the embedded SmolLM2-135M-Instruct as a causal LM), a
+    folder or Hub id of any causal LM, or the URL of an OpenAI-compatible server (`model`: the model name it
+    should use)."""
+    if spec.startswith(("http://", "https://")):
+        generator = EndpointGenerator(spec, model=model)
+    else:
+        generator = LocalGenerator(str(default_generator_path()) if spec in ("local", "default") else spec,
+                                   device=device)
+    return CachedGenerator(generator, cache_dir=cache_dir, show_progress=show_progress)
+
+
+def load_describer_and_judge(generator: str = "local", generator_model: str | None = None, judge: str | None = None,
+                             judge_model: str | None = None, cache_dir=None) -> tuple:
+    """The cached describer and judge of a command line; the judge defaults to the describer itself (one model
+    loaded once)."""
+    describer = load_generator(generator, model=generator_model, cache_dir=cache_dir)
+    if (judge or generator) == generator and (judge_model or generator_model) == generator_model:
+        return describer, describer
+    return describer, load_generator(judge, model=judge_model or generator_model, cache_dir=cache_dir)

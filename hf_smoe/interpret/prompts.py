@@ -1,0 +1,127 @@
+"""The describer's and the judge's prompts (Fig. 4 and Fig. 5, word for word), filled with prompt texts, and the
+reading of the describer's answer.
+
+Everything here is text in, text out: which model answers is the generators' business, what the answers mean for
+the experts is `describe`'s and `fidelity`'s.
+"""
+
+import re
+
+from ..features import as_messages
+
+# Fig. 4, word for word; the paper prints it as running text, the line breaks here restore its sections.
+DESCRIBER_PROMPT = """Task Overview
+You are a machine learning researcher analyzing a sparse mixture-of-experts reward model. The model contains a \
+router that assigns each input prompt to one or more experts. You are trying to understand what feature of the input \
+prompt causes a specific expert to receive high routing weight. Each dataset example consists only of a user prompt. \
+These prompts were selected because this expert was strongly activated for them, meaning the router assigned this \
+expert a high weight. Your goal is to identify the common feature shared by these prompts, and to describe this \
+feature as a concise, natural language concept.
+
+Instructions
+First, inspect each prompt and consider what concrete property it has.
+Then, synthesize the single feature that is most consistently shared across the prompts.
+The feature should describe the input prompt itself, not the model, the router, or the expert.
+For example, the common feature might be:
+"asks for emotionally supportive advice"
+"requests factual explanation of a technical concept"
+"asks for creative writing or brainstorming"
+"contains a safety-sensitive or potentially harmful request"
+"asks for evaluation of competing options"
+If the prompts do not share a clear topic, focus on the type of user intent, task format, reasoning style, domain, \
+constraint, or interaction pattern that best explains why the expert fires.
+
+Additional Rules
+Rules about the feature you identify:
+The feature should be objective and concrete.
+Err on the side of being concise.
+The feature should be an attribute that could be present in an individual prompt.
+Do not refer to "the expert", "the router", "activation", or "these examples" in the final answer.
+Do not use vague descriptions such as "is helpful", "is complex", or "is high quality".
+Avoid overly broad concepts such as "general question" unless no more specific feature is apparent.
+If the shared feature is a negation, describe it directly, e.g., "does not specify a concrete task or goal".
+
+Prompts
+----------------
+{examples}
+----------------
+
+Output
+Do not output anything besides the feature.
+Output exactly one description, starting with "-" and surrounded by quotes.
+Your response is:-\""""
+
+# Fig. 5, word for word.
+JUDGE_PROMPT = """You are a binary classifier. Task:
+Determine whether the input text expresses the feature described below.
+Feature description:
+{description}
+Input text:
+{input_text}
+Decision rule:
+Answer YES if the input text clearly matches or expresses the feature description.
+Answer NO otherwise.
+Output format:
+Return exactly one token: YES or NO.
+Answer:"""
+
+# Character budgets of one prompt (its beginning and end are kept): 20 examples must fit a small describer's context.
+DESCRIBER_EXAMPLE_CHARS = 600
+JUDGE_EXAMPLE_CHARS = 1500
+
+
+def prompt_text(prompt) -> str:
+    """A prompt as the LLMs read it: a single user message as its text, a conversation as `Role: text` lines."""
+    messages = as_messages(prompt)
+    if len(messages) == 1:
+        return messages[0]["content"].strip()
+    return "\n".join(f"{message['role'].capitalize()}: {message['content'].strip()}" for message in messages)
+
+
+def shorten(text: str, max_chars: int) -> str:
+    """`text` within `max_chars`, keeping its beginning and its end (a conversation's last turn matters most)."""
+    if len(text) <= max_chars:
+        return text
+    half = (max_chars - 5) // 2
+    return text[:half].rstrip() + " ... " + text[len(text) - half:].lstrip()
+
+
+def describer_prompt(examples) -> str:
+    """Fig. 4 filled with `examples` (prompt texts), numbered."""
+    listed = "\n\n".join(f"Prompt {i}:\n{shorten(text, DESCRIBER_EXAMPLE_CHARS)}"
+                         for i, text in enumerate(examples, start=1))
+    return DESCRIBER_PROMPT.replace("{examples}", listed)
+
+
+def judge_prompt(description: str, text: str) -> str:
+    """Fig. 5 for one (description, prompt)."""
+    return JUDGE_PROMPT.replace("{description}", description).replace(
+        "{input_text}", shorten(text, JUDGE_EXAMPLE_CHARS))
+
+
+def parse_description(raw: str) -> tuple[str, bool]:
+    """(description, followed_format) from a describer's answer.
+
+    Fig. 4 ends inside the answer format (`-"`), so a model that follows it writes `-"feature"`, or continues with
+    `feature"`. On the first non-empty line: `-"..."` anywhere wins; otherwise leading labels (`The feature you
+    identified is:`, repeated or not) are dropped, then a quote at the start opens the description, a text before the
+    first quote is the description when the quotes are odd in number (the closing one), and the first quoted span when
+    they are even. A line without quotes (a model that ignores the format) is taken whole, without list markers,
+    surrounding quotes and a final period.
+    """
+    line = next((line for line in raw.strip().splitlines() if line.strip(" -*\"'")), "").strip()
+    quoted = re.search(r'-\s*"([^"]+)"', line)
+    if quoted:
+        return _clean(quoted.group(1)), True
+    while (label := re.match(r'"?[^":]*:\s*', line)) and line[label.end():].strip(' "'):
+        line = line[label.end():]
+    if '"' not in line:
+        return _clean(line), False
+    if line.startswith('"'):
+        return _clean(line[1:].split('"')[0]), True
+    parts = line.split('"')
+    return _clean(parts[0] if len(parts) % 2 == 0 else parts[1]), True
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.strip().lstrip("-*• ").strip("\"'*` ").rstrip(".").split())
