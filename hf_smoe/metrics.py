@@ -230,6 +230,25 @@ def description_fidelity(judgments: torch.Tensor, routing_weights: torch.Tensor,
     return scores if per_expert else _nanmean(scores)
 
 
+def judgment_auc(scores: torch.Tensor, matches: torch.Tensor) -> torch.Tensor:
+    """How well a judge's P(YES) ranks the prompts that match a description above the others: the probability that
+    a random matching prompt gets a higher score than a random other one, ties counted half (the Mann-Whitney form
+    of the area under the ROC curve). 1.0 separates perfectly, 0.5 is chance; unlike the binary fidelity it does not
+    depend on where the YES threshold sits. NaN when either class is empty.
+
+    scores (N,): P(YES) of each prompt; matches (N,) bool: whether the prompt shows the described feature."""
+    scores = torch.as_tensor(scores).flatten()
+    scores = scores.to(torch.float64 if scores.device.type != "mps" else torch.float32)
+    matches = torch.as_tensor(matches, device=scores.device).flatten().bool()
+    positives, negatives = int(matches.sum()), int((~matches).sum())
+    if positives == 0 or negatives == 0:
+        return scores.new_tensor(float("nan"))
+    # average ranks (1-based, ties share the mean of their ranks): U = rank sum of the matches - P(P+1)/2
+    _, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (torch.cumsum(counts, 0) - counts + (counts + 1) / 2).to(scores.dtype)[inverse]
+    return (ranks[matches].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+
+
 COLLAPSED_BELOW_GLOBAL_ENTROPY = 0.5
 DENSE_ABOVE_ROUTING_ENTROPY = 0.5
 

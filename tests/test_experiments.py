@@ -339,17 +339,22 @@ def test_table4_describes_and_judges_every_row_and_measures_the_judge(backbone_d
             experts = run["interpretation"]["experts"]
             assert len(experts) == 3 and run["description_fidelity"] == pytest.approx(
                 np.mean([e["description_fidelity"] for e in experts]))
+            assert run["fidelity_probability"] == pytest.approx(np.mean([e["fidelity_probability"] for e in experts]))
             assert run["expert_specialization"] == pytest.approx(
                 np.nanmean([e["expert_specialization"] for e in experts]))
-            assert -1 <= run["oracle_description_fidelity"] <= 1
+            assert -1 <= run["oracle_description_fidelity"] <= 1 and -1 <= run["oracle_fidelity_probability"] <= 1
         values = [run["description_fidelity"] for run in dsp["runs"][row]]
         assert dsp["summary"][row]["description_fidelity"]["mean"] == pytest.approx(np.mean(values))
-    assert [r["description_fidelity"] for r in dsp["runs"]["random"]] == [
-        r["interpretation"]["random_baseline"]["description_fidelity"] for r in dsp["runs"]["sparse"]]
+    for key in ("description_fidelity", "fidelity_probability"):
+        assert [r[key] for r in dsp["runs"]["random"]] == [
+            r["interpretation"]["random_baseline"][key] for r in dsp["runs"]["sparse"]]
     check = dsp["judge_check"]
     assert set(check["yes_rates"]) == set(DSP_CRITERIA) and -1 <= check["ideal_fidelity"] <= 1
+    assert -1 <= check["ideal_fidelity_probability"] <= 1 and 0 <= check["auc"] <= 1
+    assert set(check["auc_per_category"]) == set(DSP_CRITERIA)
     markdown = (tmp_path / "out" / "table4.md").read_text()
     assert markdown.startswith("Command: `") and "| random |" in markdown and "ideal router" in markdown
+    assert "| fidelity on P(YES) |" in markdown and "AUC of P(YES)" in markdown
     assert json.loads((tmp_path / "out" / "results.json").read_text())["job"]["generator"] == lm
 
 

@@ -15,13 +15,15 @@ from hf_smoe.bench import bench_judge
 from hf_smoe.cli.main import main
 from hf_smoe.data import split_pairs
 from hf_smoe.hub.card import EXPERTS_END, EXPERTS_START, write_expert_table
+from hf_smoe.interpret.checkpoint import expert_table_markdown
 from hf_smoe.interpret.describe import distinct_prompts, interpret_experts
 from hf_smoe.interpret.fidelity import fidelity_sample
 from hf_smoe.interpret.generators.base import Judgment, TextGenerator
 from hf_smoe.interpret.generators.cache import CachedGenerator
 from hf_smoe.interpret.generators.local import LocalGenerator, as_chat
-from hf_smoe.interpret.judge_checks import judge_agreement
+from hf_smoe.interpret.judge_checks import judge_agreement, judge_check_prompts
 from hf_smoe.interpret.prompts import DESCRIBER_PROMPT, JUDGE_PROMPT, describer_prompt, parse_description
+from hf_smoe.runtime import save_run
 from hf_smoe.testing import save_tiny_causal_lm
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "papers" / "sparse-moe-reward-models.txt"
@@ -79,12 +81,38 @@ class Scripted(TextGenerator):
 
     def judge(self, prompts):
         self._record(prompts)
-        answers = []
-        for prompt in prompts:
-            description = prompt.split("Feature description:\n")[1].split("\nInput text:")[0]
-            text = prompt.split("Input text:\n")[1].split("\nDecision rule:")[0]
-            answers.append(Judgment(description.split()[0] in text, None, "YES"))
-        return answers
+        return [Judgment(matches(prompt), None, "YES") for prompt in prompts]
+
+
+def matches(judge_prompt: str) -> bool:
+    """Whether the first word of the description in a Fig. 5 prompt occurs in its input text."""
+    description = judge_prompt.split("Feature description:\n")[1].split("\nInput text:")[0]
+    text = judge_prompt.split("Input text:\n")[1].split("\nDecision rule:")[0]
+    return description.split()[0] in text
+
+
+class RanksButSaysNo(Scripted):
+    """A small judge whose threshold sits too high: NO to everything, but its P(YES) is higher on every matching
+    prompt (0.30-0.34) than on any other (0.05-0.09)."""
+
+    def judge(self, prompts):
+        self._record(prompts)
+        return [Judgment(False, (0.3 if matches(prompt) else 0.05) + 0.01 * (i % 5), "NO")
+                for i, prompt in enumerate(prompts)]
+
+
+class RandomJudge(Scripted):
+    """P(YES) drawn uniformly (seeded), whatever the prompt; YES above 0.5. Keeps every probability it gave."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.rng, self.given = np.random.default_rng(seed), []
+
+    def judge(self, prompts):
+        self._record(prompts)
+        probabilities = self.rng.random(len(prompts)).tolist()
+        self.given += probabilities
+        return [Judgment(p > 0.5, p, "YES" if p > 0.5 else "NO") for p in probabilities]
 
 
 def pearson(x, y) -> float:
@@ -258,6 +286,9 @@ def test_judge_agreement_is_1_for_a_judge_that_reads_the_category_and_0_for_one_
     descriptions = {category: category for category in ("cooking", "travel", "music")}
     perfect = judge_agreement(Scripted(), texts, categories, descriptions)
     assert perfect["ideal_fidelity"] == pytest.approx(1.0)
+    # Scripted gives no probabilities (as an endpoint without log-probabilities): no P(YES) figures, not made-up ones
+    assert perfect["ideal_fidelity_probability"] is None and perfect["auc"] is None
+    assert set(perfect["auc_per_category"].values()) == {None}
     assert perfect["yes_rates"]["music"] == {"cooking": 0.0, "music": 1.0, "travel": 0.0}
 
     class AlwaysYes(Scripted):
@@ -269,6 +300,150 @@ def test_judge_agreement_is_1_for_a_judge_that_reads_the_category_and_0_for_one_
     z = np.array([1] * 5 + [1] * 5 + [0] * 5)
     membership = np.array([1] * 5 + [0] * 10)
     assert pearson(z, membership) == pytest.approx(np.corrcoef(z, membership)[0, 1])
+
+
+CATEGORY_NAMES = ("cooking", "travel", "music")
+
+
+def category_prompts(per_category: int) -> tuple[list, list, dict]:
+    texts = [f"{category} question {i}" for i in range(per_category) for category in CATEGORY_NAMES]
+    return texts, [text.split()[0] for text in texts], {category: category for category in CATEGORY_NAMES}
+
+
+def pairs_auc(scores, matching) -> float:
+    """Every (matching, other) pair of prompts counted: a win when the matching one scores higher, half on a tie."""
+    scores, matching = np.asarray(scores), np.asarray(matching, bool)
+    difference = scores[matching][:, None] - scores[~matching][None, :]
+    return float((difference > 0).mean() + 0.5 * (difference == 0).mean())
+
+
+def test_a_judge_that_says_no_to_everything_still_ranks_by_p_yes():
+    texts, categories, descriptions = category_prompts(5)
+    check = judge_agreement(RanksButSaysNo(), texts, categories, descriptions)
+    assert check["ideal_fidelity"] == 0.0  # no variance in the YES/NO answers (Eq. 19's edge case)
+    assert all(rate == 0.0 for rates in check["yes_rates"].values() for rate in rates.values())
+    # by hand: descriptions in sorted order, each against every text; P(YES) as RanksButSaysNo gives it
+    expected = {}
+    for d, name in enumerate(sorted(descriptions)):
+        scores = [(0.3 if name in text else 0.05) + 0.01 * ((d * len(texts) + i) % 5) for i, text in enumerate(texts)]
+        expected[name] = pearson(scores, [category == name for category in categories])
+        assert check["ideal_fidelity_probability_per_category"][name] == pytest.approx(expected[name], abs=1e-6)
+        assert check["auc_per_category"][name] == 1.0
+    assert check["ideal_fidelity_probability"] == pytest.approx(np.mean(list(expected.values())), abs=1e-6)
+    assert check["ideal_fidelity_probability"] > 0.9 and check["auc"] == 1.0
+
+
+def test_a_random_judge_has_an_auc_near_one_half():
+    texts, categories, descriptions = category_prompts(40)
+    judge = RandomJudge(seed=3)
+    check = judge_agreement(judge, texts, categories, descriptions)
+    given = np.array(judge.given).reshape(len(descriptions), len(texts))
+    for d, name in enumerate(sorted(descriptions)):
+        matching = [category == name for category in categories]
+        assert check["auc_per_category"][name] == pytest.approx(pairs_auc(given[d], matching), abs=1e-12)
+        assert check["ideal_fidelity_probability_per_category"][name] == pytest.approx(
+            pearson(given[d], matching), abs=1e-6)
+    assert abs(check["auc"] - 0.5) < 0.1 and abs(check["ideal_fidelity_probability"]) < 0.2
+
+
+def test_fidelity_on_p_yes_is_reported_beside_the_binary_one():
+    generator = torch.Generator().manual_seed(0)
+    texts = [f"topic{i % 3} prompt{i}" for i in range(90)]
+    routing = torch.softmax(3 * torch.randn(90, 3, generator=generator), dim=1)
+    judge = RandomJudge(seed=1)
+    result = interpret_experts(Scripted(), judge, routing, texts, routing, texts, top_n=5, per_stratum=10)
+    for k, expert in enumerate(result["experts"]):
+        assert expert["fidelity_probability"] == pytest.approx(
+            pearson(expert["yes_probabilities"], routing[expert["sample"], k]), abs=1e-6)
+        assert expert["description_fidelity"] == pytest.approx(
+            pearson(expert["judgments"], routing[expert["sample"], k]), abs=1e-6)
+    for scored in (result, result["random_baseline"]):
+        assert scored["fidelity_probability"] == pytest.approx(
+            np.mean([e["fidelity_probability"] for e in scored["experts"]]))
+    table = expert_table_markdown(result | {"notes": []})
+    assert "| Description Fidelity (↑) | Fidelity on P(YES) (↑) |" in table
+    assert f"{result['description_fidelity']:.3f} (on P(YES): {result['fidelity_probability']:.3f})" in table
+    # a judge without probabilities: None, never a made-up number, and "-" in the table
+    unknown = interpret_experts(Scripted(), Scripted(), routing, texts, routing, texts, top_n=5, per_stratum=10)
+    assert unknown["fidelity_probability"] is None
+    assert all(expert["fidelity_probability"] is None for expert in unknown["experts"])
+    assert "(on P(YES)" not in expert_table_markdown(unknown)
+
+
+def test_judge_check_prompts_keep_at_most_n_of_each_category_seeded():
+    texts, categories, _ = category_prompts(10)
+    picked, picked_categories = judge_check_prompts(texts + ["odd one"], categories + [None], 4, seed=1)
+    assert [picked_categories.count(c) for c in CATEGORY_NAMES] == [4, 4, 4] and "odd one" not in picked
+    assert picked == sorted(picked, key=texts.index) and all(c == t.split()[0] for t, c in zip(picked,
+                                                                                              picked_categories))
+    assert judge_check_prompts(texts, categories, 4, seed=1) == (picked, picked_categories)
+    assert judge_check_prompts(texts, categories, 4, seed=2) != (picked, picked_categories)
+
+
+def interpret_check(tmp_path, tiny_lm, descriptions, *extra):
+    return main(["interpret", str(tmp_path / "checkpoint"), "--dataset", str(tmp_path / "pairs.jsonl"), "--generator",
+                 tiny_lm, "--generation-cache", str(tmp_path / "generations"), "--check-judge", str(descriptions),
+                 *extra])
+
+
+def test_smoe_interpret_check_judge_measures_the_judge_and_keeps_the_interpretation(checkpoint_and_data, tiny_lm,
+                                                                                     capsys):
+    _, _, pairs, tmp_path = checkpoint_and_data
+    checkpoint = tmp_path / "checkpoint"
+    descriptions = {"cooking": "asks about cooking or food", "programming": "asks about programming or code",
+                    "health": "asks about health", "travel": "asks about travel"}
+    (tmp_path / "descriptions.yaml").write_text("".join(f"{k}: {v}\n" for k, v in descriptions.items()))
+    save_run(checkpoint, {"dataset": "earlier"}, {"experts": ["kept"]}, "interpretation.json")
+    earlier = json.loads((checkpoint / "interpretation.json").read_text())
+    assert interpret_check(tmp_path, tiny_lm, tmp_path / "descriptions.yaml", "--check-prompts", "3") == 0
+    out = capsys.readouterr().out
+    assert "AUC of P(YES)" in out and "ideal router" in out and "on P(YES)" in out
+    record = json.loads((checkpoint / "interpretation.json").read_text())
+    assert record["command"] == earlier["command"] and record["results"]["experts"] == ["kept"]
+    check = record["results"]["judge_check"]
+    assert check["job"]["check_prompts"] == 3 and check["descriptions"] == descriptions
+    # the measuring half's distinct prompts, at most 3 of each category, judged as judge_agreement judges them
+    measuring = split_pairs(pairs, seed=0, validation=0.0, test=0.5, group_by="prompt")["test"]
+    texts, rows = distinct_prompts(measuring["prompt"])
+    categories = [measuring[row]["category"] for row in rows]
+    assert check["prompts"] == sum(min(3, categories.count(c)) for c in set(categories))
+    texts, categories = judge_check_prompts(texts, categories, 3, seed=0)
+    judge = CachedGenerator(LocalGenerator(tiny_lm), cache_dir=tmp_path / "generations", show_progress=False)
+    expected = judge_agreement(judge, texts, categories, descriptions)
+    assert {key: check[key] for key in expected} == expected  # the answers come from the cache: exact
+    for key in ("ideal_fidelity", "ideal_fidelity_probability", "auc"):
+        assert check[key] is not None and -1 <= check[key] <= 1
+    # the interpretation run afterwards keeps the check beside its experts
+    assert main(["interpret", str(checkpoint), "--dataset", str(tmp_path / "pairs.jsonl"), "--generator", tiny_lm,
+                 "--cache-dir", str(tmp_path / "cache"), "--generation-cache", str(tmp_path / "generations"),
+                 "--no-random-baseline"]) == 0
+    results = json.loads((checkpoint / "interpretation.json").read_text())["results"]
+    assert len(results["experts"]) == 3 and results["judge_check"] == check
+
+
+def error_lines(stderr: str) -> int:
+    """The lines `smoe` wrote about the failure (progress bars of the data loading aside)."""
+    return sum("error" in line for line in stderr.replace("\r", "\n").splitlines())
+
+
+def test_bad_descriptions_files_are_one_clear_line(checkpoint_and_data, tiny_lm, capsys):
+    _, _, pairs, tmp_path = checkpoint_and_data
+    cases = {"unknown.json": ('{"cooking": "food", "gardening": "plants", "sports": "games"}', "'gardening', 'sports'"),
+             "list.yaml": ("- cooking\n- travel\n", "expected a mapping"),
+             "empty.yaml": ('cooking: ""\n', "'cooking'"),
+             "broken.json": ('{"cooking": ', "not valid JSON"),
+             "missing.yaml": (None, "cannot read")}
+    for name, (text, said) in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        assert interpret_check(tmp_path, tiny_lm, tmp_path / name) == 2
+        error = capsys.readouterr().err
+        assert said in error and name in error and error_lines(error) == 1 and "Traceback" not in error, error
+    pairs.remove_columns("category").to_json(tmp_path / "pairs.jsonl")  # data without categories
+    (tmp_path / "ok.yaml").write_text("cooking: asks about food\n")
+    assert interpret_check(tmp_path, tiny_lm, tmp_path / "ok.yaml") == 2
+    error = capsys.readouterr().err
+    assert "no `category` column" in error and error_lines(error) == 1 and "Traceback" not in error
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

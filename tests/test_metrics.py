@@ -252,6 +252,34 @@ def test_perfect_fidelity_is_one():
     assert metrics.description_fidelity(z, z.float() * 0.5 + 0.1).item() == pytest.approx(1.0)
 
 
+def np_auc(scores, matches):
+    """Every (matching, other) pair counted: 1 when the matching prompt scores higher, 1/2 on a tie."""
+    positives = [s for s, m in zip(scores, matches) if m]
+    negatives = [s for s, m in zip(scores, matches) if not m]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def test_judgment_auc_by_hand_with_a_tie():
+    # matching 0.9, 0.8 vs other 0.8, 0.1: pairs 1 + 1 + 1/2 (the tie) + 1 = 3.5 of 4
+    auc = metrics.judgment_auc(torch.tensor([0.9, 0.8, 0.8, 0.1]), torch.tensor([True, False, True, False]))
+    assert auc.item() == pytest.approx(0.875)
+    assert metrics.judgment_auc(torch.tensor([0.2, 0.1]), torch.tensor([True, False])).item() == 1.0
+    assert metrics.judgment_auc(torch.tensor([0.2, 0.1]), torch.tensor([False, True])).item() == 0.0
+    assert metrics.judgment_auc(torch.full((4,), 0.3), torch.tensor([True, False, True, False])).item() == 0.5
+    for matches in (torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool), torch.zeros(0).bool()):
+        assert math.isnan(metrics.judgment_auc(torch.rand(len(matches)), matches).item())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_judgment_auc_equals_counting_every_pair(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 12, size=60) / 11  # coarse values: many ties within and across the classes
+    matches = rng.random(60) < 0.3
+    got = metrics.judgment_auc(torch.tensor(scores), torch.tensor(matches)).item()
+    assert got == pytest.approx(np_auc(scores, matches), abs=1e-12)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_metrics_run_on_cuda():
     g = torch.Generator().manual_seed(0)
@@ -266,6 +294,7 @@ def test_metrics_run_on_cuda():
         (metrics.undesired_flip_rate, (chosen[:, 0], rejected.T, cat)),
         (metrics.description_fidelity, (cat % 2, pi[:, 0], cat)),
         (metrics.top_examples, (pi, 5)),
+        (metrics.judgment_auc, (pi[:, 0], cat == 0)),
     ]
     for fn, args in cases:
         cpu = fn(*args)

@@ -6,13 +6,14 @@ App. A measurement), `judge_checks` (how far the judge can be trusted), `checkpo
 `generators` (the language models behind describer and judge).
 """
 
-from .checkpoint import expert_table_markdown, interpret_checkpoint
+from .checkpoint import check_checkpoint_judge, expert_table_markdown, interpret_checkpoint
 from .describe import distinct_prompts, interpret_head, routing_by_prompt
-from .fidelity import SAMPLES_PER_STRATUM, score_descriptions
+from .fidelity import SAMPLES_PER_STRATUM, fidelity_means, score_descriptions
 from .generators import LocalGenerator, TextGenerator, load_describer_and_judge
-from .judge_checks import judge_agreement
+from .judge_checks import CHECK_PROMPTS_PER_CATEGORY, judge_agreement, judge_check_markdown
 from .prompts import judge_prompt, prompt_text
 
-__all__ = ["LocalGenerator", "SAMPLES_PER_STRATUM", "TextGenerator", "distinct_prompts", "expert_table_markdown",
-           "interpret_checkpoint", "interpret_head", "judge_agreement", "judge_prompt", "load_describer_and_judge",
-           "prompt_text", "routing_by_prompt", "score_descriptions"]
+__all__ = ["CHECK_PROMPTS_PER_CATEGORY", "LocalGenerator", "SAMPLES_PER_STRATUM", "TextGenerator",
+           "check_checkpoint_judge", "distinct_prompts", "expert_table_markdown", "fidelity_means",
+           "interpret_checkpoint", "interpret_head", "judge_agreement", "judge_check_markdown", "judge_prompt",
+           "load_describer_and_judge", "prompt_text", "routing_by_prompt", "score_descriptions"]

@@ -1,6 +1,8 @@
 """`smoe interpret`: describe and check every expert of a saved checkpoint, and write the results where its readers
-look: interpretation.json and .md beside it, and the expert table (the paper's Table 3 form) in its model card."""
+look: interpretation.json and .md beside it, and the expert table (the paper's Table 3 form) in its model card.
+`--check-judge` measures the judge alone first, on the data's known categories."""
 
+import json
 from pathlib import Path
 
 from ..data import load_pairs
@@ -9,8 +11,11 @@ from ..evaluation import prompt_halves
 from ..features import EmbeddingCache
 from ..hub import is_hub_id, write_expert_table
 from ..runtime import check_output_file, load_checkpoint, run_command, save_run, write_text_atomic
-from .describe import interpret_head
-from .generators import load_describer_and_judge
+from .describe import distinct_prompts, interpret_head
+from .generators import load_describer_and_judge, load_generator
+from .judge_checks import CHECK_PROMPTS_PER_CATEGORY, judge_agreement, judge_check_prompts, read_descriptions
+
+RESULTS_FILE = "interpretation.json"
 
 
 def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", generator_model: str | None = None,
@@ -23,15 +28,7 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
     the checkpoint's model card when the checkpoint is a local folder. The judge defaults to the describer. Results
     in the checkpoint folder are its own and are refreshed; in another `output_dir`, earlier ones are replaced only
     with `overwrite`."""
-    local = Path(checkpoint).is_dir()
-    if output_dir is None and not local:
-        raise InputError(f"output_dir: {checkpoint} is not a local folder; pass --output-dir for the results.")
-    if output_dir is not None:
-        output_dir = Path(output_dir).expanduser()
-        if output_dir.exists() and not output_dir.is_dir():
-            raise InputError(f"output_dir: {output_dir} is a file; give a folder path.")
-        for name in ("interpretation.json", "interpretation.md"):
-            check_output_file(output_dir / name, Path(name).suffix, overwrite=overwrite, flag="--output-dir")
+    output = output_folder(checkpoint, output_dir, (RESULTS_FILE, "interpretation.md"), overwrite)
     model, tokenizer = load_checkpoint(checkpoint)
     pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
     features = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length).pair_features(pairs)
@@ -39,7 +36,9 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
     result = interpret_head(model.head, *prompt_halves(features, pairs, seed), describer, judging, seed=seed,
                             random_baseline=random_baseline)
     result.update(describer=describer.identity, judge=judging.identity, pairs=len(pairs))
-    output = Path(output_dir or checkpoint)
+    earlier = earlier_record(output / RESULTS_FILE).get("results", {})
+    if "judge_check" in earlier:  # a check run before stays beside the interpretation (it records its own job)
+        result["judge_check"] = earlier["judge_check"]
     output.mkdir(parents=True, exist_ok=True)
     table = expert_table_markdown(result)
     write_text_atomic(output / "interpretation.md", f"`{run_command()}`\n\n{table}")
@@ -47,10 +46,70 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
            "max_pairs": max_pairs, "seed": seed, "max_length": max_length, "generator": generator,
            "generator_model": generator_model, "judge": judge, "judge_model": judge_model,
            "random_baseline": random_baseline}
-    save_run(output, job, result, "interpretation.json")
-    if local:
+    save_run(output, job, result, RESULTS_FILE)
+    if Path(checkpoint).is_dir():
         write_expert_table(checkpoint, table, dataset_label(dataset))
     return result
+
+
+def check_checkpoint_judge(checkpoint, dataset, descriptions, *, generator: str = "local",
+                           generator_model: str | None = None, judge: str | None = None,
+                           judge_model: str | None = None, format=None, split="test", max_pairs=None, seed: int = 0,
+                           generation_cache=None, per_category: int = CHECK_PROMPTS_PER_CATEGORY, output_dir=None,
+                           overwrite: bool = False) -> dict:
+    """`smoe interpret --check-judge`: how far the judge can be trusted, before the describer and the judge are run
+    on every expert. Each category's hand-written line of the `descriptions` file is judged against at most
+    `per_category` distinct prompts of each category of the measuring half (seeded), and `judge_agreement`'s figures
+    are written as `judge_check` into interpretation.json, keeping what an earlier interpretation wrote there (the
+    check records its own command and job). Needs only the judge: the checkpoint names where the results go."""
+    output = output_folder(checkpoint, output_dir, (RESULTS_FILE,), overwrite)
+    pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
+    known = sorted({category for category in pairs["category"] if category is not None})
+    if not known:
+        raise InputError(f"--check-judge: {dataset} has no `category` column to check the descriptions against.")
+    descriptions = read_descriptions(descriptions, known)
+    _, measuring = prompt_halves(pairs.remove_columns("prompt"), pairs, seed)  # the halves `smoe interpret` uses
+    texts, rows = distinct_prompts(measuring["prompt"])
+    texts, categories = judge_check_prompts(texts, [measuring[row]["category"] for row in rows], per_category, seed)
+    judging = load_generator(judge or generator, model=judge_model or generator_model, cache_dir=generation_cache)
+    check = judge_agreement(judging, texts, categories, descriptions) | {"judge": judging.identity}
+    job = {"checkpoint": str(checkpoint), "dataset": str(dataset), "format": format, "split": split,
+           "max_pairs": max_pairs, "seed": seed, "judge": judge or generator, "judge_model": judge_model or
+           generator_model, "check_prompts": per_category}
+    check |= {"command": run_command(), "job": job}
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / RESULTS_FILE
+    earlier = earlier_record(path)
+    if earlier:
+        write_text_atomic(path, json.dumps(earlier | {"results": earlier["results"] | {"judge_check": check}},
+                                           indent=2, default=str))
+    else:
+        save_run(output, job, {"judge_check": check}, RESULTS_FILE)
+    return check
+
+
+def output_folder(checkpoint, output_dir, names: tuple, overwrite: bool) -> Path:
+    """Where `smoe interpret` writes `names`: the checkpoint folder (its own results, refreshed) or `output_dir`,
+    where earlier files are replaced only with `overwrite`."""
+    if output_dir is None:
+        if not Path(checkpoint).is_dir():
+            raise InputError(f"output_dir: {checkpoint} is not a local folder; pass --output-dir for the results.")
+        return Path(checkpoint)
+    output_dir = Path(output_dir).expanduser()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"output_dir: {output_dir} is a file; give a folder path.")
+    for name in names:
+        check_output_file(output_dir / name, Path(name).suffix, overwrite=overwrite, flag="--output-dir")
+    return output_dir
+
+
+def earlier_record(path: Path) -> dict:
+    """The run record an earlier `smoe interpret` wrote at `path`; empty when there is none or it cannot be read."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) and isinstance(record.get("results"), dict) else {}
 
 
 def dataset_label(dataset) -> str:
@@ -59,20 +118,28 @@ def dataset_label(dataset) -> str:
 
 
 def expert_table_markdown(interpretation: dict) -> str:
-    """The paper's Table 3 / Table 11 form: one row per expert (description, fidelity, specialization, routing
-    share), then the mean fidelity and the random baseline's."""
-    lines = ["| ID | Natural Language Description | Description Fidelity (↑) | Expert Specialization (↑) | "
-             "Routing share |", "|---|---|---|---|---|"]
+    """The paper's Table 3 / Table 11 form: one row per expert (description, fidelity, fidelity on the judge's
+    P(YES), specialization, routing share), then the mean fidelities and the random baseline's."""
+    lines = ["| ID | Natural Language Description | Description Fidelity (↑) | Fidelity on P(YES) (↑) | "
+             "Expert Specialization (↑) | Routing share |", "|---|---|---|---|---|---|"]
     for expert in interpretation["experts"]:
         description = expert["description"].replace("|", "/") or "(no description)"
-        specialization = expert.get("expert_specialization")
+        on_probability, specialization = expert.get("fidelity_probability"), expert.get("expert_specialization")
         lines.append(f"| {expert['expert']} | {description} | {expert['description_fidelity']:.2f} | "
+                     f"{'-' if on_probability is None else f'{on_probability:.2f}'} | "
                      f"{'-' if specialization is None else f'{100 * specialization:.2f}'} | "
                      f"{100 * expert['routing_share']:.1f}% |")
-    summary = f"\nMean description fidelity {interpretation['description_fidelity']:.3f}"
+    summary = f"\nMean description fidelity {mean_fidelities(interpretation)}"
     if "random_baseline" in interpretation:
         summary += (f"; random baseline (describer shown shuffled prompts, router fixed) "
-                    f"{interpretation['random_baseline']['description_fidelity']:.3f}")
+                    f"{mean_fidelities(interpretation['random_baseline'])}")
     lines.append(summary + ".")
     lines += [f"Note: {note}" for note in interpretation["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def mean_fidelities(interpretation: dict) -> str:
+    """'0.123 (on P(YES): 0.456)': the paper's binary mean fidelity first, then the one on P(YES) when known."""
+    on_probability = interpretation.get("fidelity_probability")
+    return f"{interpretation['description_fidelity']:.3f}" + (
+        "" if on_probability is None else f" (on P(YES): {on_probability:.3f})")

@@ -15,7 +15,7 @@ from ..evaluation import head_outputs
 from ..features import as_training_features
 from ..metrics import expert_specialization_top, pairwise_accuracy, top_examples, top_percent_count
 from ..modeling.modeling_smoe import mixture_reward
-from .fidelity import SAMPLES_PER_STRATUM, TOP_FRACTION, mean_or_none, score_descriptions
+from .fidelity import SAMPLES_PER_STRATUM, TOP_FRACTION, fidelity_means, score_descriptions
 from .generators import TextGenerator
 from .prompts import describer_prompt, parse_description, prompt_text
 
@@ -54,8 +54,9 @@ def interpret_experts(describer: TextGenerator, judge: TextGenerator, describe_r
     baseline: the describer sees the describing prompts shuffled (seeded) while the router's weights stay as they
     are, so each expert is described from prompts unrelated to it. Routing (M, K) over distinct prompt texts.
 
-    Returns {"experts": [...], "description_fidelity": mean over experts (Eq. 20), "routing_share": mean routing
-    weight of each expert over the measuring prompts, "random_baseline": {...} (when asked), "notes": [...] (what
+    Returns {"experts": [...], "description_fidelity": mean over experts (Eq. 20), "fidelity_probability": the same
+    on the judge's P(YES) (None when the judge gives no probabilities), "routing_share": mean routing weight of each
+    expert over the measuring prompts, "random_baseline": {...} (when asked), "notes": [...] (what
     a small set could not give)}.
     """
     experts = describe_experts(describer, describe_routing, describe_texts, top_n)
@@ -64,9 +65,8 @@ def interpret_experts(describer: TextGenerator, judge: TextGenerator, describe_r
     share = measure_routing.float().mean(dim=0).tolist()
     for k, (expert, score) in enumerate(zip(experts, scores)):
         expert.update(score, expert=k, routing_share=share[k])
-    result = {"experts": experts, "description_fidelity": mean_or_none([e["description_fidelity"] for e in experts]),
-              "routing_share": share, "notes": sample_notes(len(describe_texts), len(measure_texts), top_n,
-                                                            per_stratum)}
+    result = {"experts": experts, **fidelity_means(experts), "routing_share": share,
+              "notes": sample_notes(len(describe_texts), len(measure_texts), top_n, per_stratum)}
     if random_baseline:
         shuffled = torch.randperm(len(describe_texts), generator=torch.Generator().manual_seed(seed)).tolist()
         baseline = describe_experts(describer, describe_routing, [describe_texts[i] for i in shuffled], top_n)
@@ -74,8 +74,7 @@ def interpret_experts(describer: TextGenerator, judge: TextGenerator, describe_r
                                              measure_texts, seed, per_stratum)
         for expert, score in zip(baseline, baseline_scores):
             expert.update(score)
-        result["random_baseline"] = {"experts": baseline, "description_fidelity": mean_or_none(
-            [e["description_fidelity"] for e in baseline])}
+        result["random_baseline"] = {"experts": baseline, **fidelity_means(baseline)}
     return result
 
 

@@ -1,6 +1,8 @@
 """Checking a description (Eq. 19-20, App. A): the judge answers, for a stratified sample of an expert's prompts,
 whether each shows the described feature, and description fidelity is the Pearson correlation between those YES/NO
-judgments and the expert's routing weights.
+judgments and the expert's routing weights. The same correlation on the judge's P(YES) is reported beside it: a
+small judge often answers NO to everything (no variance to correlate, fidelity 0) while its P(YES) still ranks the
+prompts.
 
 The sample holds 100 prompts from the top 10% of the expert's weights and 100 from the other 90% (App. A).
 """
@@ -31,26 +33,46 @@ def fidelity_sample(weights: torch.Tensor, generator: torch.Generator, per_strat
 def score_descriptions(judge: TextGenerator, descriptions: list, routing: torch.Tensor, texts: list,
                        seed: int = 0, per_stratum: int = SAMPLES_PER_STRATUM) -> list[dict]:
     """Per expert: description fidelity (Eq. 19) of its description on its stratified sample of the distinct test
-    `texts` (routing (M, K)), with the judgments. One expert's prompts are judged together, so a local judge runs the
-    shared description once per batch."""
+    `texts` (routing (M, K)), on the YES/NO answers and on P(YES), with the judgments. One expert's prompts are
+    judged together, so a local judge runs the shared description once per batch."""
     generator = torch.Generator().manual_seed(seed)
     samples = [fidelity_sample(routing[:, k], generator, per_stratum) for k in range(routing.shape[1])]
     judgments = judge.judge([judge_prompt(description, texts[i]) for description, (rows, _) in
                              zip(descriptions, samples) for i in rows.tolist()])
     experts = torch.cat([torch.full((len(rows),), k) for k, (rows, _) in enumerate(samples)])
     weights = torch.cat([routing[rows, k] for k, (rows, _) in enumerate(samples)])
-    answers = torch.tensor([j.answer for j in judgments], dtype=torch.float64)
-    fidelity = description_fidelity(answers, weights, experts, routing.shape[1], per_expert=True)
+    fidelity, on_probability = fidelities(judgments, weights, experts, routing.shape[1])
     scored, start = [], 0
     for k, (rows, from_top) in enumerate(samples):
         own = judgments[start:start + len(rows)]
         start += len(rows)
-        scored.append({"description_fidelity": fidelity[k].item(), "sample": rows.tolist(),
-                       "sample_from_top": from_top.tolist(), "judgments": [j.answer for j in own],
+        scored.append({"description_fidelity": fidelity[k], "fidelity_probability": on_probability[k],
+                       "sample": rows.tolist(), "sample_from_top": from_top.tolist(),
+                       "judgments": [j.answer for j in own],
                        "yes_probabilities": [j.probability for j in own],
                        "yes_rate_top": mean_or_none([j.answer for j, top in zip(own, from_top) if top]),
                        "yes_rate_rest": mean_or_none([j.answer for j, top in zip(own, from_top) if not top])})
     return scored
+
+
+def fidelities(judgments: list, weights: torch.Tensor, experts: torch.Tensor, num_experts: int) -> tuple[list, list]:
+    """(binary, probability): each expert's description fidelity (Eq. 19) on the YES/NO answers, then on P(YES). An
+    expert with any judgment that has no probability (an endpoint without log-probabilities) gets None on P(YES)."""
+    answers = torch.tensor([j.answer for j in judgments], dtype=torch.float64)
+    unknown = torch.tensor([j.probability is None for j in judgments], dtype=torch.float64)
+    probabilities = torch.tensor([j.probability if j.probability is not None else 0.0 for j in judgments],
+                                 dtype=torch.float64)
+    binary = description_fidelity(answers, weights, experts, num_experts, per_expert=True).tolist()
+    on_probability = description_fidelity(probabilities, weights, experts, num_experts, per_expert=True).tolist()
+    complete = torch.zeros(num_experts, dtype=torch.float64).index_add_(0, experts.long(), unknown) == 0
+    return binary, [value if full else None for value, full in zip(on_probability, complete.tolist())]
+
+
+def fidelity_means(experts: list) -> dict:
+    """The mean over experts (Eq. 20) of both fidelities; the P(YES) one is None unless every expert has it."""
+    on_probability = [expert["fidelity_probability"] for expert in experts]
+    return {"description_fidelity": mean_or_none([expert["description_fidelity"] for expert in experts]),
+            "fidelity_probability": None if None in on_probability else mean_or_none(on_probability)}
 
 
 def mean_or_none(values) -> float | None:

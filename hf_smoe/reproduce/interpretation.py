@@ -5,15 +5,15 @@ each expert predicts where the router sends a prompt, judged by a second model.
 the criterion (the domain is visible in the prompt, so descriptions have something to find), K = 5.
 """
 
-import statistics
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
 from ..evaluation import plot_interpretability_vs_experts
-from ..interpret import (SAMPLES_PER_STRATUM, distinct_prompts, expert_table_markdown, interpret_head, judge_agreement,
-                         load_describer_and_judge, routing_by_prompt, score_descriptions)
+from ..interpret import (SAMPLES_PER_STRATUM, distinct_prompts, expert_table_markdown, fidelity_means, interpret_head,
+                         judge_agreement, judge_check_markdown, load_describer_and_judge, routing_by_prompt,
+                         score_descriptions)
 from ..metrics import expert_category_labels
 from ..runtime import DEFAULT_BACKBONE, load_frozen_backbone
 from ..training import train_preset
@@ -29,12 +29,14 @@ DSP_DESCRIPTIONS = {"academy": "asks for a response in an academic, scholarly st
                     "entertainment": "asks for a response in an entertaining, humorous style",
                     "literature": "asks for a response in a literary, artistic style"}
 TABLE4_COLUMNS = (("accuracy", "accuracy", 100), ("description_fidelity", "description fidelity", 1),
+                  ("fidelity_probability", "fidelity on P(YES)", 1),
                   ("expert_specialization", "expert specialization", 100),
-                  ("oracle_description_fidelity", "fidelity, hand-written domain descriptions", 1))
-FIG6_COLUMNS = TABLE4_COLUMNS[:3]
+                  ("oracle_description_fidelity", "fidelity, hand-written domain descriptions", 1),
+                  ("oracle_fidelity_probability", "the same on P(YES)", 1))
+FIG6_COLUMNS = TABLE4_COLUMNS[:4]
 INTERPRETATION_METRICS = tuple(key for key, _, _ in FIG6_COLUMNS)  # what each interpreted head reports
 PAPER_TABLE4 = {"single": (83.52, None, None), "vanilla": (84.82, 0.29, 0.09), "micro": (84.68, 0.15, 0.04),
-                "random": (None, 0.01, -0.04), "sparse": (83.78, 0.38, 15.13)}
+                "random": (None, 0.01, -0.04), "sparse": (83.78, 0.38, 15.13)}  # accuracy, fidelity, specialization
 FIG6_EXPERTS = (10, 20, 30, 40, 50)
 
 
@@ -58,10 +60,11 @@ def with_prompts(splits, features, names=("validation", "test")) -> list:
 
 
 def oracle_fidelity(head, describing, measuring, judge, descriptions: dict, seed: int = 0,
-                    per_stratum: int = SAMPLES_PER_STRATUM) -> float:
-    """Description fidelity with a perfect describer: each expert is described by `descriptions[c]`, c its category
-    label (the majority category of its 50 top describing prompts, App. A), and judged as usual. What the routing's
-    interpretability is through this judge once the describer is out of the way."""
+                    per_stratum: int = SAMPLES_PER_STRATUM) -> dict:
+    """Description fidelity with a perfect describer, on the YES/NO answers and on P(YES): each expert is described
+    by `descriptions[c]`, c its category label (the majority category of its 50 top describing prompts, App. A), and
+    judged as usual. What the routing's interpretability is through this judge once the describer is out of the
+    way."""
     names = sorted(descriptions)
     routing, _ = routing_by_prompt(head, describing)
     _, rows = distinct_prompts(describing["prompt"])
@@ -69,7 +72,7 @@ def oracle_fidelity(head, describing, measuring, judge, descriptions: dict, seed
     labels = expert_category_labels(routing, categories, len(names)).tolist()
     scores = score_descriptions(judge, [descriptions[names[label]] for label in labels],
                                 *routing_by_prompt(head, measuring), seed, per_stratum)
-    return statistics.fmean(score["description_fidelity"] for score in scores)
+    return {f"oracle_{key}": value for key, value in fidelity_means(scores).items()}
 
 
 def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=SEEDS, generator: str = "local",
@@ -106,11 +109,12 @@ def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=SEEDS, generator: s
                                         random_baseline=preset == "sparse", per_stratum=per_stratum)
                 runs[preset].append({key: result[key] for key in INTERPRETATION_METRICS} | {"interpretation": result})
                 if name == "dsp":  # the describer removed: each expert gets its domain's hand-written line
-                    runs[preset][-1]["oracle_description_fidelity"] = oracle_fidelity(
-                        model.head, describing, measuring, judging, DSP_DESCRIPTIONS, seed, per_stratum)
+                    runs[preset][-1].update(oracle_fidelity(model.head, describing, measuring, judging,
+                                                            DSP_DESCRIPTIONS, seed, per_stratum))
                 if preset == "sparse":
                     runs["random"].append({key: result["random_baseline"][key] for key in
-                                           ("description_fidelity", "expert_specialization")})
+                                           ("description_fidelity", "fidelity_probability",
+                                            "expert_specialization")})
                 print(f"{name} seed {seed}: {preset:<8} fidelity {result['description_fidelity']:.3f}")
         record[name] = {"num_experts": experts, "config_overrides": overrides, "runs": runs,
                         "summary": {row: summarize(r) for row, r in runs.items()},
@@ -144,20 +148,6 @@ def table4_markdown(record: dict, num_seeds: int, describer: str, judge: str) ->
         if "judge_check" in result:
             lines += judge_check_markdown(result["judge_check"])
     return "\n".join(lines) + "\n"
-
-
-def judge_check_markdown(check: dict) -> list:
-    categories = sorted(next(iter(check["yes_rates"].values())))
-    lines = [f"The judge itself, on the {check['prompts']} distinct test prompts: YES rate (%) of each domain's "
-             "hand-written description on each domain's prompts (an ideal judge: 100 on the diagonal, 0 elsewhere)",
-             "", *markdown_header("description", *categories)]
-    for name, rates in check["yes_rates"].items():
-        lines.append(markdown_row(f"{name}: {check['descriptions'][name]}",
-                                  *(f"{100 * rates[c]:.0f}" for c in categories)))
-    lines += ["", f"Fidelity of an ideal router (one expert per domain, weight 1 on its prompts) with this judge: "
-                  f"{check['ideal_fidelity']:.3f} (1.0 for a perfect judge): what routing by the true domain, "
-                  "described exactly, scores through this judge.", ""]
-    return lines
 
 
 def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", generator_model=None, judge=None,

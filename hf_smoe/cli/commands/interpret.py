@@ -6,12 +6,18 @@ expert's top 10%, 100 from the rest), and description fidelity (Eq. 19-20) is th
 beside the random baseline (shuffled prompts, router fixed) and top-10% expert specialization (Eq. 12). Writes
 interpretation.json and interpretation.md and adds the table to the checkpoint's model card. Every answer is cached,
 so a rerun or an interrupted run resumes for free.
+
+With --check-judge DESCRIPTIONS (a JSON or YAML file of category: one-line description), only the judge is measured,
+cheaply, before that run: each description is judged against prompts of every category of the measuring half, and
+the YES rates, the fidelity an ideal router would reach through this judge (on YES/NO, then on P(YES)) and the AUC
+of P(YES) are printed and written as `judge_check` into interpretation.json; the experts are not described.
 """
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..arguments import CheckpointArguments, GeneratorArguments, MeasuredPairsArguments, overwrite_field
+from ...interpret import CHECK_PROMPTS_PER_CATEGORY
+from ..arguments import AT_LEAST_ONE, CheckpointArguments, GeneratorArguments, MeasuredPairsArguments, overwrite_field
 from ..parsing import CommandParser
 
 
@@ -24,15 +30,41 @@ class InterpretOutputArguments:
     overwrite: bool = overwrite_field("interpretation.json/.md in --output-dir")
 
 
+@dataclass
+class JudgeCheckArguments:
+    check_judge: str | None = field(default=None, metadata={
+        "metavar": "DESCRIPTIONS",
+        "help": "a JSON or YAML file mapping categories of the data to a hand-written one-line description: measure "
+                "the judge on them (YES rates, ideal fidelity, AUC of P(YES)) and stop, without describing experts"})
+    check_prompts: int = field(default=CHECK_PROMPTS_PER_CATEGORY, metadata={
+        "help": "distinct measuring prompts judged per category by --check-judge (a seeded sample)"})
+
+    def __post_init__(self):
+        AT_LEAST_ONE.check(self, "check_prompts")
+
+
 def make_parser() -> CommandParser:
     return CommandParser("interpret", (CheckpointArguments, MeasuredPairsArguments, GeneratorArguments,
-                                       InterpretOutputArguments), doc=__doc__, positional=("checkpoint",))
+                                       InterpretOutputArguments, JudgeCheckArguments), doc=__doc__,
+                         positional=("checkpoint",))
 
 
 def main(checkpoint: CheckpointArguments, data: MeasuredPairsArguments, generators: GeneratorArguments,
-         output: InterpretOutputArguments) -> None:
-    from ...interpret import expert_table_markdown, interpret_checkpoint
+         output: InterpretOutputArguments, check: JudgeCheckArguments) -> None:
+    from ...interpret import check_checkpoint_judge, expert_table_markdown, interpret_checkpoint, judge_check_markdown
 
+    written = Path(output.output_dir or checkpoint.checkpoint) / "interpretation.json"
+    if check.check_judge is not None:
+        result = check_checkpoint_judge(
+            checkpoint.checkpoint, data.dataset, check.check_judge, generator=generators.generator,
+            generator_model=generators.generator_model, judge=generators.judge, judge_model=generators.judge_model,
+            format=data.format, split=data.hub_split(), max_pairs=data.max_pairs, seed=data.seed,
+            generation_cache=generators.generation_cache, per_category=check.check_prompts,
+            output_dir=output.output_dir, overwrite=output.overwrite)
+        print("\n".join(judge_check_markdown(result, f"distinct measuring prompts (at most {check.check_prompts} "
+                                                      "per category)")))
+        print(f"Written to {written} (judge_check)")
+        return
     result = interpret_checkpoint(
         checkpoint.checkpoint, data.dataset, generator=generators.generator,
         generator_model=generators.generator_model, judge=generators.judge, judge_model=generators.judge_model,
@@ -40,5 +72,4 @@ def main(checkpoint: CheckpointArguments, data: MeasuredPairsArguments, generato
         cache_dir=data.cache_dir, generation_cache=generators.generation_cache, max_length=data.max_length,
         random_baseline=not output.no_random_baseline, output_dir=output.output_dir, overwrite=output.overwrite)
     print(expert_table_markdown(result))
-    print(f"Written to {Path(output.output_dir or checkpoint.checkpoint) / 'interpretation.json'} and "
-          "interpretation.md")
+    print(f"Written to {written} and interpretation.md")
