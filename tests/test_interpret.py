@@ -3,7 +3,10 @@ probabilities, describer parsing, the answer cache, and `smoe interpret` end to 
 
 import json
 import re
+import typing
+from dataclasses import fields
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_smoe import encode_pair
 from hf_smoe.bench import bench_judge
+from hf_smoe.cli.arguments import GeneratorArguments
 from hf_smoe.cli.main import main
 from hf_smoe.data import split_pairs
 from hf_smoe.hub.card import EXPERTS_END, EXPERTS_START, write_expert_table
@@ -22,7 +26,9 @@ from hf_smoe.interpret.generators.base import Judgment, TextGenerator
 from hf_smoe.interpret.generators.cache import CachedGenerator
 from hf_smoe.interpret.generators.local import LocalGenerator, as_chat
 from hf_smoe.interpret.judge_checks import judge_agreement, judge_check_prompts
-from hf_smoe.interpret.prompts import DESCRIBER_PROMPT, JUDGE_PROMPT, describer_prompt, parse_description
+from hf_smoe.errors import InputError
+from hf_smoe.interpret.prompts import (DESCRIBER_PROMPT, JUDGE_EXAMPLE_CHARS, JUDGE_PROMPT, JUDGE_PROMPTS,
+                                       describer_prompt, judge_prompt, parse_description, shorten)
 from hf_smoe.runtime import save_run
 from hf_smoe.testing import save_tiny_causal_lm
 
@@ -84,10 +90,15 @@ class Scripted(TextGenerator):
         return [Judgment(matches(prompt), None, "YES") for prompt in prompts]
 
 
-def matches(judge_prompt: str) -> bool:
-    """Whether the first word of the description in a Fig. 5 prompt occurs in its input text."""
-    description = judge_prompt.split("Feature description:\n")[1].split("\nInput text:")[0]
-    text = judge_prompt.split("Input text:\n")[1].split("\nDecision rule:")[0]
+def matches(prompt: str) -> bool:
+    """Whether the first word of the description in a judge prompt (Fig. 5 or the question variant) occurs in its
+    input text."""
+    if prompt.startswith("Feature: "):  # the question variant
+        description = prompt[len("Feature: "):].split("\n")[0]
+        text = prompt.split('"""\n')[1].split('\n"""')[0]
+    else:
+        description = prompt.split("Feature description:\n")[1].split("\nInput text:")[0]
+        text = prompt.split("Input text:\n")[1].split("\nDecision rule:")[0]
     return description.split()[0] in text
 
 
@@ -487,3 +498,68 @@ def test_an_unreachable_endpoint_is_one_clear_error(checkpoint_and_data, capsys)
                  "--generation-cache", str(tmp_path / "generations")])
     error = capsys.readouterr().err
     assert code == 2 and "http://127.0.0.1:9" in error and "Traceback" not in error
+
+
+def test_the_question_judge_prompt_is_its_text_and_the_default_stays_fig_5():
+    text = "Write {a} poem about my cat " + "x" * 3000
+    expected = ('Feature: asks about {cats}\n\nUser prompt:\n"""\n' + shorten(text, JUDGE_EXAMPLE_CHARS)
+                + '\n"""\n\nDoes the user prompt have the feature? Answer YES or NO.')
+    assert judge_prompt("asks about {cats}", text, "question") == expected
+    fig5 = JUDGE_PROMPT.format(description="asks about {cats}", input_text=shorten(text, JUDGE_EXAMPLE_CHARS))
+    assert judge_prompt("asks about {cats}", text) == judge_prompt("asks about {cats}", text, "paper") == fig5
+    with pytest.raises(InputError, match="'nope'.*paper, question"):
+        judge_prompt("asks about cats", text, "nope")
+    # the CLI offers exactly the templates there are
+    flag = next(field for field in fields(GeneratorArguments) if field.name == "judge_prompt")
+    assert typing.get_args(flag.type) == tuple(JUDGE_PROMPTS) and flag.default == "paper"
+
+
+def test_the_judge_prompt_variant_reaches_the_judge():
+    texts, categories, descriptions = category_prompts(5)
+    for variant, first_line in (("question", "Feature: "), ("paper", "You are a binary classifier.")):
+        judge = Scripted()
+        check = judge_agreement(judge, texts, categories, descriptions, judge_prompt=variant)
+        assert judge.calls == [judge_prompt(descriptions[name], text, variant) for name in sorted(descriptions)
+                               for text in texts]
+        assert all(call.startswith(first_line) for call in judge.calls)
+        assert check["ideal_fidelity"] == pytest.approx(1.0) and check["judge_prompt"] == variant
+    routing = torch.softmax(torch.randn(12, 3, generator=torch.Generator().manual_seed(1)), dim=1)
+    describer, judge = Scripted(), Scripted()
+    result = interpret_experts(describer, judge, routing, texts[:12], routing, texts[:12], judge_prompt="question")
+    expected = [judge_prompt(expert["description"], texts[i], "question")
+                for expert in result["experts"] + result["random_baseline"]["experts"] for i in expert["sample"]]
+    assert judge.calls == expected and all(call.startswith("Task Overview") for call in describer.calls)
+
+
+def test_smoe_interpret_judge_prompt_reaches_the_judge_and_is_recorded(checkpoint_and_data, capsys):
+    _, _, _, tmp_path = checkpoint_and_data
+    checkpoint = tmp_path / "checkpoint"
+    (tmp_path / "descriptions.yaml").write_text("cooking: cooking\ntravel: travel\n")
+    judge = Scripted()
+    with mock.patch("hf_smoe.interpret.checkpoint.load_generator", return_value=judge):
+        assert interpret_check(tmp_path, "unused", tmp_path / "descriptions.yaml", "--judge-prompt", "question") == 0
+    assert judge.calls and all(call.startswith("Feature: ") for call in judge.calls)
+    check = json.loads((checkpoint / "interpretation.json").read_text())["results"]["judge_check"]
+    assert check["job"]["judge_prompt"] == check["judge_prompt"] == "question"
+    judge = Scripted()
+    with mock.patch("hf_smoe.interpret.checkpoint.load_describer_and_judge", return_value=(Scripted(), judge)):
+        assert main(["interpret", str(checkpoint), "--dataset", str(tmp_path / "pairs.jsonl"), "--cache-dir",
+                     str(tmp_path / "cache"), "--judge-prompt", "question", "--no-random-baseline"]) == 0
+    assert judge.calls and all(call.startswith("Feature: ") for call in judge.calls)
+    assert json.loads((checkpoint / "interpretation.json").read_text())["job"]["judge_prompt"] == "question"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # argparse refuses it before anything runs
+        interpret_check(tmp_path, "unused", tmp_path / "descriptions.yaml", "--judge-prompt", "nope")
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "'nope'" in error and "paper" in error and "question" in error and error_lines(error) == 1, error
+
+
+def test_smoe_reproduce_passes_the_judge_prompt_to_table4_and_fig6(tmp_path):
+    for experiment, function in (("table4", "reproduce_table4"), ("fig6", "reproduce_fig6")):
+        with mock.patch(f"hf_smoe.reproduce.{function}") as reproduce:
+            assert main(["reproduce", experiment, "--data-root", str(tmp_path), "--judge-prompt", "question"]) == 0
+        assert reproduce.call_args.kwargs["judge_prompt"] == "question"
+        with mock.patch(f"hf_smoe.reproduce.{function}") as reproduce:
+            assert main(["reproduce", experiment, "--data-root", str(tmp_path)]) == 0
+        assert reproduce.call_args.kwargs["judge_prompt"] == "paper"

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from ..errors import InputError
 from ..runtime import DEFAULT_BACKBONE
@@ -104,5 +105,8 @@ class GeneratorArguments:
                                                       "help": "the judge (default: the describer)"})
     judge_model: str | None = field(default=None, metadata={
         "help": "the model name the judge's endpoint should use"})
+    judge_prompt: Literal["paper", "question"] = field(default="paper", metadata={
+        "help": "the judge's prompt: 'paper' (Fig. 5, word for word) or 'question' (the feature, then the quoted "
+                "prompt and a direct question; small local judges rank prompts better with it)"})
     generation_cache: str | None = field(default=None, metadata={
         "help": "folder of cached answers (default: $HF_SMOE_CACHE/generations)"})

@@ -11,9 +11,9 @@ from .describe import distinct_prompts, interpret_head, routing_by_prompt
 from .fidelity import SAMPLES_PER_STRATUM, fidelity_means, score_descriptions
 from .generators import LocalGenerator, TextGenerator, load_describer_and_judge
 from .judge_checks import CHECK_PROMPTS_PER_CATEGORY, judge_agreement, judge_check_markdown
-from .prompts import judge_prompt, prompt_text
+from .prompts import judge_prompt, judge_template, prompt_text
 
 __all__ = ["CHECK_PROMPTS_PER_CATEGORY", "LocalGenerator", "SAMPLES_PER_STRATUM", "TextGenerator",
            "check_checkpoint_judge", "distinct_prompts", "expert_table_markdown", "fidelity_means",
            "interpret_checkpoint", "interpret_head", "judge_agreement", "judge_check_markdown", "judge_prompt",
-           "load_describer_and_judge", "prompt_text", "routing_by_prompt", "score_descriptions"]
+           "judge_template", "load_describer_and_judge", "prompt_text", "routing_by_prompt", "score_descriptions"]

@@ -10,8 +10,8 @@ The sample holds 100 prompts from the top 10% of the expert's weights and 100 fr
 import torch
 
 from ..metrics import description_fidelity, top_percent_count
+from . import prompts
 from .generators import TextGenerator
-from .prompts import judge_prompt
 
 SAMPLES_PER_STRATUM = 100  # test prompts judged from the top 10% and from the rest (App. A)
 TOP_FRACTION = 0.1
@@ -31,14 +31,16 @@ def fidelity_sample(weights: torch.Tensor, generator: torch.Generator, per_strat
 
 
 def score_descriptions(judge: TextGenerator, descriptions: list, routing: torch.Tensor, texts: list,
-                       seed: int = 0, per_stratum: int = SAMPLES_PER_STRATUM) -> list[dict]:
+                       seed: int = 0, per_stratum: int = SAMPLES_PER_STRATUM,
+                       judge_prompt: str = "paper") -> list[dict]:
     """Per expert: description fidelity (Eq. 19) of its description on its stratified sample of the distinct test
-    `texts` (routing (M, K)), on the YES/NO answers and on P(YES), with the judgments. One expert's prompts are
-    judged together, so a local judge runs the shared description once per batch."""
+    `texts` (routing (M, K)), on the YES/NO answers and on P(YES), with the judgments; the judge reads the
+    `judge_prompt` template (Fig. 5 by default). One expert's prompts are judged together, so a local judge
+    runs the shared description once per batch."""
     generator = torch.Generator().manual_seed(seed)
     samples = [fidelity_sample(routing[:, k], generator, per_stratum) for k in range(routing.shape[1])]
-    judgments = judge.judge([judge_prompt(description, texts[i]) for description, (rows, _) in
-                             zip(descriptions, samples) for i in rows.tolist()])
+    judgments = judge.judge([prompts.judge_prompt(description, texts[i], judge_prompt)
+                             for description, (rows, _) in zip(descriptions, samples) for i in rows.tolist()])
     experts = torch.cat([torch.full((len(rows),), k) for k, (rows, _) in enumerate(samples)])
     weights = torch.cat([routing[rows, k] for k, (rows, _) in enumerate(samples)])
     fidelity, on_probability = fidelities(judgments, weights, experts, routing.shape[1])

@@ -14,16 +14,17 @@ import torch
 
 from ..errors import InputError
 from ..metrics import judgment_auc
+from . import prompts
 from .fidelity import fidelities, mean_or_none
 from .generators import TextGenerator
-from .prompts import judge_prompt
 
 CHECK_PROMPTS_PER_CATEGORY = 40  # distinct prompts judged per category by `smoe interpret --check-judge`
 
 
-def judge_agreement(judge: TextGenerator, texts: list, categories: list, descriptions: dict) -> dict:
-    """How well the judge itself reads a known feature: each category's hand-written `descriptions[category]`
-    against every prompt of `texts` (categories known).
+def judge_agreement(judge: TextGenerator, texts: list, categories: list, descriptions: dict,
+                    judge_prompt: str = "paper") -> dict:
+    """How well the judge itself reads a known feature, through its `judge_prompt` template: each category's
+    hand-written `descriptions[category]` against every prompt of `texts` (categories known).
 
     Returns the YES rate of each description on each category; `ideal_fidelity`: the description fidelity
     (Eq. 19-20) an ideal router would get with this judge, one expert per described category routing exactly its
@@ -32,7 +33,8 @@ def judge_agreement(judge: TextGenerator, texts: list, categories: list, descrip
     and `auc`: the mean over descriptions of the AUC of P(YES) for the matching prompts against the others
     (`judgment_auc`). The P(YES) figures are None when the judge gives no probabilities."""
     names = sorted(descriptions)
-    judgments = judge.judge([judge_prompt(descriptions[name], text) for name in names for text in texts])
+    judgments = judge.judge([prompts.judge_prompt(descriptions[name], text, judge_prompt) for name in names
+                             for text in texts])
     membership = torch.tensor([[category == name for category in categories] for name in names], dtype=torch.bool)
     experts = torch.arange(len(names)).repeat_interleave(len(texts))
     fidelity, on_probability = fidelities(judgments, membership.flatten().double(), experts, len(names))
@@ -46,7 +48,7 @@ def judge_agreement(judge: TextGenerator, texts: list, categories: list, descrip
             "auc": mean_or_none([value for value in aucs.values() if value is not None]),
             "ideal_fidelity_per_category": dict(zip(names, fidelity)),
             "ideal_fidelity_probability_per_category": dict(zip(names, on_probability)),
-            "auc_per_category": aucs, "prompts": len(texts)}
+            "auc_per_category": aucs, "prompts": len(texts), "judge_prompt": judge_prompt}
 
 
 def description_aucs(judgments: list, membership: torch.Tensor) -> list:

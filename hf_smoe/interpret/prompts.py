@@ -1,5 +1,5 @@
-"""The describer's and the judge's prompts (Fig. 4 and Fig. 5, word for word), filled with prompt texts, and the
-reading of the describer's answer.
+"""The describer's and the judge's prompts (Fig. 4 and Fig. 5, word for word, and a shorter judge question that
+small judges read better), filled with prompt texts, and the reading of the describer's answer.
 
 Everything here is text in, text out: which model answers is the generators' business, what the answers mean for
 the experts is `describe`'s and `fidelity`'s.
@@ -7,6 +7,7 @@ the experts is `describe`'s and `fidelity`'s.
 
 import re
 
+from ..errors import InputError
 from ..features import as_messages
 
 # Fig. 4, word for word; the paper prints it as running text, the line breaks here restore its sections.
@@ -65,6 +66,12 @@ Output format:
 Return exactly one token: YES or NO.
 Answer:"""
 
+# The judge's templates by name: "paper" is Fig. 5; "question" puts the feature first and asks about the quoted prompt
+# directly, which small local judges separate better on P(YES) (their YES threshold then needs calibrating).
+JUDGE_PROMPTS = {"paper": JUDGE_PROMPT,
+                 "question": 'Feature: {description}\n\nUser prompt:\n"""\n{input_text}\n"""\n\n'
+                             "Does the user prompt have the feature? Answer YES or NO."}
+
 # Character budgets of one prompt (its beginning and end are kept): 20 examples must fit a small describer's context.
 DESCRIBER_EXAMPLE_CHARS = 600
 JUDGE_EXAMPLE_CHARS = 1500
@@ -93,9 +100,17 @@ def describer_prompt(examples) -> str:
     return DESCRIBER_PROMPT.replace("{examples}", listed)
 
 
-def judge_prompt(description: str, text: str) -> str:
-    """Fig. 5 for one (description, prompt)."""
-    return JUDGE_PROMPT.replace("{description}", description).replace(
+def judge_template(variant: str) -> str:
+    """The judge's template named `variant`; an unknown name is refused before any model runs."""
+    if variant not in JUDGE_PROMPTS:
+        raise InputError(f"judge_prompt: unknown variant {variant!r}; choose from {', '.join(JUDGE_PROMPTS)}.")
+    return JUDGE_PROMPTS[variant]
+
+
+def judge_prompt(description: str, text: str, variant: str = "paper") -> str:
+    """The judge's `variant` template (Fig. 5 by default) for one (description, prompt); filled by replacement, as
+    prompt texts may hold braces."""
+    return judge_template(variant).replace("{description}", description).replace(
         "{input_text}", shorten(text, JUDGE_EXAMPLE_CHARS))
 
 

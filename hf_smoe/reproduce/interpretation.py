@@ -12,8 +12,8 @@ import torch
 from ..errors import InputError
 from ..evaluation import plot_interpretability_vs_experts
 from ..interpret import (SAMPLES_PER_STRATUM, distinct_prompts, expert_table_markdown, fidelity_means, interpret_head,
-                         judge_agreement, judge_check_markdown, load_describer_and_judge, routing_by_prompt,
-                         score_descriptions)
+                         judge_agreement, judge_check_markdown, judge_template, load_describer_and_judge,
+                         routing_by_prompt, score_descriptions)
 from ..metrics import expert_category_labels
 from ..runtime import DEFAULT_BACKBONE, load_frozen_backbone
 from ..training import train_preset
@@ -60,7 +60,7 @@ def with_prompts(splits, features, names=("validation", "test")) -> list:
 
 
 def oracle_fidelity(head, describing, measuring, judge, descriptions: dict, seed: int = 0,
-                    per_stratum: int = SAMPLES_PER_STRATUM) -> dict:
+                    per_stratum: int = SAMPLES_PER_STRATUM, judge_prompt: str = "paper") -> dict:
     """Description fidelity with a perfect describer, on the YES/NO answers and on P(YES): each expert is described
     by `descriptions[c]`, c its category label (the majority category of its 50 top describing prompts, App. A), and
     judged as usual. What the routing's interpretability is through this judge once the describer is out of the
@@ -71,7 +71,7 @@ def oracle_fidelity(head, describing, measuring, judge, descriptions: dict, seed
     categories = torch.tensor([names.index(describing[row]["category"]) for row in rows])
     labels = expert_category_labels(routing, categories, len(names)).tolist()
     scores = score_descriptions(judge, [descriptions[names[label]] for label in labels],
-                                *routing_by_prompt(head, measuring), seed, per_stratum)
+                                *routing_by_prompt(head, measuring), seed, per_stratum, judge_prompt)
     return {f"oracle_{key}": value for key, value in fidelity_means(scores).items()}
 
 
@@ -81,11 +81,13 @@ def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=SEEDS, generator: s
                      cache_dir=None, data_root=None,
                      generation_cache=None, per_stratum: int = SAMPLES_PER_STRATUM,
                      general_sizes: tuple = GENERAL_SIZES, dsp_queries: int | None = None,
-                     num_experts: int | None = None) -> dict:
+                     num_experts: int | None = None, judge_prompt: str = "paper") -> dict:
     """Table 4 (§6.1): accuracy, description fidelity and top-10% expert specialization of single / vanilla / MiCRo /
     sparse and the random baseline (sparse's router, the describer shown shuffled prompts), mean ± std over `seeds`;
     experts are described from validation prompts and measured on test prompts. On DSP the judge itself is measured
-    too (`judge_agreement` with the domains' hand-written descriptions). Writes table4.md and results.json."""
+    too (`judge_agreement` with the domains' hand-written descriptions). The judge reads its `judge_prompt` template
+    (Fig. 5 by default), recorded with the results. Writes table4.md and results.json."""
+    judge_template(judge_prompt)
     output = Path(output_dir)
     backbone_model, tokenizer = load_frozen_backbone(backbone)
     describer, judging = load_describer_and_judge(generator, generator_model, judge, judge_model, generation_cache)
@@ -106,11 +108,12 @@ def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=SEEDS, generator: s
                     runs["single"].append({"accuracy": metrics["accuracy"]})
                     continue
                 result = interpret_head(model.head, describing, measuring, describer, judging, seed=seed,
-                                        random_baseline=preset == "sparse", per_stratum=per_stratum)
+                                        random_baseline=preset == "sparse", per_stratum=per_stratum,
+                                        judge_prompt=judge_prompt)
                 runs[preset].append({key: result[key] for key in INTERPRETATION_METRICS} | {"interpretation": result})
                 if name == "dsp":  # the describer removed: each expert gets its domain's hand-written line
                     runs[preset][-1].update(oracle_fidelity(model.head, describing, measuring, judging,
-                                                            DSP_DESCRIPTIONS, seed, per_stratum))
+                                                            DSP_DESCRIPTIONS, seed, per_stratum, judge_prompt))
                 if preset == "sparse":
                     runs["random"].append({key: result["random_baseline"][key] for key in
                                            ("description_fidelity", "fidelity_probability",
@@ -122,19 +125,21 @@ def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=SEEDS, generator: s
         if name == "dsp":
             texts, rows = distinct_prompts(measuring["prompt"])
             record[name]["judge_check"] = judge_agreement(judging, texts, [measuring[row]["category"] for row in rows],
-                                                          DSP_DESCRIPTIONS)
-    write_results(output, "table4", table4_markdown(record, len(seeds), describer.identity, judging.identity),
+                                                          DSP_DESCRIPTIONS, judge_prompt)
+    write_results(output, "table4", table4_markdown(record, len(seeds), describer.identity, judging.identity,
+                                                    judge_prompt),
                   {"experiment": "table4", "datasets": list(datasets), "seeds": list(seeds), "epochs": epochs,
                    "training": training or {},
                    "backbone": backbone, "generator": generator, "generator_model": generator_model, "judge": judge,
-                   "judge_model": judge_model, "per_stratum": per_stratum, "describer": describer.identity,
-                   "judge_identity": judging.identity, "general_sizes": list(general_sizes),
-                   "dsp_queries": dsp_queries, "num_experts": num_experts}, record)
+                   "judge_model": judge_model, "judge_prompt": judge_prompt, "per_stratum": per_stratum,
+                   "describer": describer.identity, "judge_identity": judging.identity,
+                   "general_sizes": list(general_sizes), "dsp_queries": dsp_queries, "num_experts": num_experts},
+                  record)
     return record
 
 
-def table4_markdown(record: dict, num_seeds: int, describer: str, judge: str) -> str:
-    lines = [f"Describer: `{describer}`; judge: `{judge}`.", ""]
+def table4_markdown(record: dict, num_seeds: int, describer: str, judge: str, judge_prompt: str) -> str:
+    lines = [f"Describer: `{describer}`; judge: `{judge}` (judge prompt: {judge_prompt}).", ""]
     for name, result in record.items():
         lines += [f"### {name}: K = {result['num_experts']}, {result['pairs']} pairs (train/validation/test), "
                   f"{num_seeds} seed(s), mean ± std; accuracy and specialization in %", "",
@@ -154,9 +159,12 @@ def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", 
                    judge_model=None, output_dir="outputs/reproduce/fig6", backbone=DEFAULT_BACKBONE,
                    epochs: float = EPOCHS, training: dict | None = None,
                    cache_dir=None, data_root=None, generation_cache=None,
-                   per_stratum: int = SAMPLES_PER_STRATUM, general_sizes: tuple = GENERAL_SIZES) -> dict:
+                   per_stratum: int = SAMPLES_PER_STRATUM, general_sizes: tuple = GENERAL_SIZES,
+                   judge_prompt: str = "paper") -> dict:
     """Fig. 6 (App. B): the sparse model on the general mixture (λ_gb = 1.0) for each K, its description fidelity
-    and top-10% expert specialization against K. Writes fig6.md, fig6.png and results.json."""
+    and top-10% expert specialization against K, the judge reading its `judge_prompt` template (Fig. 5 by default).
+    Writes fig6.md, fig6.png and results.json."""
+    judge_template(judge_prompt)
     output = Path(output_dir)
     backbone_model, tokenizer = load_frozen_backbone(backbone)
     describer, judging = load_describer_and_judge(generator, generator_model, judge, judge_model, generation_cache)
@@ -169,7 +177,7 @@ def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", 
             model, _ = train_preset(backbone_model, tokenizer, features, "sparse", num_experts, seed, epochs,
                                     str(output / "trainer"), training, **overrides)
             result = interpret_head(model.head, describing, measuring, describer, judging, seed=seed,
-                                    random_baseline=False, per_stratum=per_stratum)
+                                    random_baseline=False, per_stratum=per_stratum, judge_prompt=judge_prompt)
             runs.setdefault(num_experts, []).append({key: result[key] for key in INTERPRETATION_METRICS})
             print(f"K = {num_experts}, seed {seed}: fidelity {result['description_fidelity']:.3f}")
     summary = {k: summarize(r) for k, r in runs.items()}
@@ -179,7 +187,7 @@ def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", 
                                      series["expert_specialization"],
                                      f"Sparse MoE on the general mixture: interpretability vs K ({len(seeds)} seed(s))")
     lines = [f"### Interpretability vs the number of experts (sparse, general mixture, {len(seeds)} seed(s); "
-             f"describer `{describer.identity}`, judge `{judging.identity}`)", "",
+             f"describer `{describer.identity}`, judge `{judging.identity}`, judge prompt: {judge_prompt})", "",
              *markdown_header("K", *(label for _, label, _ in FIG6_COLUMNS))]
     for k in k_values:
         lines.append(markdown_row(k, *(mean_std_cell(summary[k], key, scale) for key, _, scale in FIG6_COLUMNS)))
@@ -187,7 +195,8 @@ def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", 
                   {"experiment": "fig6", "k_values": list(k_values), "seeds": list(seeds), "epochs": epochs,
                    "training": training or {},
                    "backbone": backbone, "generator": generator, "generator_model": generator_model, "judge": judge,
-                   "judge_model": judge_model, "per_stratum": per_stratum, "describer": describer.identity,
-                   "judge_identity": judging.identity, "general_sizes": list(general_sizes)},
+                   "judge_model": judge_model, "judge_prompt": judge_prompt, "per_stratum": per_stratum,
+                   "describer": describer.identity, "judge_identity": judging.identity,
+                   "general_sizes": list(general_sizes)},
                   {"runs": runs, "summary": summary})
     return summary
