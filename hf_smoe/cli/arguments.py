@@ -108,5 +108,8 @@ class GeneratorArguments:
     judge_prompt: Literal["paper", "question"] = field(default="paper", metadata={
         "help": "the judge's prompt: 'paper' (Fig. 5, word for word) or 'question' (the feature, then the quoted "
                 "prompt and a direct question; small local judges rank prompts better with it)"})
+    calibrate_threshold: bool = field(default=False, metadata={
+        "help": "choose the judge's YES threshold on P(YES) per description on a sample of the describing split "
+                "(the one maximizing fidelity there) instead of the paper's fixed 0.5; never on the measuring split"})
     generation_cache: str | None = field(default=None, metadata={
         "help": "folder of cached answers (default: $HF_SMOE_CACHE/generations)"})

@@ -22,13 +22,14 @@ RESULTS_FILE = "interpretation.json"
 def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", generator_model: str | None = None,
                          judge: str | None = None, judge_model: str | None = None, format=None, split="test",
                          max_pairs=None, seed: int = 0, cache_dir=None, generation_cache=None, max_length: int = 1024,
-                         random_baseline: bool = True, judge_prompt: str = "paper", output_dir=None,
-                         overwrite: bool = False) -> dict:
+                         random_baseline: bool = True, judge_prompt: str = "paper",
+                         calibrate_threshold: bool = False, output_dir=None, overwrite: bool = False) -> dict:
     """`smoe interpret`: describes and checks every expert of `checkpoint` on `dataset` (split by prompt into a
     describing and a measuring half, as `smoe eval` labels and measures), writes interpretation.json (with the
     command) and interpretation.md to `output_dir` (default: the checkpoint folder), and puts the expert table into
     the checkpoint's model card when the checkpoint is a local folder. The judge defaults to the describer and reads
-    its `judge_prompt` template (Fig. 5 by default; the job records which). Results in the checkpoint folder are its
+    its `judge_prompt` template (Fig. 5 by default; the job records which), its YES threshold calibrated per
+    description on the describing half with `calibrate_threshold`. Results in the checkpoint folder are its
     own and are refreshed; in another `output_dir`, earlier ones are replaced only with `overwrite`."""
     judge_template(judge_prompt)
     output = output_folder(checkpoint, output_dir, (RESULTS_FILE, "interpretation.md"), overwrite)
@@ -37,7 +38,8 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
     features = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length).pair_features(pairs)
     describer, judging = load_describer_and_judge(generator, generator_model, judge, judge_model, generation_cache)
     result = interpret_head(model.head, *prompt_halves(features, pairs, seed), describer, judging, seed=seed,
-                            random_baseline=random_baseline, judge_prompt=judge_prompt)
+                            random_baseline=random_baseline, judge_prompt=judge_prompt,
+                            calibrate_threshold=calibrate_threshold)
     result.update(describer=describer.identity, judge=judging.identity, pairs=len(pairs))
     earlier = earlier_record(output / RESULTS_FILE).get("results", {})
     if "judge_check" in earlier:  # a check run before stays beside the interpretation (it records its own job)
@@ -48,7 +50,8 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
     job = {"checkpoint": str(checkpoint), "dataset": str(dataset), "format": format, "split": split,
            "max_pairs": max_pairs, "seed": seed, "max_length": max_length, "generator": generator,
            "generator_model": generator_model, "judge": judge, "judge_model": judge_model,
-           "random_baseline": random_baseline, "judge_prompt": judge_prompt}
+           "random_baseline": random_baseline, "judge_prompt": judge_prompt,
+           "calibrate_threshold": calibrate_threshold}
     save_run(output, job, result, RESULTS_FILE)
     if Path(checkpoint).is_dir():
         write_expert_table(checkpoint, table, dataset_label(dataset))
@@ -59,13 +62,16 @@ def check_checkpoint_judge(checkpoint, dataset, descriptions, *, generator: str 
                            generator_model: str | None = None, judge: str | None = None,
                            judge_model: str | None = None, format=None, split="test", max_pairs=None, seed: int = 0,
                            generation_cache=None, per_category: int = CHECK_PROMPTS_PER_CATEGORY,
-                           judge_prompt: str = "paper", output_dir=None, overwrite: bool = False) -> dict:
+                           judge_prompt: str = "paper", calibrate_threshold: bool = False, output_dir=None,
+                           overwrite: bool = False) -> dict:
     """`smoe interpret --check-judge`: how far the judge can be trusted, before the describer and the judge are run
     on every expert. Each category's hand-written line of the `descriptions` file is judged against at most
     `per_category` distinct prompts of each category of the measuring half (seeded), and `judge_agreement`'s figures
     are written as `judge_check` into interpretation.json, keeping what an earlier interpretation wrote there (the
-    check records its own command and job, the judge's `judge_prompt` template among it). Needs only the judge: the
-    checkpoint names where the results go."""
+    check records its own command and job, the judge's `judge_prompt` template among it). With
+    `calibrate_threshold`, each description's YES threshold is chosen on as many prompts of the describing half,
+    sampled the same way, and the binary figures are reported at it too. Needs only the judge: the checkpoint names
+    where the results go."""
     judge_template(judge_prompt)
     output = output_folder(checkpoint, output_dir, (RESULTS_FILE,), overwrite)
     pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
@@ -73,14 +79,16 @@ def check_checkpoint_judge(checkpoint, dataset, descriptions, *, generator: str 
     if not known:
         raise InputError(f"--check-judge: {dataset} has no `category` column to check the descriptions against.")
     descriptions = read_descriptions(descriptions, known)
-    _, measuring = prompt_halves(pairs.remove_columns("prompt"), pairs, seed)  # the halves `smoe interpret` uses
-    texts, rows = distinct_prompts(measuring["prompt"])
-    texts, categories = judge_check_prompts(texts, [measuring[row]["category"] for row in rows], per_category, seed)
+    describing, measuring = prompt_halves(pairs.remove_columns("prompt"), pairs, seed)  # `smoe interpret`'s halves
+    texts, categories = check_prompts(measuring, per_category, seed)
+    calibration = check_prompts(describing, per_category, seed) if calibrate_threshold else None
     judging = load_generator(judge or generator, model=judge_model or generator_model, cache_dir=generation_cache)
-    check = judge_agreement(judging, texts, categories, descriptions, judge_prompt) | {"judge": judging.identity}
+    check = judge_agreement(judging, texts, categories, descriptions, judge_prompt, calibration) | {
+        "judge": judging.identity}
     job = {"checkpoint": str(checkpoint), "dataset": str(dataset), "format": format, "split": split,
            "max_pairs": max_pairs, "seed": seed, "judge": judge or generator, "judge_model": judge_model or
-           generator_model, "check_prompts": per_category, "judge_prompt": judge_prompt}
+           generator_model, "check_prompts": per_category, "judge_prompt": judge_prompt,
+           "calibrate_threshold": calibrate_threshold}
     check |= {"command": run_command(), "job": job}
     output.mkdir(parents=True, exist_ok=True)
     path = output / RESULTS_FILE
@@ -91,6 +99,12 @@ def check_checkpoint_judge(checkpoint, dataset, descriptions, *, generator: str 
     else:
         save_run(output, job, {"judge_check": check}, RESULTS_FILE)
     return check
+
+
+def check_prompts(half, per_category: int, seed: int) -> tuple[list, list]:
+    """(texts, categories) of at most `per_category` distinct prompts of each category of one half (seeded)."""
+    texts, rows = distinct_prompts(half["prompt"])
+    return judge_check_prompts(texts, [half[row]["category"] for row in rows], per_category, seed)
 
 
 def output_folder(checkpoint, output_dir, names: tuple, overwrite: bool) -> Path:

@@ -49,20 +49,23 @@ def describe_experts(describer: TextGenerator, routing: torch.Tensor, texts: lis
 def interpret_experts(describer: TextGenerator, judge: TextGenerator, describe_routing: torch.Tensor,
                       describe_texts: list, measure_routing: torch.Tensor, measure_texts: list, *, seed: int = 0,
                       random_baseline: bool = True, top_n: int = TOP_EXAMPLES,
-                      per_stratum: int = SAMPLES_PER_STRATUM, judge_prompt: str = "paper") -> dict:
+                      per_stratum: int = SAMPLES_PER_STRATUM, judge_prompt: str = "paper",
+                      calibrate_threshold: bool = False) -> dict:
     """Descriptions from the describing prompts (validation), fidelity on the measuring prompts (test), and the random
     baseline: the describer sees the describing prompts shuffled (seeded) while the router's weights stay as they
     are, so each expert is described from prompts unrelated to it. Routing (M, K) over distinct prompt texts; the
-    judge reads its `judge_prompt` template (`prompts.JUDGE_PROMPTS`, Fig. 5 by default).
+    judge reads its `judge_prompt` template (`prompts.JUDGE_PROMPTS`, Fig. 5 by default). With `calibrate_threshold`,
+    each description's YES threshold is chosen on a sample of the describing prompts (`score_descriptions`).
 
     Returns {"experts": [...], "description_fidelity": mean over experts (Eq. 20), "fidelity_probability": the same
     on the judge's P(YES) (None when the judge gives no probabilities), "routing_share": mean routing weight of each
     expert over the measuring prompts, "random_baseline": {...} (when asked), "notes": [...] (what
     a small set could not give)}.
     """
+    calibration = (describe_routing, describe_texts) if calibrate_threshold else None
     experts = describe_experts(describer, describe_routing, describe_texts, top_n)
     scores = score_descriptions(judge, [e["description"] for e in experts], measure_routing, measure_texts, seed,
-                                per_stratum, judge_prompt)
+                                per_stratum, judge_prompt, calibration)
     share = measure_routing.float().mean(dim=0).tolist()
     for k, (expert, score) in enumerate(zip(experts, scores)):
         expert.update(score, expert=k, routing_share=share[k])
@@ -72,7 +75,7 @@ def interpret_experts(describer: TextGenerator, judge: TextGenerator, describe_r
         shuffled = torch.randperm(len(describe_texts), generator=torch.Generator().manual_seed(seed)).tolist()
         baseline = describe_experts(describer, describe_routing, [describe_texts[i] for i in shuffled], top_n)
         baseline_scores = score_descriptions(judge, [e["description"] for e in baseline], measure_routing,
-                                             measure_texts, seed, per_stratum, judge_prompt)
+                                             measure_texts, seed, per_stratum, judge_prompt, calibration)
         for expert, score in zip(baseline, baseline_scores):
             expert.update(score)
         result["random_baseline"] = {"experts": baseline, **fidelity_means(baseline)}
@@ -103,7 +106,8 @@ def routing_by_prompt(head, features) -> tuple[torch.Tensor, list]:
 
 def interpret_head(head, describing, measuring, describer: TextGenerator, judge: TextGenerator, *, seed: int = 0,
                    random_baseline: bool = True, top_n: int = TOP_EXAMPLES,
-                   per_stratum: int = SAMPLES_PER_STRATUM, judge_prompt: str = "paper") -> dict:
+                   per_stratum: int = SAMPLES_PER_STRATUM, judge_prompt: str = "paper",
+                   calibrate_threshold: bool = False) -> dict:
     """`interpret_experts` for a trained head on two sets of pair features with a `prompt` column: experts are
     described from `describing` (validation) and measured on `measuring` (test), where each expert's top-10% expert
     specialization (Eq. 12, on the measuring pairs) is added beside its fidelity, and the mixture's accuracy. The
@@ -111,7 +115,8 @@ def interpret_head(head, describing, measuring, describer: TextGenerator, judge:
     describer sees shuffled prompts (the paper's Table 4 reports both for its random row)."""
     result = interpret_experts(describer, judge, *routing_by_prompt(head, describing),
                                *routing_by_prompt(head, measuring), seed=seed, random_baseline=random_baseline,
-                               top_n=top_n, per_stratum=per_stratum, judge_prompt=judge_prompt)
+                               top_n=top_n, per_stratum=per_stratum, judge_prompt=judge_prompt,
+                               calibrate_threshold=calibrate_threshold)
     outputs = {k: v.cpu() for k, v in head_outputs(head, as_training_features(measuring)).items()}
     chosen, rejected, routing = (outputs["chosen_expert_rewards"], outputs["rejected_expert_rewards"],
                                  outputs["routing_weights"])

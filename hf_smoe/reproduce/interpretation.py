@@ -60,18 +60,20 @@ def with_prompts(splits, features, names=("validation", "test")) -> list:
 
 
 def oracle_fidelity(head, describing, measuring, judge, descriptions: dict, seed: int = 0,
-                    per_stratum: int = SAMPLES_PER_STRATUM, judge_prompt: str = "paper") -> dict:
+                    per_stratum: int = SAMPLES_PER_STRATUM, judge_prompt: str = "paper",
+                    calibrate_threshold: bool = False) -> dict:
     """Description fidelity with a perfect describer, on the YES/NO answers and on P(YES): each expert is described
     by `descriptions[c]`, c its category label (the majority category of its 50 top describing prompts, App. A), and
-    judged as usual. What the routing's interpretability is through this judge once the describer is out of the
-    way."""
+    judged as usual (with `calibrate_threshold`, at thresholds chosen on the describing prompts). What the routing's
+    interpretability is through this judge once the describer is out of the way."""
     names = sorted(descriptions)
-    routing, _ = routing_by_prompt(head, describing)
+    routing, texts = routing_by_prompt(head, describing)
     _, rows = distinct_prompts(describing["prompt"])
     categories = torch.tensor([names.index(describing[row]["category"]) for row in rows])
     labels = expert_category_labels(routing, categories, len(names)).tolist()
     scores = score_descriptions(judge, [descriptions[names[label]] for label in labels],
-                                *routing_by_prompt(head, measuring), seed, per_stratum, judge_prompt)
+                                *routing_by_prompt(head, measuring), seed, per_stratum, judge_prompt,
+                                (routing, texts) if calibrate_threshold else None)
     return {f"oracle_{key}": value for key, value in fidelity_means(scores).items()}
 
 
@@ -81,12 +83,14 @@ def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=SEEDS, generator: s
                      cache_dir=None, data_root=None,
                      generation_cache=None, per_stratum: int = SAMPLES_PER_STRATUM,
                      general_sizes: tuple = GENERAL_SIZES, dsp_queries: int | None = None,
-                     num_experts: int | None = None, judge_prompt: str = "paper") -> dict:
+                     num_experts: int | None = None, judge_prompt: str = "paper",
+                     calibrate_threshold: bool = False) -> dict:
     """Table 4 (§6.1): accuracy, description fidelity and top-10% expert specialization of single / vanilla / MiCRo /
     sparse and the random baseline (sparse's router, the describer shown shuffled prompts), mean ± std over `seeds`;
     experts are described from validation prompts and measured on test prompts. On DSP the judge itself is measured
     too (`judge_agreement` with the domains' hand-written descriptions). The judge reads its `judge_prompt` template
-    (Fig. 5 by default), recorded with the results. Writes table4.md and results.json."""
+    (Fig. 5 by default), recorded with the results; with `calibrate_threshold` its YES threshold is chosen per
+    description on the describing (validation) prompts. Writes table4.md and results.json."""
     judge_template(judge_prompt)
     output = Path(output_dir)
     backbone_model, tokenizer = load_frozen_backbone(backbone)
@@ -109,11 +113,12 @@ def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=SEEDS, generator: s
                     continue
                 result = interpret_head(model.head, describing, measuring, describer, judging, seed=seed,
                                         random_baseline=preset == "sparse", per_stratum=per_stratum,
-                                        judge_prompt=judge_prompt)
+                                        judge_prompt=judge_prompt, calibrate_threshold=calibrate_threshold)
                 runs[preset].append({key: result[key] for key in INTERPRETATION_METRICS} | {"interpretation": result})
                 if name == "dsp":  # the describer removed: each expert gets its domain's hand-written line
                     runs[preset][-1].update(oracle_fidelity(model.head, describing, measuring, judging,
-                                                            DSP_DESCRIPTIONS, seed, per_stratum, judge_prompt))
+                                                            DSP_DESCRIPTIONS, seed, per_stratum, judge_prompt,
+                                                            calibrate_threshold))
                 if preset == "sparse":
                     runs["random"].append({key: result["random_baseline"][key] for key in
                                            ("description_fidelity", "fidelity_probability",
@@ -123,19 +128,26 @@ def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=SEEDS, generator: s
                         "summary": {row: summarize(r) for row, r in runs.items()},
                         "pairs": "/".join(str(len(s)) for s in splits.values())}
         if name == "dsp":
-            texts, rows = distinct_prompts(measuring["prompt"])
-            record[name]["judge_check"] = judge_agreement(judging, texts, [measuring[row]["category"] for row in rows],
-                                                          DSP_DESCRIPTIONS, judge_prompt)
+            calibration = prompts_and_categories(describing) if calibrate_threshold else None
+            record[name]["judge_check"] = judge_agreement(judging, *prompts_and_categories(measuring),
+                                                          DSP_DESCRIPTIONS, judge_prompt, calibration)
     write_results(output, "table4", table4_markdown(record, len(seeds), describer.identity, judging.identity,
                                                     judge_prompt),
                   {"experiment": "table4", "datasets": list(datasets), "seeds": list(seeds), "epochs": epochs,
                    "training": training or {},
                    "backbone": backbone, "generator": generator, "generator_model": generator_model, "judge": judge,
-                   "judge_model": judge_model, "judge_prompt": judge_prompt, "per_stratum": per_stratum,
+                   "judge_model": judge_model, "judge_prompt": judge_prompt,
+                   "calibrate_threshold": calibrate_threshold, "per_stratum": per_stratum,
                    "describer": describer.identity, "judge_identity": judging.identity,
                    "general_sizes": list(general_sizes), "dsp_queries": dsp_queries, "num_experts": num_experts},
                   record)
     return record
+
+
+def prompts_and_categories(features) -> tuple[list, list]:
+    """(texts, categories) of the distinct prompts of pair features with `prompt` and `category` columns."""
+    texts, rows = distinct_prompts(features["prompt"])
+    return texts, [features[row]["category"] for row in rows]
 
 
 def table4_markdown(record: dict, num_seeds: int, describer: str, judge: str, judge_prompt: str) -> str:
@@ -160,9 +172,10 @@ def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", 
                    epochs: float = EPOCHS, training: dict | None = None,
                    cache_dir=None, data_root=None, generation_cache=None,
                    per_stratum: int = SAMPLES_PER_STRATUM, general_sizes: tuple = GENERAL_SIZES,
-                   judge_prompt: str = "paper") -> dict:
+                   judge_prompt: str = "paper", calibrate_threshold: bool = False) -> dict:
     """Fig. 6 (App. B): the sparse model on the general mixture (λ_gb = 1.0) for each K, its description fidelity
-    and top-10% expert specialization against K, the judge reading its `judge_prompt` template (Fig. 5 by default).
+    and top-10% expert specialization against K, the judge reading its `judge_prompt` template (Fig. 5 by default),
+    its YES threshold calibrated per description on the validation prompts with `calibrate_threshold`.
     Writes fig6.md, fig6.png and results.json."""
     judge_template(judge_prompt)
     output = Path(output_dir)
@@ -177,7 +190,8 @@ def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", 
             model, _ = train_preset(backbone_model, tokenizer, features, "sparse", num_experts, seed, epochs,
                                     str(output / "trainer"), training, **overrides)
             result = interpret_head(model.head, describing, measuring, describer, judging, seed=seed,
-                                    random_baseline=False, per_stratum=per_stratum, judge_prompt=judge_prompt)
+                                    random_baseline=False, per_stratum=per_stratum, judge_prompt=judge_prompt,
+                                    calibrate_threshold=calibrate_threshold)
             runs.setdefault(num_experts, []).append({key: result[key] for key in INTERPRETATION_METRICS})
             print(f"K = {num_experts}, seed {seed}: fidelity {result['description_fidelity']:.3f}")
     summary = {k: summarize(r) for k, r in runs.items()}
@@ -195,7 +209,8 @@ def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", 
                   {"experiment": "fig6", "k_values": list(k_values), "seeds": list(seeds), "epochs": epochs,
                    "training": training or {},
                    "backbone": backbone, "generator": generator, "generator_model": generator_model, "judge": judge,
-                   "judge_model": judge_model, "judge_prompt": judge_prompt, "per_stratum": per_stratum,
+                   "judge_model": judge_model, "judge_prompt": judge_prompt,
+                   "calibrate_threshold": calibrate_threshold, "per_stratum": per_stratum,
                    "describer": describer.identity, "judge_identity": judging.identity,
                    "general_sizes": list(general_sizes)},
                   {"runs": runs, "summary": summary})
