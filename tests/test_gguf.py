@@ -17,6 +17,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
+from hf_smoe.bench import bench_judge
 from hf_smoe.errors import InputError
 from hf_smoe.interpret.generators.loading import load_generator
 from hf_smoe.runtime import gguf_sources
@@ -249,3 +250,10 @@ def test_load_generator_runs_a_gguf_file(tiny, cache, tmp_path):
     assert isinstance(answer, str)
     converted = finished_conversions(cache)
     assert converted == [gguf_generator_path(str(tiny[0]))]
+
+
+def test_bench_judge_takes_a_gguf_file_as_the_judge(tiny, cache):
+    """`smoe bench judge --backbone x.gguf` times the converted model, as `--generator x.gguf` would run it."""
+    results = bench_judge(str(tiny[0]), num_prompts=3, batch_size=2)
+    assert results["prompts"] == 3 and results["batched_vs_one_at_a_time_max_probability_gap"] < 1e-4
+    assert finished_conversions(cache) == [gguf_generator_path(str(tiny[0]))]

@@ -23,7 +23,7 @@ from transformers import AutoConfig
 from ..errors import InputError
 from ..evaluation import behaviour_metrics, head_outputs
 from ..features import EmbeddingCache, as_training_features, encode_batch, encode_pair, shard_damage
-from ..interpret import LocalGenerator, judge_prompt, prompt_text
+from ..interpret import LocalGenerator, judge_prompt, local_generator_source, prompt_text
 from ..losses import loss_weights
 from ..personalization import score_users
 from ..runtime import (default_generator_path, fast_dtype, is_default_backbone, load_backbone_model, pick_device,
@@ -168,8 +168,9 @@ def bench_judge(backbone: str, num_prompts: int = 64, batch_size: int = 8, seed:
     """The local judge of `smoe interpret` (Fig. 5 prompts on the demo set's prompts, one description): prompts/s of
     one prompt at a time in fp32 (the plain loop) vs batched passes that run the shared beginning once, in fp32 and
     in `fast_dtype` (bf16 on CPUs with native bf16); with the bf16 judge's agreement with fp32. `backbone` is the
-    causal LM (default: the embedded SmolLM2 as a causal LM)."""
-    model = str(default_generator_path()) if is_default_backbone(backbone) else backbone
+    judge as `--generator` names it (a causal LM's folder or Hub id, a GGUF file or split model; default: the
+    embedded SmolLM2 as a causal LM)."""
+    model = str(default_generator_path()) if is_default_backbone(backbone) else local_generator_source(backbone)
     texts = list(dict.fromkeys(prompt_text(p) for p in benchmark_pairs(4 * num_prompts, seed)["prompt"]))
     prompts = [judge_prompt("asks for cooking advice", text) for text in texts[:num_prompts]]
     runs, device = {}, pick_device()
