@@ -536,7 +536,7 @@ def test_smoe_interpret_judge_prompt_reaches_the_judge_and_is_recorded(checkpoin
     checkpoint = tmp_path / "checkpoint"
     (tmp_path / "descriptions.yaml").write_text("cooking: cooking\ntravel: travel\n")
     judge = Scripted()
-    with mock.patch("hf_smoe.interpret.checkpoint.load_generator", return_value=judge):
+    with mock.patch("hf_smoe.interpret.checkpoint.load_judge", return_value=judge):
         assert interpret_check(tmp_path, "unused", tmp_path / "descriptions.yaml", "--judge-prompt", "question") == 0
     assert judge.calls and all(call.startswith("Feature: ") for call in judge.calls)
     check = json.loads((checkpoint / "interpretation.json").read_text())["results"]["judge_check"]

@@ -150,7 +150,7 @@ def test_smoe_interpret_check_judge_calibrate_threshold_end_to_end(checkpoint_an
     # the judge met only describing prompts while calibrating: a recording judge in its place
     judge = RecordingRanker()
     judge.identity = "recording"
-    with mock.patch("hf_smoe.interpret.checkpoint.load_generator", return_value=judge):
+    with mock.patch("hf_smoe.interpret.checkpoint.load_judge", return_value=judge):
         assert interpret_check(tmp_path, tiny_lm, tmp_path / "descriptions.yaml", "--check-prompts", "3",
                                "--calibrate-threshold", "--output-dir", str(tmp_path / "recorded")) == 0
     measuring, rows = distinct_prompts(halves["test"]["prompt"])

@@ -7,14 +7,14 @@ App. A measurement), `judge_checks` (how far the judge can be trusted), `checkpo
 """
 
 from .checkpoint import check_checkpoint_judge, expert_table_markdown, interpret_checkpoint
-from .describe import distinct_prompts, interpret_head, routing_by_prompt
+from .describe import distinct_prompts, distinct_prompts_and_categories, interpret_head, routing_by_prompt
 from .fidelity import SAMPLES_PER_STRATUM, fidelity_means, score_descriptions
 from .generators import LocalGenerator, TextGenerator, load_describer_and_judge, local_generator_source
 from .judge_checks import CHECK_PROMPTS_PER_CATEGORY, judge_agreement, judge_check_markdown
 from .prompts import judge_prompt, judge_template, prompt_text
 
 __all__ = ["CHECK_PROMPTS_PER_CATEGORY", "LocalGenerator", "SAMPLES_PER_STRATUM", "TextGenerator",
-           "check_checkpoint_judge", "distinct_prompts", "expert_table_markdown", "fidelity_means",
-           "interpret_checkpoint", "interpret_head", "judge_agreement", "judge_check_markdown", "judge_prompt",
-           "judge_template", "load_describer_and_judge", "local_generator_source", "prompt_text", "routing_by_prompt",
-           "score_descriptions"]
+           "check_checkpoint_judge", "distinct_prompts", "distinct_prompts_and_categories", "expert_table_markdown",
+           "fidelity_means", "interpret_checkpoint", "interpret_head", "judge_agreement", "judge_check_markdown",
+           "judge_prompt", "judge_template", "load_describer_and_judge", "local_generator_source", "prompt_text",
+           "routing_by_prompt", "score_descriptions"]

@@ -11,8 +11,8 @@ from ..evaluation import prompt_halves
 from ..features import EmbeddingCache
 from ..hub import is_hub_id, write_expert_table
 from ..runtime import check_output_file, load_checkpoint, run_command, save_run, write_text_atomic
-from .describe import distinct_prompts, interpret_head
-from .generators import load_describer_and_judge, load_generator
+from .describe import distinct_prompts_and_categories, interpret_head
+from .generators import judge_spec, load_describer_and_judge, load_judge
 from .judge_checks import CHECK_PROMPTS_PER_CATEGORY, judge_agreement, judge_check_prompts, read_descriptions
 from .prompts import judge_template
 
@@ -82,13 +82,13 @@ def check_checkpoint_judge(checkpoint, dataset, descriptions, *, generator: str 
     describing, measuring = prompt_halves(pairs.remove_columns("prompt"), pairs, seed)  # `smoe interpret`'s halves
     texts, categories = check_prompts(measuring, per_category, seed)
     calibration = check_prompts(describing, per_category, seed) if calibrate_threshold else None
-    judging = load_generator(judge or generator, model=judge_model or generator_model, cache_dir=generation_cache)
+    judging = load_judge(generator, generator_model, judge, judge_model, generation_cache)
     check = judge_agreement(judging, texts, categories, descriptions, judge_prompt, calibration) | {
         "judge": judging.identity}
+    spec, model = judge_spec(generator, generator_model, judge, judge_model)
     job = {"checkpoint": str(checkpoint), "dataset": str(dataset), "format": format, "split": split,
-           "max_pairs": max_pairs, "seed": seed, "judge": judge or generator, "judge_model": judge_model or
-           generator_model, "check_prompts": per_category, "judge_prompt": judge_prompt,
-           "calibrate_threshold": calibrate_threshold}
+           "max_pairs": max_pairs, "seed": seed, "judge": spec, "judge_model": model, "check_prompts": per_category,
+           "judge_prompt": judge_prompt, "calibrate_threshold": calibrate_threshold}
     check |= {"command": run_command(), "job": job}
     output.mkdir(parents=True, exist_ok=True)
     path = output / RESULTS_FILE
@@ -103,8 +103,7 @@ def check_checkpoint_judge(checkpoint, dataset, descriptions, *, generator: str 
 
 def check_prompts(half, per_category: int, seed: int) -> tuple[list, list]:
     """(texts, categories) of at most `per_category` distinct prompts of each category of one half (seeded)."""
-    texts, rows = distinct_prompts(half["prompt"])
-    return judge_check_prompts(texts, [half[row]["category"] for row in rows], per_category, seed)
+    return judge_check_prompts(*distinct_prompts_and_categories(half), per_category, seed)
 
 
 def output_folder(checkpoint, output_dir, names: tuple, overwrite: bool) -> Path:

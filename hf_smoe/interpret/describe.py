@@ -31,6 +31,13 @@ def distinct_prompts(prompts) -> tuple[list, list]:
     return list(first), list(first.values())
 
 
+def distinct_prompts_and_categories(features) -> tuple[list, list]:
+    """(texts, categories): each distinct prompt's text once, with the category of its first pair (features with
+    `prompt` and `category` columns)."""
+    texts, rows = distinct_prompts(features["prompt"])
+    return texts, [features[row]["category"] for row in rows]
+
+
 def describe_experts(describer: TextGenerator, routing: torch.Tensor, texts: list,
                      top_n: int = TOP_EXAMPLES) -> list[dict]:
     """Per expert: its top-n prompts (by routing weight over distinct prompts), the describer's raw answer and the

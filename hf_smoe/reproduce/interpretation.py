@@ -11,9 +11,9 @@ import torch
 
 from ..errors import InputError
 from ..evaluation import plot_interpretability_vs_experts
-from ..interpret import (SAMPLES_PER_STRATUM, distinct_prompts, expert_table_markdown, fidelity_means, interpret_head,
-                         judge_agreement, judge_check_markdown, judge_template, load_describer_and_judge,
-                         routing_by_prompt, score_descriptions)
+from ..interpret import (SAMPLES_PER_STRATUM, distinct_prompts_and_categories, expert_table_markdown, fidelity_means,
+                         interpret_head, judge_agreement, judge_check_markdown, judge_template,
+                         load_describer_and_judge, routing_by_prompt, score_descriptions)
 from ..metrics import expert_category_labels
 from ..runtime import DEFAULT_BACKBONE, load_frozen_backbone
 from ..training import train_preset
@@ -68,8 +68,8 @@ def oracle_fidelity(head, describing, measuring, judge, descriptions: dict, seed
     interpretability is through this judge once the describer is out of the way."""
     names = sorted(descriptions)
     routing, texts = routing_by_prompt(head, describing)
-    _, rows = distinct_prompts(describing["prompt"])
-    categories = torch.tensor([names.index(describing[row]["category"]) for row in rows])
+    _, categories = distinct_prompts_and_categories(describing)
+    categories = torch.tensor([names.index(category) for category in categories])
     labels = expert_category_labels(routing, categories, len(names)).tolist()
     scores = score_descriptions(judge, [descriptions[names[label]] for label in labels],
                                 *routing_by_prompt(head, measuring), seed, per_stratum, judge_prompt,
@@ -128,8 +128,8 @@ def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=SEEDS, generator: s
                         "summary": {row: summarize(r) for row, r in runs.items()},
                         "pairs": "/".join(str(len(s)) for s in splits.values())}
         if name == "dsp":
-            calibration = prompts_and_categories(describing) if calibrate_threshold else None
-            record[name]["judge_check"] = judge_agreement(judging, *prompts_and_categories(measuring),
+            calibration = distinct_prompts_and_categories(describing) if calibrate_threshold else None
+            record[name]["judge_check"] = judge_agreement(judging, *distinct_prompts_and_categories(measuring),
                                                           DSP_DESCRIPTIONS, judge_prompt, calibration)
     write_results(output, "table4", table4_markdown(record, len(seeds), describer.identity, judging.identity,
                                                     judge_prompt),
@@ -142,12 +142,6 @@ def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=SEEDS, generator: s
                    "general_sizes": list(general_sizes), "dsp_queries": dsp_queries, "num_experts": num_experts},
                   record)
     return record
-
-
-def prompts_and_categories(features) -> tuple[list, list]:
-    """(texts, categories) of the distinct prompts of pair features with `prompt` and `category` columns."""
-    texts, rows = distinct_prompts(features["prompt"])
-    return texts, [features[row]["category"] for row in rows]
 
 
 def table4_markdown(record: dict, num_seeds: int, describer: str, judge: str, judge_prompt: str) -> str:

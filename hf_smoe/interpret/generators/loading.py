@@ -29,11 +29,24 @@ def local_generator_source(spec: str) -> str:
     return spec if converted is None else str(converted)
 
 
+def judge_spec(generator: str, generator_model: str | None, judge: str | None, judge_model: str | None) -> tuple:
+    """(spec, model) of the judge a command line names: the describer's unless `judge` / `judge_model` say
+    otherwise."""
+    return judge or generator, judge_model or generator_model
+
+
+def load_judge(generator: str = "local", generator_model: str | None = None, judge: str | None = None,
+               judge_model: str | None = None, cache_dir=None) -> CachedGenerator:
+    """The cached judge of a command line alone (`judge_spec`), for work that needs no describer."""
+    spec, model = judge_spec(generator, generator_model, judge, judge_model)
+    return load_generator(spec, model=model, cache_dir=cache_dir)
+
+
 def load_describer_and_judge(generator: str = "local", generator_model: str | None = None, judge: str | None = None,
                              judge_model: str | None = None, cache_dir=None) -> tuple:
     """The cached describer and judge of a command line; the judge defaults to the describer itself (one model
     loaded once)."""
     describer = load_generator(generator, model=generator_model, cache_dir=cache_dir)
-    if (judge or generator) == generator and (judge_model or generator_model) == generator_model:
+    if judge_spec(generator, generator_model, judge, judge_model) == (generator, generator_model):
         return describer, describer
-    return describer, load_generator(judge, model=judge_model or generator_model, cache_dir=cache_dir)
+    return describer, load_judge(generator, generator_model, judge, judge_model, cache_dir)
