@@ -31,7 +31,7 @@ from datasets.table import InMemoryTable
 
 from ..data import PAIR_METADATA
 from ..errors import InputError
-from ..runtime import state
+from ..runtime import file_digest, state
 from .encoding import as_messages
 
 FEATURE_COLUMNS = ("prompt_embedding", "chosen_embedding", "rejected_embedding")  # a pair's three vectors
@@ -47,15 +47,6 @@ def text_key(prompt, response: str) -> str:
     """Identity of one (prompt, response) text."""
     payload = json.dumps([as_messages(prompt), response], ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def file_digest(path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def shard_damage(folder: Path) -> str | None:

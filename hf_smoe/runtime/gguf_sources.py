@@ -19,9 +19,9 @@ from pathlib import Path
 
 from ..errors import InputError
 from .loading import cache_root, convert_gguf, is_converted
-from .outputs import write_text_atomic
+from .outputs import file_digest, write_text_atomic
 
-CHUNK = 1 << 24  # bytes read at a time when hashing or joining
+CHUNK = 1 << 24  # bytes read at a time when joining parts
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def gguf_generator_path(spec: str, cache_dir=None) -> Path | None:
     gguf = gguf_file_of(spec)
     if gguf is None:
         return None
-    return converted_gguf(gguf, gguf.stem, file_digest(gguf, cache_dir), cache_dir)
+    return converted_gguf(gguf, gguf.stem, remembered_digest(gguf, cache_dir), cache_dir)
 
 
 def gguf_file_of(spec: str) -> Path | None:
@@ -133,7 +133,7 @@ def split_model_parts(model: SplitModel) -> list:
     return parts
 
 
-def file_digest(path: Path, cache_dir=None) -> str:
+def remembered_digest(path: Path, cache_dir=None) -> str:
     """sha256 of `path`, hashed only when its (size, modification time) is not already in the digest index."""
     stat, key = path.stat(), str(path.resolve())
     index_file = gguf_cache(cache_dir) / "digests.json"
@@ -144,13 +144,10 @@ def file_digest(path: Path, cache_dir=None) -> str:
     known = index.get(key, {})
     if known.get("size") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
         return known["sha256"]
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        while chunk := source.read(CHUNK):
-            digest.update(chunk)
-    index[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest.hexdigest()}
+    digest = file_digest(path)
+    index[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
     write_text_atomic(index_file, json.dumps(index, indent=1))
-    return digest.hexdigest()
+    return digest
 
 
 def gguf_cache(cache_dir=None) -> Path:

@@ -7,6 +7,7 @@ run reads from (the backbone, the data, the checkpoint), is never deleted. Singl
 name and renamed (`write_text_atomic`).
 """
 
+import hashlib
 import json
 import os
 import platform
@@ -82,6 +83,16 @@ def check_output_file(path, suffix: str, *, overwrite: bool = False, ours=None, 
         if not overwrite:
             raise InputError(f"{flag}: {path} exists; pass --overwrite to replace it, or choose another {flag}.")
     return path
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's bytes, read 1 MiB at a time: checking a cache shard or a GGUF file of gigabytes takes little
+    memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def staging_dir(path: Path) -> Path:
