@@ -88,11 +88,11 @@ def describing_thresholds(judge: TextGenerator, descriptions: list, routing: tor
 def group_thresholds(judgments: list, targets: torch.Tensor, groups: torch.Tensor, num_groups: int) -> list | None:
     """`calibrated_threshold` of each group's judgments against its `targets`; None, with one warning, when a
     judgment has no P(YES) (an endpoint without log-probabilities): the judge's own answers are kept then."""
-    if any(judgment.probability is None for judgment in judgments):
+    probabilities = yes_probabilities(judgments)
+    if probabilities is None:
         warnings.warn("calibrate_threshold: the judge gives no P(YES), so no threshold can be calibrated; its own "
                       "YES/NO answers (threshold 0.5) are used.", stacklevel=3)
         return None
-    probabilities = torch.tensor([judgment.probability for judgment in judgments], dtype=torch.float64)
     return [calibrated_threshold(probabilities[groups == g], targets[groups == g]) for g in range(num_groups)]
 
 
@@ -122,8 +122,14 @@ def binary_answers(judgments: list, thresholds: torch.Tensor | None = None) -> t
     """The YES/NO answers as 0/1: the judge's own, or P(YES) >= each judgment's threshold when given."""
     if thresholds is None:
         return torch.tensor([j.answer for j in judgments], dtype=torch.float64)
-    probabilities = torch.tensor([j.probability for j in judgments], dtype=torch.float64)
-    return (probabilities >= thresholds.double()).double()
+    return (yes_probabilities(judgments) >= thresholds.double()).double()
+
+
+def yes_probabilities(judgments: list) -> torch.Tensor | None:
+    """The judgments' P(YES) as one tensor; None when any judgment has none (an endpoint without log-probabilities)."""
+    if any(judgment.probability is None for judgment in judgments):
+        return None
+    return torch.tensor([judgment.probability for judgment in judgments], dtype=torch.float64)
 
 
 def fidelities(judgments: list, weights: torch.Tensor, experts: torch.Tensor, num_experts: int,

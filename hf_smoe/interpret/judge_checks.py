@@ -15,8 +15,9 @@ import torch
 
 from ..errors import InputError
 from ..metrics import judgment_auc
+from ..runtime import first_line
 from . import prompts
-from .fidelity import binary_answers, fidelities, group_thresholds, mean_or_none
+from .fidelity import binary_answers, fidelities, group_thresholds, mean_or_none, yes_probabilities
 from .generators import TextGenerator
 
 CHECK_PROMPTS_PER_CATEGORY = 40  # distinct prompts judged per category by `smoe interpret --check-judge`
@@ -83,9 +84,9 @@ def category_yes_rates(answers: torch.Tensor, names: list, categories: list) -> 
 def description_aucs(judgments: list, membership: torch.Tensor) -> list:
     """Per description (a row of `membership` (D, N) over the judgments in row order): the AUC of P(YES) for its
     matching prompts against the others; None without probabilities or without prompts on either side."""
-    if any(judgment.probability is None for judgment in judgments):
+    scores = yes_probabilities(judgments)
+    if scores is None:
         return [None] * len(membership)
-    scores = torch.tensor([judgment.probability for judgment in judgments], dtype=torch.float64)
     values = [judgment_auc(row_scores, row).item() for row_scores, row in zip(scores.view(membership.shape),
                                                                                 membership)]
     return [None if math.isnan(value) else value for value in values]
@@ -117,7 +118,7 @@ def read_descriptions(path, categories) -> dict:
         raise InputError(f"{flag}: cannot read it ({error.strerror or error}).") from None
     except (ValueError, yaml.YAMLError) as error:
         raise InputError(f"{flag}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
-                         f"({str(error).splitlines()[0]}).") from None
+                         f"({first_line(error)}).") from None
     if not isinstance(descriptions, dict) or not descriptions:
         raise InputError(f"{flag}: expected a mapping of each category to a one-line description, e.g. "
                          "{\"business\": \"asks for a professional business style\"}.")
