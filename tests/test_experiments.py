@@ -25,6 +25,7 @@ from hf_smoe.metrics import routing_diagnosis
 from hf_smoe.evaluation.probes import (L2_GRID, bradley_terry_loss, bradley_terry_probe, category_probe, fit_linear_probe,
                             preference_probes)
 from hf_smoe.errors import InputError
+from hf_smoe.interpret import ReadingSettings
 from hf_smoe.training.job import split_for_training
 from hf_smoe.testing import save_tiny_causal_lm
 
@@ -331,7 +332,7 @@ def test_table4_describes_and_judges_every_row_and_measures_the_judge(backbone_d
     record = reproduce_table4(datasets=("dsp",), seeds=(0, 1), generator=lm, output_dir=tmp_path / "out",
                               backbone=backbone_dirs["llama"], epochs=1, cache_dir=tmp_path / "cache",
                               data_root=SHARED_DATA, generation_cache=tmp_path / "generations", dsp_queries=10,
-                              num_experts=3, per_stratum=10)
+                              num_experts=3, settings=ReadingSettings(per_stratum=10))
     dsp = record["dsp"]
     assert set(dsp["runs"]) == {"single", "vanilla", "micro", "random", "sparse"}
     for row in ("vanilla", "micro", "sparse"):
@@ -363,7 +364,7 @@ def test_fig6_plots_fidelity_and_specialization_against_k(backbone_dirs, tmp_pat
     summary = reproduce_fig6(k_values=(2, 4), seeds=(0,), generator=lm, output_dir=tmp_path / "out",
                              backbone=backbone_dirs["llama"], epochs=1, cache_dir=tmp_path / "cache",
                              data_root=SHARED_DATA, generation_cache=tmp_path / "generations",
-                             general_sizes=(20, 10), per_stratum=5)
+                             general_sizes=(20, 10), settings=ReadingSettings(per_stratum=5))
     assert set(summary) == {2, 4}
     assert (tmp_path / "out" / "fig6.png").stat().st_size > 1000
     assert "| 4 |" in (tmp_path / "out" / "fig6.md").read_text()

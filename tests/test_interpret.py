@@ -19,6 +19,7 @@ from hf_smoe.cli.arguments import GeneratorArguments
 from hf_smoe.cli.main import main
 from hf_smoe.data import split_pairs
 from hf_smoe.hub.card import EXPERTS_END, EXPERTS_START, write_expert_table
+from hf_smoe.interpret import ReadingSettings
 from hf_smoe.interpret.checkpoint import expert_table_markdown
 from hf_smoe.interpret.describe import distinct_prompts, interpret_experts
 from hf_smoe.interpret.fidelity import fidelity_sample
@@ -27,7 +28,7 @@ from hf_smoe.interpret.generators.cache import CachedGenerator
 from hf_smoe.interpret.generators.local import LocalGenerator, as_chat
 from hf_smoe.interpret.judge_checks import judge_agreement, judge_check_prompts
 from hf_smoe.errors import InputError
-from hf_smoe.interpret.prompts import (DESCRIBER_PROMPT, JUDGE_EXAMPLE_CHARS, JUDGE_PROMPT, JUDGE_PROMPTS,
+from hf_smoe.interpret.prompts import (DESCRIBER_PROMPT, DESCRIBER_PROMPTS, JUDGE_EXAMPLE_CHARS, JUDGE_PROMPT, JUDGE_PROMPTS,
                                        describer_prompt, judge_prompt, parse_description, shorten)
 from hf_smoe.runtime import save_run
 from hf_smoe.testing import save_tiny_causal_lm
@@ -81,7 +82,7 @@ class Scripted(TextGenerator):
             raise KeyboardInterrupt
         self.calls += list(prompts)
 
-    def generate(self, prompts, max_new_tokens=64):
+    def generate(self, prompts, max_new_tokens=64, seed=None):
         self._record(prompts)
         return [re.search(r"Prompt 1:\n(.*)", prompt).group(1) + '"' for prompt in prompts]
 
@@ -141,7 +142,7 @@ def test_random_baseline_shuffles_the_examples_and_keeps_the_router():
     measure_routing = torch.softmax(3 * torch.randn(240, 4, generator=generator), dim=1)
     scripted = Scripted()
     result = interpret_experts(scripted, scripted, describe_routing, describe_texts, measure_routing, measure_texts,
-                               seed=5, top_n=5, per_stratum=20)
+                               seed=5, settings=ReadingSettings.paper(top_n=5, per_stratum=20))
     permutation = torch.randperm(60, generator=torch.Generator().manual_seed(5)).tolist()
     top = torch.sort(describe_routing, dim=0, descending=True, stable=True).indices[:5].T.tolist()
     for k in range(4):
@@ -362,7 +363,8 @@ def test_fidelity_on_p_yes_is_reported_beside_the_binary_one():
     texts = [f"topic{i % 3} prompt{i}" for i in range(90)]
     routing = torch.softmax(3 * torch.randn(90, 3, generator=generator), dim=1)
     judge = RandomJudge(seed=1)
-    result = interpret_experts(Scripted(), judge, routing, texts, routing, texts, top_n=5, per_stratum=10)
+    result = interpret_experts(Scripted(), judge, routing, texts, routing, texts,
+                               settings=ReadingSettings.paper(top_n=5, per_stratum=10))
     for k, expert in enumerate(result["experts"]):
         assert expert["fidelity_probability"] == pytest.approx(
             pearson(expert["yes_probabilities"], routing[expert["sample"], k]), abs=1e-6)
@@ -375,7 +377,8 @@ def test_fidelity_on_p_yes_is_reported_beside_the_binary_one():
     assert "| Description Fidelity (↑) | Fidelity on P(YES) (↑) |" in table
     assert f"{result['description_fidelity']:.3f} (on P(YES): {result['fidelity_probability']:.3f})" in table
     # a judge without probabilities: None, never a made-up number, and "-" in the table
-    unknown = interpret_experts(Scripted(), Scripted(), routing, texts, routing, texts, top_n=5, per_stratum=10)
+    unknown = interpret_experts(Scripted(), Scripted(), routing, texts, routing, texts,
+                                settings=ReadingSettings.paper(top_n=5, per_stratum=10))
     assert unknown["fidelity_probability"] is None
     assert all(expert["fidelity_probability"] is None for expert in unknown["experts"])
     assert "(on P(YES)" not in expert_table_markdown(unknown)
@@ -420,7 +423,7 @@ def test_smoe_interpret_check_judge_measures_the_judge_and_keeps_the_interpretat
     assert check["prompts"] == sum(min(3, categories.count(c)) for c in set(categories))
     texts, categories = judge_check_prompts(texts, categories, 3, seed=0)
     judge = CachedGenerator(LocalGenerator(tiny_lm), cache_dir=tmp_path / "generations", show_progress=False)
-    expected = judge_agreement(judge, texts, categories, descriptions)
+    expected = judge_agreement(judge, texts, categories, descriptions, "question")  # the CLI's default prompt
     assert {key: check[key] for key in expected} == expected  # the answers come from the cache: exact
     for key in ("ideal_fidelity", "ideal_fidelity_probability", "auc"):
         assert check[key] is not None and -1 <= check[key] <= 1
@@ -500,7 +503,7 @@ def test_an_unreachable_endpoint_is_one_clear_error(checkpoint_and_data, capsys)
     assert code == 2 and "http://127.0.0.1:9" in error and "Traceback" not in error
 
 
-def test_the_question_judge_prompt_is_its_text_and_the_default_stays_fig_5():
+def test_the_question_judge_prompt_is_its_text_and_the_cli_defaults_to_it():
     text = "Write {a} poem about my cat " + "x" * 3000
     expected = ('Feature: asks about {cats}\n\nUser prompt:\n"""\n' + shorten(text, JUDGE_EXAMPLE_CHARS)
                 + '\n"""\n\nDoes the user prompt have the feature? Answer YES or NO.')
@@ -509,9 +512,12 @@ def test_the_question_judge_prompt_is_its_text_and_the_default_stays_fig_5():
     assert judge_prompt("asks about {cats}", text) == judge_prompt("asks about {cats}", text, "paper") == fig5
     with pytest.raises(InputError, match="'nope'.*paper, question"):
         judge_prompt("asks about cats", text, "nope")
-    # the CLI offers exactly the templates there are
-    flag = next(field for field in fields(GeneratorArguments) if field.name == "judge_prompt")
-    assert typing.get_args(flag.type) == tuple(JUDGE_PROMPTS) and flag.default == "paper"
+    # the CLI offers exactly the templates there are, and defaults to the reading settings' choices
+    for name, templates in (("judge_prompt", JUDGE_PROMPTS), ("describer_prompt", DESCRIBER_PROMPTS)):
+        flag = next(field for field in fields(GeneratorArguments) if field.name == name)
+        assert set(typing.get_args(flag.type)) == set(templates)
+        assert flag.default == getattr(ReadingSettings(), name)
+    assert ReadingSettings().judge_prompt == "question" and ReadingSettings.paper().judge_prompt == "paper"
 
 
 def test_the_judge_prompt_variant_reaches_the_judge():
@@ -525,7 +531,8 @@ def test_the_judge_prompt_variant_reaches_the_judge():
         assert check["ideal_fidelity"] == pytest.approx(1.0) and check["judge_prompt"] == variant
     routing = torch.softmax(torch.randn(12, 3, generator=torch.Generator().manual_seed(1)), dim=1)
     describer, judge = Scripted(), Scripted()
-    result = interpret_experts(describer, judge, routing, texts[:12], routing, texts[:12], judge_prompt="question")
+    result = interpret_experts(describer, judge, routing, texts[:12], routing, texts[:12],
+                               settings=ReadingSettings.paper(judge_prompt="question"))
     expected = [judge_prompt(expert["description"], texts[i], "question")
                 for expert in result["experts"] + result["random_baseline"]["experts"] for i in expert["sample"]]
     assert judge.calls == expected and all(call.startswith("Task Overview") for call in describer.calls)
@@ -555,11 +562,13 @@ def test_smoe_interpret_judge_prompt_reaches_the_judge_and_is_recorded(checkpoin
     assert "'nope'" in error and "paper" in error and "question" in error and error_lines(error) == 1, error
 
 
-def test_smoe_reproduce_passes_the_judge_prompt_to_table4_and_fig6(tmp_path):
+def test_smoe_reproduce_passes_the_reading_settings_to_table4_and_fig6(tmp_path):
     for experiment, function in (("table4", "reproduce_table4"), ("fig6", "reproduce_fig6")):
         with mock.patch(f"hf_smoe.reproduce.{function}") as reproduce:
-            assert main(["reproduce", experiment, "--data-root", str(tmp_path), "--judge-prompt", "question"]) == 0
-        assert reproduce.call_args.kwargs["judge_prompt"] == "question"
+            assert main(["reproduce", experiment, "--data-root", str(tmp_path), "--judge-prompt", "paper",
+                         "--describer-prompt", "paper", "--no-calibrate-threshold", "--candidates", "3",
+                         "--samples-per-stratum", "7"]) == 0
+        assert reproduce.call_args.kwargs["settings"] == ReadingSettings.paper(candidates=3, per_stratum=7)
         with mock.patch(f"hf_smoe.reproduce.{function}") as reproduce:
             assert main(["reproduce", experiment, "--data-root", str(tmp_path)]) == 0
-        assert reproduce.call_args.kwargs["judge_prompt"] == "paper"
+        assert reproduce.call_args.kwargs["settings"] == ReadingSettings()

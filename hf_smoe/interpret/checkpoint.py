@@ -14,7 +14,7 @@ from ..runtime import check_output_file, load_checkpoint, run_command, save_run,
 from .describe import distinct_prompts_and_categories, interpret_head
 from .generators import judge_spec, load_describer_and_judge, load_judge
 from .judge_checks import CHECK_PROMPTS_PER_CATEGORY, judge_agreement, judge_check_prompts, read_descriptions
-from .prompts import judge_template
+from .settings import ReadingSettings
 
 RESULTS_FILE = "interpretation.json"
 
@@ -22,24 +22,21 @@ RESULTS_FILE = "interpretation.json"
 def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", generator_model: str | None = None,
                          judge: str | None = None, judge_model: str | None = None, format=None, split="test",
                          max_pairs=None, seed: int = 0, cache_dir=None, generation_cache=None, max_length: int = 1024,
-                         random_baseline: bool = True, judge_prompt: str = "paper",
-                         calibrate_threshold: bool = False, output_dir=None, overwrite: bool = False) -> dict:
+                         random_baseline: bool = True, settings: ReadingSettings = ReadingSettings(),
+                         output_dir=None, overwrite: bool = False) -> dict:
     """`smoe interpret`: describes and checks every expert of `checkpoint` on `dataset` (split by prompt into a
     describing and a measuring half, as `smoe eval` labels and measures), writes interpretation.json (with the
     command) and interpretation.md to `output_dir` (default: the checkpoint folder), and puts the expert table into
-    the checkpoint's model card when the checkpoint is a local folder. The judge defaults to the describer and reads
-    its `judge_prompt` template (Fig. 5 by default; the job records which), its YES threshold calibrated per
-    description on the describing half with `calibrate_threshold`. Results in the checkpoint folder are its
+    the checkpoint's model card when the checkpoint is a local folder. The judge defaults to the describer; how
+    experts are described and judged is `settings` (the job records it). Results in the checkpoint folder are its
     own and are refreshed; in another `output_dir`, earlier ones are replaced only with `overwrite`."""
-    judge_template(judge_prompt)
     output = output_folder(checkpoint, output_dir, (RESULTS_FILE, "interpretation.md"), overwrite)
     model, tokenizer = load_checkpoint(checkpoint)
     pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
     features = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length).pair_features(pairs)
     describer, judging = load_describer_and_judge(generator, generator_model, judge, judge_model, generation_cache)
     result = interpret_head(model.head, *prompt_halves(features, pairs, seed), describer, judging, seed=seed,
-                            random_baseline=random_baseline, judge_prompt=judge_prompt,
-                            calibrate_threshold=calibrate_threshold)
+                            random_baseline=random_baseline, settings=settings)
     result.update(describer=describer.identity, judge=judging.identity, pairs=len(pairs))
     earlier = earlier_record(output / RESULTS_FILE).get("results", {})
     if "judge_check" in earlier:  # a check run before stays beside the interpretation (it records its own job)
@@ -50,8 +47,7 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
     job = {"checkpoint": str(checkpoint), "dataset": str(dataset), "format": format, "split": split,
            "max_pairs": max_pairs, "seed": seed, "max_length": max_length, "generator": generator,
            "generator_model": generator_model, "judge": judge, "judge_model": judge_model,
-           "random_baseline": random_baseline, "judge_prompt": judge_prompt,
-           "calibrate_threshold": calibrate_threshold}
+           "random_baseline": random_baseline, **settings.to_dict()}
     save_run(output, job, result, RESULTS_FILE)
     if Path(checkpoint).is_dir():
         write_expert_table(checkpoint, table, dataset_label(dataset))
@@ -62,17 +58,15 @@ def check_checkpoint_judge(checkpoint, dataset, descriptions, *, generator: str 
                            generator_model: str | None = None, judge: str | None = None,
                            judge_model: str | None = None, format=None, split="test", max_pairs=None, seed: int = 0,
                            generation_cache=None, per_category: int = CHECK_PROMPTS_PER_CATEGORY,
-                           judge_prompt: str = "paper", calibrate_threshold: bool = False, output_dir=None,
+                           settings: ReadingSettings = ReadingSettings(), output_dir=None,
                            overwrite: bool = False) -> dict:
     """`smoe interpret --check-judge`: how far the judge can be trusted, before the describer and the judge are run
     on every expert. Each category's hand-written line of the `descriptions` file is judged against at most
     `per_category` distinct prompts of each category of the measuring half (seeded), and `judge_agreement`'s figures
     are written as `judge_check` into interpretation.json, keeping what an earlier interpretation wrote there (the
-    check records its own command and job, the judge's `judge_prompt` template among it). With
-    `calibrate_threshold`, each description's YES threshold is chosen on as many prompts of the describing half,
-    sampled the same way, and the binary figures are reported at it too. Needs only the judge: the checkpoint names
-    where the results go."""
-    judge_template(judge_prompt)
+    check records its own command and job, the judge's template among it). With `settings.calibrate_threshold`,
+    each description's YES threshold is chosen on as many prompts of the describing half, sampled the same way, and
+    the binary figures are reported at it too. Needs only the judge: the checkpoint names where the results go."""
     output = output_folder(checkpoint, output_dir, (RESULTS_FILE,), overwrite)
     pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
     known = sorted({category for category in pairs["category"] if category is not None})
@@ -81,14 +75,14 @@ def check_checkpoint_judge(checkpoint, dataset, descriptions, *, generator: str 
     descriptions = read_descriptions(descriptions, known)
     describing, measuring = prompt_halves(pairs.remove_columns("prompt"), pairs, seed)  # `smoe interpret`'s halves
     texts, categories = check_prompts(measuring, per_category, seed)
-    calibration = check_prompts(describing, per_category, seed) if calibrate_threshold else None
+    calibration = check_prompts(describing, per_category, seed) if settings.calibrate_threshold else None
     judging = load_judge(generator, generator_model, judge, judge_model, generation_cache)
-    check = judge_agreement(judging, texts, categories, descriptions, judge_prompt, calibration) | {
+    check = judge_agreement(judging, texts, categories, descriptions, settings.judge_prompt, calibration) | {
         "judge": judging.identity}
     spec, model = judge_spec(generator, generator_model, judge, judge_model)
     job = {"checkpoint": str(checkpoint), "dataset": str(dataset), "format": format, "split": split,
            "max_pairs": max_pairs, "seed": seed, "judge": spec, "judge_model": model, "check_prompts": per_category,
-           "judge_prompt": judge_prompt, "calibrate_threshold": calibrate_threshold}
+           "judge_prompt": settings.judge_prompt, "calibrate_threshold": settings.calibrate_threshold}
     check |= {"command": run_command(), "job": job}
     output.mkdir(parents=True, exist_ok=True)
     path = output / RESULTS_FILE
@@ -136,14 +130,18 @@ def dataset_label(dataset) -> str:
 
 
 def expert_table_markdown(interpretation: dict) -> str:
-    """The paper's Table 3 / Table 11 form: one row per expert (description, fidelity, fidelity on the judge's
-    P(YES), specialization, routing share), then the mean fidelities and the random baseline's."""
-    lines = ["| ID | Natural Language Description | Description Fidelity (↑) | Fidelity on P(YES) (↑) | "
-             "Expert Specialization (↑) | Routing share |", "|---|---|---|---|---|---|"]
+    """The paper's Table 3 / Table 11 form: one row per expert (description, with what is wrong with it when the
+    describer never described, its distinctive words, fidelity, fidelity on the judge's P(YES), specialization,
+    routing share), then the mean fidelities and the random baseline's."""
+    lines = ["| ID | Natural Language Description | Distinctive words | Description Fidelity (↑) | "
+             "Fidelity on P(YES) (↑) | Expert Specialization (↑) | Routing share |", "|---|---|---|---|---|---|---|"]
     for expert in interpretation["experts"]:
         description = expert["description"].replace("|", "/") or "(no description)"
+        if expert.get("problem"):
+            description += f" *(the describer's answer {expert['problem']})*"
+        words = ", ".join(expert.get("distinctive_words", [])).replace("|", "/") or "-"
         on_probability, specialization = expert.get("fidelity_probability"), expert.get("expert_specialization")
-        lines.append(f"| {expert['expert']} | {description} | {expert['description_fidelity']:.2f} | "
+        lines.append(f"| {expert['expert']} | {description} | {words} | {expert['description_fidelity']:.2f} | "
                      f"{'-' if on_probability is None else f'{on_probability:.2f}'} | "
                      f"{'-' if specialization is None else f'{100 * specialization:.2f}'} | "
                      f"{100 * expert['routing_share']:.1f}% |")

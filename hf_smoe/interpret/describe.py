@@ -9,18 +9,22 @@ The unit here is a distinct prompt: routing depends only on the prompt, so a pro
 once, both among the top examples and in the fidelity sample.
 """
 
+import math
+
 import torch
 
 from ..evaluation import head_outputs
 from ..features import as_training_features
 from ..metrics import expert_specialization_top, pairwise_accuracy, top_examples, top_percent_count
 from ..modeling.modeling_smoe import mixture_reward
+from .distinctive_words import distinctive_words
 from .fidelity import SAMPLES_PER_STRATUM, TOP_FRACTION, fidelity_means, score_descriptions
 from .generators import TextGenerator
-from .prompts import describer_prompt, parse_description, prompt_text
+from .prompts import describer_prompt, description_problem, parse_description, prompt_text
+from .settings import ReadingSettings
 
-TOP_EXAMPLES = 20  # validation prompts shown to the describer (§6.1)
 DESCRIPTION_TOKENS = 48
+ATTEMPTS = 3  # answers asked per description: the first, then seeded samples while an answer does not describe
 
 
 def distinct_prompts(prompts) -> tuple[list, list]:
@@ -39,53 +43,115 @@ def distinct_prompts_and_categories(features) -> tuple[list, list]:
 
 
 def describe_experts(describer: TextGenerator, routing: torch.Tensor, texts: list,
-                     top_n: int = TOP_EXAMPLES) -> list[dict]:
-    """Per expert: its top-n prompts (by routing weight over distinct prompts), the describer's raw answer and the
-    parsed description. routing (M, K) over the M distinct `texts`."""
-    top = top_examples(routing, top_n).tolist()  # (K, n)
-    raw = describer.generate([describer_prompt([texts[i] for i in rows]) for rows in top],
-                             max_new_tokens=DESCRIPTION_TOKENS)
+                     settings: ReadingSettings = ReadingSettings(), *, judge: TextGenerator | None = None,
+                     seed: int = 0) -> list[dict]:
+    """Per expert: its top prompts (by routing weight over the distinct `texts`, routing (M, K)), its description
+    with the describer's raw answer, and its distinctive words (`distinctive_words`, no LLM).
+
+    Each description is checked (`prompts.description_problem`) and asked again, sampled with a seed, while it copies
+    the instructions or a prompt, or answers a prompt instead of describing (at most `ATTEMPTS` answers; the last one
+    is kept otherwise, its `problem` recorded). With `settings.candidates` > 1, that many descriptions are written
+    per expert (the greedy one, then seeded samples) and `judge` scores each on a sample of these same describing
+    prompts; the best fidelity among those that describe is kept (`candidates` lists them all)."""
+    top = top_examples(routing, settings.top_n).tolist()  # (K, n)
+    shown = [[texts[i] for i in rows] for rows in top]
+    requests = [describer_prompt(examples, settings.describer_prompt) for examples in shown]
+    written = [checked_descriptions(describer, requests, shown, settings.describer_prompt, seed, candidate)
+               for candidate in range(settings.candidates)]  # (candidates, K)
+    words = distinctive_words(texts, routing, min_top=settings.top_n)
     experts = []
-    for rows, answer in zip(top, raw):
-        description, followed = parse_description(answer)
-        experts.append({"description": description, "followed_format": followed, "raw_output": answer,
-                        "top_examples": [texts[i] for i in rows]})
+    for k, examples in enumerate(shown):
+        experts.append({**written[0][k], "distinctive_words": words[k], "top_examples": examples})
+    if settings.candidates > 1:
+        if judge is None:
+            raise ValueError("describe_experts: choosing among candidates needs a judge.")
+        choose_candidates(experts, written, judge, routing, texts, settings, seed)
     return experts
+
+
+def checked_descriptions(describer: TextGenerator, requests: list, shown: list, variant: str, seed: int,
+                         candidate: int) -> list[dict]:
+    """One description per request, each asked again (sampled, seeded by `seed`, `candidate` and the attempt) while
+    `description_problem` finds one; candidate 0 starts from the greedy answer."""
+    found = [None] * len(requests)
+    for attempt in range(ATTEMPTS):
+        waiting = [k for k, entry in enumerate(found) if entry is None or entry["problem"]]
+        if not waiting:
+            break
+        sample = None if candidate == attempt == 0 else (seed * 1000 + candidate) * ATTEMPTS + attempt
+        answers = describer.generate([requests[k] for k in waiting], max_new_tokens=DESCRIPTION_TOKENS, seed=sample)
+        for k, answer in zip(waiting, answers):
+            description, followed = parse_description(answer)
+            found[k] = {"description": description, "followed_format": followed, "raw_output": answer,
+                        "problem": description_problem(description, shown[k], variant), "attempts": attempt + 1}
+    return found
+
+
+def choose_candidates(experts: list, written: list, judge: TextGenerator, routing: torch.Tensor, texts: list,
+                      settings: ReadingSettings, seed: int) -> None:
+    """Keep, per expert, the candidate description with the best fidelity (on P(YES) when the judge gives it, else
+    on YES/NO) on its stratified sample of the describing prompts; one that describes beats one that does not, and
+    ties go to the earlier candidate. Never measured on the measuring prompts."""
+    scores = [score_descriptions(judge, [entry["description"] for entry in candidate], routing, texts, seed,
+                                 settings.per_stratum, settings.judge_prompt) for candidate in written]
+    for k, expert in enumerate(experts):
+        options = []
+        for c, (candidate, score) in enumerate(zip(written, scores)):
+            value = score[k]["fidelity_probability"]
+            value = score[k]["description_fidelity"] if value is None else value
+            options.append({"description": candidate[k]["description"], "problem": candidate[k]["problem"],
+                            "describing_fidelity": value})
+        best = max(range(len(options)), key=lambda c: (options[c]["problem"] is None,
+                                                        known_or_lowest(options[c]["describing_fidelity"]), -c))
+        expert.update(written[best][k], candidate=best, candidates=options)
+
+
+def known_or_lowest(value: float | None) -> float:
+    """A fidelity to rank by: an unknown one (None or NaN, a judge with no variance) ranks last."""
+    return -math.inf if value is None or math.isnan(value) else value
+
+
+def describing_rate(experts: list) -> float:
+    """The share of experts whose kept description describes (no `problem`)."""
+    return sum(expert["problem"] is None for expert in experts) / len(experts) if experts else float("nan")
 
 
 def interpret_experts(describer: TextGenerator, judge: TextGenerator, describe_routing: torch.Tensor,
                       describe_texts: list, measure_routing: torch.Tensor, measure_texts: list, *, seed: int = 0,
-                      random_baseline: bool = True, top_n: int = TOP_EXAMPLES,
-                      per_stratum: int = SAMPLES_PER_STRATUM, judge_prompt: str = "paper",
-                      calibrate_threshold: bool = False) -> dict:
+                      random_baseline: bool = True, settings: ReadingSettings = ReadingSettings()) -> dict:
     """Descriptions from the describing prompts (validation), fidelity on the measuring prompts (test), and the random
     baseline: the describer sees the describing prompts shuffled (seeded) while the router's weights stay as they
-    are, so each expert is described from prompts unrelated to it. Routing (M, K) over distinct prompt texts; the
-    judge reads its `judge_prompt` template (`prompts.JUDGE_PROMPTS`, Fig. 5 by default). With `calibrate_threshold`,
-    each description's YES threshold is chosen on a sample of the describing prompts (`score_descriptions`).
+    are, so each expert is described from prompts unrelated to it. Routing (M, K) over distinct prompt texts; how
+    experts are described and judged is `settings` (with `calibrate_threshold`, each description's YES threshold is
+    chosen on a sample of the describing prompts, `score_descriptions`).
 
     Returns {"experts": [...], "description_fidelity": mean over experts (Eq. 20), "fidelity_probability": the same
-    on the judge's P(YES) (None when the judge gives no probabilities), "routing_share": mean routing weight of each
-    expert over the measuring prompts, "random_baseline": {...} (when asked), "notes": [...] (what
-    a small set could not give)}.
+    on the judge's P(YES) (None when the judge gives no probabilities), "describing_rate": the share of descriptions
+    that describe, "routing_share": mean routing weight of each expert over the measuring prompts, "random_baseline":
+    {...} (when asked), "settings": `settings` as a dict, "notes": [...] (what a small set could not give)}.
     """
-    calibration = (describe_routing, describe_texts) if calibrate_threshold else None
-    experts = describe_experts(describer, describe_routing, describe_texts, top_n)
-    scores = score_descriptions(judge, [e["description"] for e in experts], measure_routing, measure_texts, seed,
-                                per_stratum, judge_prompt, calibration)
+    calibration = (describe_routing, describe_texts) if settings.calibrate_threshold else None
+
+    def described_and_scored(texts: list) -> list:
+        experts = describe_experts(describer, describe_routing, texts, settings, judge=judge, seed=seed)
+        scores = score_descriptions(judge, [e["description"] for e in experts], measure_routing, measure_texts, seed,
+                                    settings.per_stratum, settings.judge_prompt, calibration)
+        for expert, score in zip(experts, scores):
+            expert.update(score)
+        return experts
+
+    experts = described_and_scored(describe_texts)
     share = measure_routing.float().mean(dim=0).tolist()
-    for k, (expert, score) in enumerate(zip(experts, scores)):
-        expert.update(score, expert=k, routing_share=share[k])
-    result = {"experts": experts, **fidelity_means(experts), "routing_share": share,
-              "notes": sample_notes(len(describe_texts), len(measure_texts), top_n, per_stratum)}
+    for k, expert in enumerate(experts):
+        expert.update(expert=k, routing_share=share[k])
+    result = {"experts": experts, **fidelity_means(experts), "describing_rate": describing_rate(experts),
+              "routing_share": share, "settings": settings.to_dict(),
+              "notes": sample_notes(len(describe_texts), len(measure_texts), settings.top_n, settings.per_stratum)}
     if random_baseline:
         shuffled = torch.randperm(len(describe_texts), generator=torch.Generator().manual_seed(seed)).tolist()
-        baseline = describe_experts(describer, describe_routing, [describe_texts[i] for i in shuffled], top_n)
-        baseline_scores = score_descriptions(judge, [e["description"] for e in baseline], measure_routing,
-                                             measure_texts, seed, per_stratum, judge_prompt, calibration)
-        for expert, score in zip(baseline, baseline_scores):
-            expert.update(score)
-        result["random_baseline"] = {"experts": baseline, **fidelity_means(baseline)}
+        baseline = described_and_scored([describe_texts[i] for i in shuffled])
+        result["random_baseline"] = {"experts": baseline, **fidelity_means(baseline),
+                                     "describing_rate": describing_rate(baseline)}
     return result
 
 
@@ -112,9 +178,7 @@ def routing_by_prompt(head, features) -> tuple[torch.Tensor, list]:
 
 
 def interpret_head(head, describing, measuring, describer: TextGenerator, judge: TextGenerator, *, seed: int = 0,
-                   random_baseline: bool = True, top_n: int = TOP_EXAMPLES,
-                   per_stratum: int = SAMPLES_PER_STRATUM, judge_prompt: str = "paper",
-                   calibrate_threshold: bool = False) -> dict:
+                   random_baseline: bool = True, settings: ReadingSettings = ReadingSettings()) -> dict:
     """`interpret_experts` for a trained head on two sets of pair features with a `prompt` column: experts are
     described from `describing` (validation) and measured on `measuring` (test), where each expert's top-10% expert
     specialization (Eq. 12, on the measuring pairs) is added beside its fidelity, and the mixture's accuracy. The
@@ -122,8 +186,7 @@ def interpret_head(head, describing, measuring, describer: TextGenerator, judge:
     describer sees shuffled prompts (the paper's Table 4 reports both for its random row)."""
     result = interpret_experts(describer, judge, *routing_by_prompt(head, describing),
                                *routing_by_prompt(head, measuring), seed=seed, random_baseline=random_baseline,
-                               top_n=top_n, per_stratum=per_stratum, judge_prompt=judge_prompt,
-                               calibrate_threshold=calibrate_threshold)
+                               settings=settings)
     outputs = {k: v.cpu() for k, v in head_outputs(head, as_training_features(measuring)).items()}
     chosen, rejected, routing = (outputs["chosen_expert_rewards"], outputs["rejected_expert_rewards"],
                                  outputs["routing_weights"])

@@ -52,6 +52,15 @@ Do not output anything besides the feature.
 Output exactly one description, starting with "-" and surrounded by quotes.
 Your response is:-\""""
 
+# The describer's templates by name: "paper" is Fig. 4; "short" asks the same question in a few lines without example
+# features, which small local describers copy instead of reading the prompts, and ends where the feature begins.
+DESCRIBER_PROMPTS = {"paper": DESCRIBER_PROMPT,
+                     "short": "Here are {count} user prompts that share one feature: a topic, a domain, a requested "
+                              "style or tone, a kind of task, or a constraint.\n\n{examples}\n\nWhat feature do "
+                              "all of these prompts share that most other prompts do not have? Write it as one short "
+                              "phrase of at most 12 words that could be said of any single one of them, and nothing "
+                              "else."}
+
 # Fig. 5, word for word.
 JUDGE_PROMPT = """You are a binary classifier. Task:
 Determine whether the input text expresses the feature described below.
@@ -93,18 +102,29 @@ def shorten(text: str, max_chars: int) -> str:
     return text[:half].rstrip() + " ... " + text[len(text) - half:].lstrip()
 
 
-def describer_prompt(examples) -> str:
-    """Fig. 4 filled with `examples` (prompt texts), numbered."""
+def describer_prompt(examples, variant: str = "paper") -> str:
+    """The describer's `variant` template (Fig. 4 by default) filled with `examples` (prompt texts), numbered."""
     listed = "\n\n".join(f"Prompt {i}:\n{shorten(text, DESCRIBER_EXAMPLE_CHARS)}"
                          for i, text in enumerate(examples, start=1))
-    return DESCRIBER_PROMPT.replace("{examples}", listed)
+    return describer_template(variant).replace("{count}", str(len(examples))).replace("{examples}", listed)
+
+
+def describer_template(variant: str) -> str:
+    """The describer's template named `variant`."""
+    return template("describer_prompt", DESCRIBER_PROMPTS, variant)
+
+
+def template(field: str, templates: dict, variant: str) -> str:
+    """The template named `variant` of `templates`; an unknown name is refused, naming `field`, before any model
+    runs."""
+    if variant not in templates:
+        raise InputError(f"{field}: unknown variant {variant!r}; choose from {', '.join(templates)}.")
+    return templates[variant]
 
 
 def judge_template(variant: str) -> str:
-    """The judge's template named `variant`; an unknown name is refused before any model runs."""
-    if variant not in JUDGE_PROMPTS:
-        raise InputError(f"judge_prompt: unknown variant {variant!r}; choose from {', '.join(JUDGE_PROMPTS)}.")
-    return JUDGE_PROMPTS[variant]
+    """The judge's template named `variant`."""
+    return template("judge_prompt", JUDGE_PROMPTS, variant)
 
 
 def judge_prompt(description: str, text: str, variant: str = "paper") -> str:
@@ -139,4 +159,53 @@ def parse_description(raw: str) -> tuple[str, bool]:
 
 
 def _clean(text: str) -> str:
-    return " ".join(text.strip().lstrip("-*• ").strip("\"'*` ").rstrip(".").split())
+    text = " ".join(text.strip().lstrip("-*• ").strip("\"'*` ").rstrip(".").split())
+    for lead_in in LEAD_INS:  # "Each of these prompts shares the feature of being a business style" -> "a business..."
+        text = lead_in.sub("", text, count=1)
+    return text
+
+
+# What a describer writes before the feature when it answers in a sentence about the prompts.
+LEAD_INS = (re.compile(r"^(?:each|all|every|these)\s+(?:one\s+)?(?:of\s+)?(?:these\s+|the\s+)?(?:user\s+)?prompts?\s+"
+                       r"(?:all\s+)?(?=\w)", re.IGNORECASE),
+            re.compile(r"^(?:(?:shares?|has|have)\s+(?:the|a)\s+(?:common\s+|shared\s+)?feature\s*(?:of\s+)?(?:being\s+)?|"
+                       r"(?:the\s+)?(?:common\s+|shared\s+)?feature(?:\s+shared)?(?:\s+by\s+(?:these|all)\s+prompts)?"
+                       r"\s+is\s*:?\s*)(?=\w)", re.IGNORECASE))
+
+# A describer that answers one of the prompts, or talks about the prompts instead of naming a feature.
+ANSWER_OPENINGS = re.compile(r"^(?:sure|certainly|of course|here (?:is|are)|i (?:am|can|will|would)|as an ai|\d+[.)])\b",
+                             re.IGNORECASE)
+META_WORDS = re.compile(r"\b(?:these prompts|other prompts|the prompts|the expert|the router|these examples|"
+                        r"activation)\b", re.IGNORECASE)
+MAX_DESCRIPTION_WORDS = 20
+COPIED_WORDS = 4  # a run of this many words shared with the instructions (or all of a shorter description) is copied
+ECHOED_WORDS = 6  # a run of this many words shared with one of the shown prompts is copied from it
+
+
+def description_problem(description: str, examples, variant: str = "paper") -> str | None:
+    """What makes a parsed description not a description of the shown `examples`, in words, or None: empty, copied
+    from the `variant` template's own text (its instructions or its example features), copied from one of the
+    prompts, an answer to a prompt (an answer's opening or more than 20 words), or a sentence about the prompts,
+    the expert or the router rather than a feature of a prompt."""
+    words = _words(description)
+    if not words:
+        return "empty answer"
+    instructions = set(_runs(_words(describer_template(variant)), min(COPIED_WORDS, len(words))))
+    if any(run in instructions for run in _runs(words, min(COPIED_WORDS, len(words)))):
+        return "copies the instructions"
+    shown = {run for text in examples for run in _runs(_words(text), ECHOED_WORDS)}
+    if any(run in shown for run in _runs(words, ECHOED_WORDS)):
+        return "copies a prompt"
+    if ANSWER_OPENINGS.match(description) or len(words) > MAX_DESCRIPTION_WORDS:
+        return "answers a prompt instead of describing"
+    if META_WORDS.search(description):
+        return "speaks of the prompts or the model, not of a feature"
+    return None
+
+
+def _words(text: str) -> list:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _runs(words: list, n: int) -> list:
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]

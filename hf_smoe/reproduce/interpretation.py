@@ -11,9 +11,9 @@ import torch
 
 from ..errors import InputError
 from ..evaluation import plot_interpretability_vs_experts
-from ..interpret import (SAMPLES_PER_STRATUM, distinct_prompts_and_categories, expert_table_markdown, fidelity_means,
-                         interpret_head, judge_agreement, judge_check_markdown, judge_template,
-                         load_describer_and_judge, routing_by_prompt, score_descriptions)
+from ..interpret import (ReadingSettings, distinct_prompts_and_categories, expert_table_markdown, fidelity_means,
+                         interpret_head, judge_agreement, judge_check_markdown, load_describer_and_judge,
+                         routing_by_prompt, score_descriptions)
 from ..metrics import expert_category_labels
 from ..runtime import DEFAULT_BACKBONE, load_frozen_backbone
 from ..training import train_preset
@@ -31,9 +31,10 @@ DSP_DESCRIPTIONS = {"academy": "asks for a response in an academic, scholarly st
 TABLE4_COLUMNS = (("accuracy", "accuracy", 100), ("description_fidelity", "description fidelity", 1),
                   ("fidelity_probability", "fidelity on P(YES)", 1),
                   ("expert_specialization", "expert specialization", 100),
+                  ("describing_rate", "descriptions that describe", 100),
                   ("oracle_description_fidelity", "fidelity, hand-written domain descriptions", 1),
                   ("oracle_fidelity_probability", "the same on P(YES)", 1))
-FIG6_COLUMNS = TABLE4_COLUMNS[:4]
+FIG6_COLUMNS = TABLE4_COLUMNS[:5]
 INTERPRETATION_METRICS = tuple(key for key, _, _ in FIG6_COLUMNS)  # what each interpreted head reports
 PAPER_TABLE4 = {"single": (83.52, None, None), "vanilla": (84.82, 0.29, 0.09), "micro": (84.68, 0.15, 0.04),
                 "random": (None, 0.01, -0.04), "sparse": (83.78, 0.38, 15.13)}  # accuracy, fidelity, specialization
@@ -60,11 +61,10 @@ def with_prompts(splits, features, names=("validation", "test")) -> list:
 
 
 def oracle_fidelity(head, describing, measuring, judge, descriptions: dict, seed: int = 0,
-                    per_stratum: int = SAMPLES_PER_STRATUM, judge_prompt: str = "paper",
-                    calibrate_threshold: bool = False) -> dict:
+                    settings: ReadingSettings = ReadingSettings()) -> dict:
     """Description fidelity with a perfect describer, on the YES/NO answers and on P(YES): each expert is described
     by `descriptions[c]`, c its category label (the majority category of its 50 top describing prompts, App. A), and
-    judged as usual (with `calibrate_threshold`, at thresholds chosen on the describing prompts). What the routing's
+    judged as `settings` say (calibrated, at thresholds chosen on the describing prompts). What the routing's
     interpretability is through this judge once the describer is out of the way."""
     names = sorted(descriptions)
     routing, texts = routing_by_prompt(head, describing)
@@ -72,26 +72,22 @@ def oracle_fidelity(head, describing, measuring, judge, descriptions: dict, seed
     categories = torch.tensor([names.index(category) for category in categories])
     labels = expert_category_labels(routing, categories, len(names)).tolist()
     scores = score_descriptions(judge, [descriptions[names[label]] for label in labels],
-                                *routing_by_prompt(head, measuring), seed, per_stratum, judge_prompt,
-                                (routing, texts) if calibrate_threshold else None)
+                                *routing_by_prompt(head, measuring), seed, settings.per_stratum,
+                                settings.judge_prompt, (routing, texts) if settings.calibrate_threshold else None)
     return {f"oracle_{key}": value for key, value in fidelity_means(scores).items()}
 
 
 def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=SEEDS, generator: str = "local",
                      generator_model=None, judge=None, judge_model=None, output_dir="outputs/reproduce/table4",
                      backbone=DEFAULT_BACKBONE, epochs: float = EPOCHS, training: dict | None = None,
-                     cache_dir=None, data_root=None,
-                     generation_cache=None, per_stratum: int = SAMPLES_PER_STRATUM,
-                     general_sizes: tuple = GENERAL_SIZES, dsp_queries: int | None = None,
-                     num_experts: int | None = None, judge_prompt: str = "paper",
-                     calibrate_threshold: bool = False) -> dict:
+                     cache_dir=None, data_root=None, generation_cache=None,
+                     settings: ReadingSettings = ReadingSettings(), general_sizes: tuple = GENERAL_SIZES,
+                     dsp_queries: int | None = None, num_experts: int | None = None) -> dict:
     """Table 4 (§6.1): accuracy, description fidelity and top-10% expert specialization of single / vanilla / MiCRo /
     sparse and the random baseline (sparse's router, the describer shown shuffled prompts), mean ± std over `seeds`;
     experts are described from validation prompts and measured on test prompts. On DSP the judge itself is measured
-    too (`judge_agreement` with the domains' hand-written descriptions). The judge reads its `judge_prompt` template
-    (Fig. 5 by default), recorded with the results; with `calibrate_threshold` its YES threshold is chosen per
-    description on the describing (validation) prompts. Writes table4.md and results.json."""
-    judge_template(judge_prompt)
+    too (`judge_agreement` with the domains' hand-written descriptions). How experts are described and judged is
+    `settings`, recorded with the results. Writes table4.md and results.json."""
     output = Path(output_dir)
     backbone_model, tokenizer = load_frozen_backbone(backbone)
     describer, judging = load_describer_and_judge(generator, generator_model, judge, judge_model, generation_cache)
@@ -112,40 +108,37 @@ def reproduce_table4(datasets=INTERPRETATION_DATASETS, seeds=SEEDS, generator: s
                     runs["single"].append({"accuracy": metrics["accuracy"]})
                     continue
                 result = interpret_head(model.head, describing, measuring, describer, judging, seed=seed,
-                                        random_baseline=preset == "sparse", per_stratum=per_stratum,
-                                        judge_prompt=judge_prompt, calibrate_threshold=calibrate_threshold)
+                                        random_baseline=preset == "sparse", settings=settings)
                 runs[preset].append({key: result[key] for key in INTERPRETATION_METRICS} | {"interpretation": result})
                 if name == "dsp":  # the describer removed: each expert gets its domain's hand-written line
                     runs[preset][-1].update(oracle_fidelity(model.head, describing, measuring, judging,
-                                                            DSP_DESCRIPTIONS, seed, per_stratum, judge_prompt,
-                                                            calibrate_threshold))
+                                                            DSP_DESCRIPTIONS, seed, settings))
                 if preset == "sparse":
                     runs["random"].append({key: result["random_baseline"][key] for key in
                                            ("description_fidelity", "fidelity_probability",
-                                            "expert_specialization")})
+                                            "expert_specialization", "describing_rate")})
                 print(f"{name} seed {seed}: {preset:<8} fidelity {result['description_fidelity']:.3f}")
         record[name] = {"num_experts": experts, "config_overrides": overrides, "runs": runs,
                         "summary": {row: summarize(r) for row, r in runs.items()},
                         "pairs": "/".join(str(len(s)) for s in splits.values())}
         if name == "dsp":
-            calibration = distinct_prompts_and_categories(describing) if calibrate_threshold else None
+            calibration = distinct_prompts_and_categories(describing) if settings.calibrate_threshold else None
             record[name]["judge_check"] = judge_agreement(judging, *distinct_prompts_and_categories(measuring),
-                                                          DSP_DESCRIPTIONS, judge_prompt, calibration)
+                                                          DSP_DESCRIPTIONS, settings.judge_prompt, calibration)
     write_results(output, "table4", table4_markdown(record, len(seeds), describer.identity, judging.identity,
-                                                    judge_prompt),
+                                                    settings),
                   {"experiment": "table4", "datasets": list(datasets), "seeds": list(seeds), "epochs": epochs,
                    "training": training or {},
                    "backbone": backbone, "generator": generator, "generator_model": generator_model, "judge": judge,
-                   "judge_model": judge_model, "judge_prompt": judge_prompt,
-                   "calibrate_threshold": calibrate_threshold, "per_stratum": per_stratum,
+                   "judge_model": judge_model, "reading": settings.to_dict(),
                    "describer": describer.identity, "judge_identity": judging.identity,
                    "general_sizes": list(general_sizes), "dsp_queries": dsp_queries, "num_experts": num_experts},
                   record)
     return record
 
 
-def table4_markdown(record: dict, num_seeds: int, describer: str, judge: str, judge_prompt: str) -> str:
-    lines = [f"Describer: `{describer}`; judge: `{judge}` (judge prompt: {judge_prompt}).", ""]
+def table4_markdown(record: dict, num_seeds: int, describer: str, judge: str, settings: ReadingSettings) -> str:
+    lines = [f"Describer: `{describer}`; judge: `{judge}`; {settings_line(settings)}.", ""]
     for name, result in record.items():
         lines += [f"### {name}: K = {result['num_experts']}, {result['pairs']} pairs (train/validation/test), "
                   f"{num_seeds} seed(s), mean ± std; accuracy and specialization in %", "",
@@ -161,17 +154,22 @@ def table4_markdown(record: dict, num_seeds: int, describer: str, judge: str, ju
     return "\n".join(lines) + "\n"
 
 
+def settings_line(settings: ReadingSettings) -> str:
+    """How experts were read, in words, for the head of a results table."""
+    return (f"describer prompt: {settings.describer_prompt}, judge prompt: {settings.judge_prompt}, YES threshold: "
+            f"{'calibrated on the describing prompts' if settings.calibrate_threshold else '0.5'}, "
+            f"{settings.candidates} candidate description(s) per expert, "
+            f"{settings.per_stratum} + {settings.per_stratum} prompts judged per expert")
+
+
 def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", generator_model=None, judge=None,
                    judge_model=None, output_dir="outputs/reproduce/fig6", backbone=DEFAULT_BACKBONE,
                    epochs: float = EPOCHS, training: dict | None = None,
                    cache_dir=None, data_root=None, generation_cache=None,
-                   per_stratum: int = SAMPLES_PER_STRATUM, general_sizes: tuple = GENERAL_SIZES,
-                   judge_prompt: str = "paper", calibrate_threshold: bool = False) -> dict:
+                   settings: ReadingSettings = ReadingSettings(), general_sizes: tuple = GENERAL_SIZES) -> dict:
     """Fig. 6 (App. B): the sparse model on the general mixture (λ_gb = 1.0) for each K, its description fidelity
-    and top-10% expert specialization against K, the judge reading its `judge_prompt` template (Fig. 5 by default),
-    its YES threshold calibrated per description on the validation prompts with `calibrate_threshold`.
+    and top-10% expert specialization against K, experts described and judged as `settings` say.
     Writes fig6.md, fig6.png and results.json."""
-    judge_template(judge_prompt)
     output = Path(output_dir)
     backbone_model, tokenizer = load_frozen_backbone(backbone)
     describer, judging = load_describer_and_judge(generator, generator_model, judge, judge_model, generation_cache)
@@ -184,8 +182,7 @@ def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", 
             model, _ = train_preset(backbone_model, tokenizer, features, "sparse", num_experts, seed, epochs,
                                     str(output / "trainer"), training, **overrides)
             result = interpret_head(model.head, describing, measuring, describer, judging, seed=seed,
-                                    random_baseline=False, per_stratum=per_stratum, judge_prompt=judge_prompt,
-                                    calibrate_threshold=calibrate_threshold)
+                                    random_baseline=False, settings=settings)
             runs.setdefault(num_experts, []).append({key: result[key] for key in INTERPRETATION_METRICS})
             print(f"K = {num_experts}, seed {seed}: fidelity {result['description_fidelity']:.3f}")
     summary = {k: summarize(r) for k, r in runs.items()}
@@ -195,7 +192,7 @@ def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", 
                                      series["expert_specialization"],
                                      f"Sparse MoE on the general mixture: interpretability vs K ({len(seeds)} seed(s))")
     lines = [f"### Interpretability vs the number of experts (sparse, general mixture, {len(seeds)} seed(s); "
-             f"describer `{describer.identity}`, judge `{judging.identity}`, judge prompt: {judge_prompt})", "",
+             f"describer `{describer.identity}`, judge `{judging.identity}`; {settings_line(settings)})", "",
              *markdown_header("K", *(label for _, label, _ in FIG6_COLUMNS))]
     for k in k_values:
         lines.append(markdown_row(k, *(mean_std_cell(summary[k], key, scale) for key, _, scale in FIG6_COLUMNS)))
@@ -203,8 +200,7 @@ def reproduce_fig6(k_values=FIG6_EXPERTS, seeds=(0,), generator: str = "local", 
                   {"experiment": "fig6", "k_values": list(k_values), "seeds": list(seeds), "epochs": epochs,
                    "training": training or {},
                    "backbone": backbone, "generator": generator, "generator_model": generator_model, "judge": judge,
-                   "judge_model": judge_model, "judge_prompt": judge_prompt,
-                   "calibrate_threshold": calibrate_threshold, "per_stratum": per_stratum,
+                   "judge_model": judge_model, "reading": settings.to_dict(),
                    "describer": describer.identity, "judge_identity": judging.identity,
                    "general_sizes": list(general_sizes)},
                   {"runs": runs, "summary": summary})

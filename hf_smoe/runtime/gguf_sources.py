@@ -114,6 +114,11 @@ def joined_split_model(model: SplitModel, cache_dir=None) -> Path:
     return target
 
 
+def split_model_installed(model: SplitModel) -> bool:
+    """Whether every part package of `model` is installed (found, never imported; sizes are checked on use)."""
+    return all(importlib.util.find_spec(model.package.format(n=n)) is not None for n in range(1, model.parts + 1))
+
+
 def split_model_parts(model: SplitModel) -> list:
     """The part files of `model` in order, each checked to exist and to have its recorded size."""
     fix = f"install them with `pip install \"hf-smoe[{model.extra}]\"`"

@@ -60,7 +60,7 @@ def main(checkpoint: CheckpointArguments, data: MeasuredPairsArguments, generato
             generator_model=generators.generator_model, judge=generators.judge, judge_model=generators.judge_model,
             format=data.format, split=data.hub_split(), max_pairs=data.max_pairs, seed=data.seed,
             generation_cache=generators.generation_cache, per_category=check.check_prompts,
-            judge_prompt=generators.judge_prompt, calibrate_threshold=generators.calibrate_threshold,
+            settings=generators.reading(),
             output_dir=output.output_dir, overwrite=output.overwrite)
         print("\n".join(judge_check_markdown(result, f"distinct measuring prompts (at most {check.check_prompts} "
                                                       "per category)")))
@@ -71,8 +71,7 @@ def main(checkpoint: CheckpointArguments, data: MeasuredPairsArguments, generato
         generator_model=generators.generator_model, judge=generators.judge, judge_model=generators.judge_model,
         format=data.format, split=data.hub_split(), max_pairs=data.max_pairs, seed=data.seed,
         cache_dir=data.cache_dir, generation_cache=generators.generation_cache, max_length=data.max_length,
-        random_baseline=not output.no_random_baseline, judge_prompt=generators.judge_prompt,
-        calibrate_threshold=generators.calibrate_threshold,
+        random_baseline=not output.no_random_baseline, settings=generators.reading(),
         output_dir=output.output_dir, overwrite=output.overwrite)
     print(expert_table_markdown(result))
     print(f"Written to {written} and interpretation.md")

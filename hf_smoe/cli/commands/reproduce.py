@@ -176,6 +176,5 @@ def readers(generators: GeneratorArguments, reproduce: ReproduceArguments) -> di
     """The describer, the judge and the sample they read, as table4 and fig6 take them."""
     return {"generator": generators.generator, "generator_model": generators.generator_model,
             "judge": generators.judge, "judge_model": generators.judge_model,
-            "judge_prompt": generators.judge_prompt, "calibrate_threshold": generators.calibrate_threshold,
             "generation_cache": generators.generation_cache,
-            "per_stratum": reproduce.samples_per_stratum}
+            "settings": generators.reading(per_stratum=reproduce.samples_per_stratum)}

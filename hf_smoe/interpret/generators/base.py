@@ -11,6 +11,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# Sampled answers (a describer's further candidates and retries): the temperature and nucleus most chat models ship
+# as their own defaults, so a sample stays fluent while differing from the greedy answer.
+SAMPLING = {"temperature": 0.7, "top_p": 0.95}
+
 # Surface forms of the two answers whose next-token probabilities are pooled: small models often write "Yes" or
 # " YES" instead of the exact token the prompt asks for, and those mean the same thing.
 ANSWER_FORMS = {"YES": ("YES", "Yes", "yes", " YES", " Yes", " yes"), "NO": ("NO", "No", "no", " NO", " No", " no")}
@@ -39,8 +43,9 @@ class TextGenerator(ABC):
     identity: str
 
     @abstractmethod
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64) -> list[str]:
-        """The model's greedy answer to each prompt (sent as one user message), without the prompt."""
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, seed: int | None = None) -> list[str]:
+        """The model's answer to each prompt (sent as one user message), without the prompt: greedy, or sampled
+        (`SAMPLING`) with `seed` so a rerun gives the same samples."""
 
     @abstractmethod
     def judge(self, prompts: Sequence[str]) -> list[Judgment]:

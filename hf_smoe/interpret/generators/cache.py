@@ -31,9 +31,10 @@ class CachedGenerator(TextGenerator):
         self.path = Path(cache_dir or cache_root() / "generations") / f"{name}.jsonl"
         self._answers = self._read()
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64) -> list[str]:
-        return self._answer("generate", prompts, {"max_new_tokens": max_new_tokens},
-                            lambda chunk: self.generator.generate(chunk, max_new_tokens=max_new_tokens),
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, seed: int | None = None) -> list[str]:
+        settings = {"max_new_tokens": max_new_tokens} | ({} if seed is None else {"seed": seed})
+        return self._answer("generate", prompts, settings,
+                            lambda chunk: self.generator.generate(chunk, max_new_tokens=max_new_tokens, seed=seed),
                             lambda text: text, lambda text: text)
 
     def judge(self, prompts: Sequence[str]) -> list[Judgment]:

@@ -18,7 +18,7 @@ import httpx2
 from huggingface_hub import InferenceClient
 
 from ...errors import EndpointError, InputError
-from .base import Judgment, TextGenerator, parse_yes_no, yes_probability
+from .base import SAMPLING, Judgment, TextGenerator, parse_yes_no, yes_probability
 
 # Worth another try: a gateway, an overloaded or rate-limiting server, a request timeout. A 500 is not: it is a bug
 # or a model the server cannot run (transformers serve answers a bare 500 for a base model without an LM head or a
@@ -85,8 +85,8 @@ class EndpointGenerator(TextGenerator):
         self._client = _OwnSessionClient(base_url, api_key or os.environ.get("OPENAI_API_KEY"), timeout)
         self._logprobs = True  # until the server rejects them
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64) -> list[str]:
-        return self._map(lambda prompt: self._chat(prompt, max_new_tokens).message.content or "", prompts)
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, seed: int | None = None) -> list[str]:
+        return self._map(lambda prompt: self._chat(prompt, max_new_tokens, seed=seed).message.content or "", prompts)
 
     def judge(self, prompts: Sequence[str]) -> list[Judgment]:
         """YES/NO with P(YES) from the first answer token's top log-probabilities when the server returns them
@@ -119,14 +119,15 @@ class EndpointGenerator(TextGenerator):
             probability = yes_probability(_first_token_log_probs(choice.logprobs.content[0]))
         return Judgment(probability > 0.5 if probability is not None else parse_yes_no(text), probability, text)
 
-    def _chat(self, prompt: str, max_tokens: int, logprobs: bool = False):
-        """One greedy chat completion of `prompt` as a single user message, retried on transient failures."""
+    def _chat(self, prompt: str, max_tokens: int, logprobs: bool = False, seed: int | None = None):
+        """One chat completion of `prompt` as a single user message, greedy or sampled with `seed` (`SAMPLING`;
+        servers that honour OpenAI's `seed` repeat it), retried on transient failures."""
         extra = {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if logprobs else {}
+        decoding = {"temperature": 0.0, "seed": 0} if seed is None else {**SAMPLING, "seed": seed}
         for attempt in range(self.max_retries + 1):
             try:
                 return self._client.chat_completion([{"role": "user", "content": prompt}], model=self.model,
-                                                    max_tokens=max_tokens, temperature=0.0, seed=0,
-                                                    **extra).choices[0]
+                                                    max_tokens=max_tokens, **decoding, **extra).choices[0]
             except TRANSIENT_ERRORS as error:
                 failure, status, wait = f"{type(error).__name__}: {error}", None, None
             except httpx2.HTTPStatusError as error:

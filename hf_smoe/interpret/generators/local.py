@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ...errors import InputError
 from ...features import weights_digest
 from ...runtime import check_model_source, fast_dtype, model_load_errors, pick_device
-from .base import ANSWER_FORMS, Judgment, TextGenerator, yes_probability
+from .base import ANSWER_FORMS, SAMPLING, Judgment, TextGenerator, yes_probability
 
 
 def as_chat(tokenizer, prompt: str) -> str:
@@ -26,7 +26,7 @@ def as_chat(tokenizer, prompt: str) -> str:
 
 
 class LocalGenerator(TextGenerator):
-    """Any transformers causal LM (a Hub id or a folder), greedy and batched, on CPU or CUDA.
+    """Any transformers causal LM (a Hub id or a folder), greedy (or sampled with a seed) and batched, on CPU or CUDA.
 
     The judge reads the next-token distribution after the prompt in one forward pass (no sampling): P(YES) and P(NO)
     pool the single-token forms of each answer in `ANSWER_FORMS`. Judge prompts that share a beginning (one
@@ -76,16 +76,21 @@ class LocalGenerator(TextGenerator):
             else "past_key_values"
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64) -> list[str]:
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, seed: int | None = None) -> list[str]:
         self.tokenizer.padding_side = "left"
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         texts = [None] * len(prompts)
+        decoding = {"do_sample": False} if seed is None else {"do_sample": True, **SAMPLING}
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             inputs = self.tokenizer([as_chat(self.tokenizer, prompts[i]) for i in rows], return_tensors="pt",
                                     padding=True, add_special_tokens=self.plain).to(self.device)
-            output = self.model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
-                                         pad_token_id=self.tokenizer.pad_token_id)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [],
+                                       enabled=seed is not None):  # seeded samples leave the caller's RNG as it was
+                if seed is not None:
+                    torch.manual_seed(seed + start)
+                output = self.model.generate(**inputs, max_new_tokens=max_new_tokens,
+                                             pad_token_id=self.tokenizer.pad_token_id, **decoding)
             answers = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
             for row, answer in zip(rows, answers):
                 texts[row] = answer
