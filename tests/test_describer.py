@@ -36,6 +36,7 @@ def test_a_sentence_about_the_prompts_keeps_only_the_feature(raw, expected):
 
 @pytest.mark.parametrize("description, examples, variant, problem", [
     (FIG4_EXAMPLE, [], "paper", "copies the instructions"),  # Fig. 4's own example feature
+    ("asks for emotional supportive advice", [], "paper", "copies the instructions"),  # with another ending
     ("asks for creative writing", [], "paper", "copies the instructions"),  # a 4-word run of another example
     ("creative writing", [], "paper", "copies the instructions"),  # all of a short description is in Fig. 4
     (FIG4_EXAMPLE, [], "short", None),  # the short prompt holds no example features

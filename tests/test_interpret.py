@@ -475,7 +475,7 @@ def test_local_generator_on_cuda_matches_the_cpu(tiny_lm):
 
 
 def test_bench_judge_batched_passes_give_the_one_at_a_time_answers(tiny_lm):
-    results = bench_judge(tiny_lm, num_prompts=6, batch_size=4)
+    results = bench_judge(tiny_lm, num_prompts=6, batch_size=4)[tiny_lm]
     assert results["prompts"] == 6 and results["batched_vs_one_at_a_time_max_probability_gap"] < 1e-4
     assert 0.0 <= results["fast_vs_fp32_same_answer"] <= 1.0
     assert results["speedup_fast_batched"] == pytest.approx(

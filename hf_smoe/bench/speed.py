@@ -23,11 +23,10 @@ from transformers import AutoConfig
 from ..errors import InputError
 from ..evaluation import behaviour_metrics, head_outputs
 from ..features import EmbeddingCache, as_training_features, encode_batch, encode_pair, shard_damage
-from ..interpret import LocalGenerator, judge_prompt, local_generator_source, prompt_text
+from ..interpret import LocalGenerator, judge_prompt, local_generator_source, offline_generators, prompt_text
 from ..losses import loss_weights
 from ..personalization import score_users
-from ..runtime import (default_generator_path, fast_dtype, is_default_backbone, load_backbone_model, pick_device,
-                       resolve_backbone)
+from ..runtime import fast_dtype, is_default_backbone, load_backbone_model, pick_device, resolve_backbone
 from ..training import (BackboneTuningArguments, BackboneTuningTrainingArguments, DataArguments, PairCollator,
                         SMoETrainer, SMoETrainingArguments, tokenize_pairs, tune_backbone)
 from .measuring import UNTIMED_WORK_OFF, benchmark_pairs, matmul_flops_per_second
@@ -165,12 +164,19 @@ def bench_users(backbone: str, num_pairs: int = 32, num_users: int = 100, naive_
 
 
 def bench_judge(backbone: str, num_prompts: int = 64, batch_size: int = 8, seed: int = 0) -> dict:
-    """The local judge of `smoe interpret` (Fig. 5 prompts on the demo set's prompts, one description): prompts/s of
-    one prompt at a time in fp32 (the plain loop) vs batched passes that run the shared beginning once, in fp32 and
-    in `fast_dtype` (bf16 on CPUs with native bf16); with the bf16 judge's agreement with fp32. `backbone` is the
-    judge as `--generator` names it (a causal LM's folder or Hub id, a GGUF file or split model; default: the
-    embedded SmolLM2 as a causal LM)."""
-    model = str(default_generator_path()) if is_default_backbone(backbone) else local_generator_source(backbone)
+    """The local judge of `smoe interpret` (Fig. 5 prompts on the demo set's prompts, one description), per judge:
+    prompts/s of one prompt at a time in fp32 (the plain loop) vs batched passes that run the shared beginning once,
+    in fp32 and in `fast_dtype` (bf16 on CPUs with native bf16); with the bf16 judge's agreement with fp32.
+    `backbone` is the judge as `--generator` names it (a causal LM's folder or Hub id, a GGUF file or split model);
+    the default (the embedded backbone) measures every offline judge installed, SmolLM2 and, with the describer
+    extra, the 1.5B model, in one run."""
+    judges = offline_generators() if is_default_backbone(backbone) else [backbone]
+    return {judge: judge_speed(judge, num_prompts, batch_size, seed) for judge in judges}
+
+
+def judge_speed(judge: str, num_prompts: int, batch_size: int, seed: int) -> dict:
+    """`bench_judge`'s figures for one judge spec."""
+    model = local_generator_source(judge)
     texts = list(dict.fromkeys(prompt_text(p) for p in benchmark_pairs(4 * num_prompts, seed)["prompt"]))
     prompts = [judge_prompt("asks for cooking advice", text) for text in texts[:num_prompts]]
     runs, device = {}, pick_device()

@@ -204,7 +204,9 @@ def description_problem(description: str, examples, variant: str = "paper") -> s
 
 
 def _words(text: str) -> list:
-    return re.findall(r"[a-z0-9']+", text.lower())
+    """The words of `text` cut to their first 5 letters, so a copy with another ending ("emotional supportive
+    advice") still matches."""
+    return [word[:5] for word in re.findall(r"[a-z0-9']+", text.lower())]
 
 
 def _runs(words: list, n: int) -> list:

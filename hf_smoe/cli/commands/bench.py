@@ -3,7 +3,8 @@
 embed: cache tokens/s vs a one-text-at-a-time loop and vs the FLOP bound. train: training on cached features vs
 re-running the frozen backbone every step, at equal final accuracy. users: 1 vs 100 users from one pass. judge: the
 local judge of `smoe interpret`, one prompt at a time in fp32 vs batched with shared prompt beginnings, fp32 and
-bf16 (--backbone names the judge as --generator does: a causal LM, a .gguf file, qwen2.5-coder-1.5b-instruct).
+bf16 (--backbone names the judge as --generator does: a causal LM, a .gguf file, qwen2.5-coder-1.5b-instruct; left
+out, every offline judge installed, SmolLM2 and, with hf-smoe[describer], the 1.5B model, in one run).
 tune: tuning the top layers from cached hidden states vs re-running the lower layers every step vs tuning every
 layer. scale: one training epoch and an evaluation on synthetic features of --pairs pairs, peak memory and
 pairs/s, vs every vector in RAM.

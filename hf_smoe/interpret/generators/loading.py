@@ -26,6 +26,12 @@ def default_generator_spec() -> str:
     return "local"
 
 
+def offline_generators() -> list:
+    """The specs of the offline generators installed here: the embedded SmolLM2, and the best offline model when its
+    extra is installed."""
+    return ["local"] + ([BEST_OFFLINE.name] if split_model_installed(BEST_OFFLINE) else [])
+
+
 def load_generator(spec: str = "default", *, model: str | None = None, cache_dir=None, device=None,
                    show_progress: bool = True) -> CachedGenerator:
     """A cached generator from a command-line spec: `default` (`default_generator_spec`), `local` (the embedded
