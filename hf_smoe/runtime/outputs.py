@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import sys
+import threading
 from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
@@ -114,7 +115,7 @@ def write_text_atomic(path, text: str) -> Path:
     """Writes `text` to `path` through a temporary file and a rename: a reader sees the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, path)
