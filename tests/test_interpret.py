@@ -283,8 +283,15 @@ def test_smoe_interpret_end_to_end_on_a_tiny_checkpoint(checkpoint_and_data, tin
             pearson(expert["judgments"], routing[expert["sample"], k]), abs=1e-5)
         assert expert["routing_share"] == pytest.approx(routing[:, k].mean().item(), abs=1e-5)
     assert result["notes"]  # a 40-pair set is smaller than the protocol: said in the results
+    # the reading settings are the defaults, recorded; each description says whether it describes
+    assert record["job"]["describer_prompt"] == "short" and record["job"]["calibrate_threshold"] is True
+    assert result["settings"] == ReadingSettings().to_dict()
+    assert result["describing_rate"] == pytest.approx(np.mean([e["problem"] is None for e in result["experts"]]))
+    for expert in result["experts"]:  # distinctive words come from the expert's top prompts
+        shown = " ".join(expert["top_examples"]).lower()
+        assert all(word in shown for gram in expert["distinctive_words"] for word in gram.split())
     card = (checkpoint / "README.md").read_text()
-    assert "| ID | Natural Language Description |" in card and "Not described yet" not in card
+    assert "| ID | Natural Language Description | Distinctive words |" in card and "Not described yet" not in card
     assert (checkpoint / "interpretation.md").read_text().count("\n| ") == 3 + 1
     # a rerun replaces the table in place and asks the generator nothing new
     assert main(["interpret", str(checkpoint), "--dataset", str(tmp_path / "pairs.jsonl"), "--generator", tiny_lm,

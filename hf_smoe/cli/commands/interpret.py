@@ -1,11 +1,14 @@
 """Describe each expert in one line and check the descriptions (paper §6.1).
 
 Splits DATA by prompt into two halves; an LLM describes each expert from its 20 top-routed prompts of the first half
-(Fig. 4), an LLM judge answers YES/NO for a stratified sample of the second half (Fig. 5: 100 prompts from the
-expert's top 10%, 100 from the rest), and description fidelity (Eq. 19-20) is their correlation with the routing,
-beside the random baseline (shuffled prompts, router fixed) and top-10% expert specialization (Eq. 12). Writes
-interpretation.json and interpretation.md and adds the table to the checkpoint's model card. Every answer is cached,
-so a rerun or an interrupted run resumes for free.
+(an answer that copies the instructions or a prompt is asked again), an LLM judge answers YES/NO for a stratified
+sample of the second half (100 prompts from the expert's top 10%, 100 from the rest), and description fidelity
+(Eq. 19-20) is their correlation with the routing, beside the random baseline (shuffled prompts, router fixed), top-10%
+expert specialization (Eq. 12) and each expert's distinctive words (no LLM). The defaults suit small offline models
+(a short describer prompt, a direct judge question, a YES threshold calibrated on the first half); --describer-prompt
+paper --judge-prompt paper --no-calibrate-threshold is the paper's Fig. 4-5 protocol. Writes interpretation.json and
+interpretation.md and adds the table to the checkpoint's model card. Every answer is cached, so a rerun or an
+interrupted run resumes for free.
 
 With --check-judge DESCRIPTIONS (a JSON or YAML file of category: one-line description), only the judge is measured,
 cheaply, before that run: each description is judged against prompts of every category of the measuring half, and
