@@ -134,7 +134,7 @@ def expert_table_markdown(interpretation: dict) -> str:
     describer never described, its distinctive words, fidelity, fidelity on the judge's P(YES), specialization,
     routing share), then the mean fidelities and the random baseline's."""
     lines = ["| ID | Natural Language Description | Distinctive words | Description Fidelity (↑) | "
-             "Fidelity on P(YES) (↑) | Expert Specialization (↑) | Routing share |", "|---|---|---|---|---|---|---|"]
+             "Fidelity on P(YES) (↑) | Expert Specialization (↑) | Routing share |", "|---" * 7 + "|"]
     for expert in interpretation["experts"]:
         description = expert["description"].replace("|", "/") or "(no description)"
         if expert.get("problem"):

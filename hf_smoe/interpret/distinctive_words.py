@@ -37,7 +37,8 @@ def prompt_ngrams(text: str) -> set:
 
 def distinctive_words(texts: list, routing: torch.Tensor, count: int = WORDS, min_top: int = 20) -> list:
     """Per expert (a column of `routing` (M, K) over the distinct `texts`): its `count` most distinctive n-grams,
-    best first (ties alphabetically), none sharing a word with a better one; fewer when few n-grams occur in enough of its top prompts."""
+    best first (ties alphabetically), none sharing a word with a better one; fewer when few n-grams occur in enough
+    of its top prompts."""
     grams = [prompt_ngrams(text) for text in texts]
     everywhere = Counter(gram for prompt in grams for gram in prompt)
     num_top = min(len(texts), max(min_top, top_percent_count(len(texts), TOP_PERCENT)))

@@ -168,13 +168,14 @@ def _clean(text: str) -> str:
 # What a describer writes before the feature when it answers in a sentence about the prompts.
 LEAD_INS = (re.compile(r"^(?:each|all|every|these)\s+(?:one\s+)?(?:of\s+)?(?:these\s+|the\s+)?(?:user\s+)?prompts?\s+"
                        r"(?:all\s+)?(?=\w)", re.IGNORECASE),
-            re.compile(r"^(?:(?:shares?|has|have)\s+(?:the|a)\s+(?:common\s+|shared\s+)?feature\s*(?:of\s+)?(?:being\s+)?|"
+            re.compile(r"^(?:(?:shares?|has|have)\s+(?:the|a)\s+(?:common\s+|shared\s+)?feature\s*(?:of\s+)?"
+                       r"(?:being\s+)?|"
                        r"(?:the\s+)?(?:common\s+|shared\s+)?feature(?:\s+shared)?(?:\s+by\s+(?:these|all)\s+prompts)?"
                        r"\s+is\s*:?\s*)(?=\w)", re.IGNORECASE))
 
 # A describer that answers one of the prompts, or talks about the prompts instead of naming a feature.
-ANSWER_OPENINGS = re.compile(r"^(?:sure|certainly|of course|here (?:is|are)|i (?:am|can|will|would)|as an ai|\d+[.)])\b",
-                             re.IGNORECASE)
+ANSWER_OPENINGS = re.compile(r"^(?:sure|certainly|of course|here (?:is|are)|i (?:am|can|will|would)|as an ai|"
+                             r"\d+[.)])\b", re.IGNORECASE)
 META_WORDS = re.compile(r"\b(?:these prompts|other prompts|the prompts|the expert|the router|these examples|"
                         r"activation)\b", re.IGNORECASE)
 MAX_DESCRIPTION_WORDS = 20

@@ -1,13 +1,14 @@
 """Any GGUF model as a causal LM folder: a `.gguf` file, a folder holding one, or a model split across wheels.
 
-A GGUF is converted once (`converted_once`: one process at a time, behind a lock file) into `cache/gguf/<digest prefix>-<name>`, keyed by the file's sha256 so a
-changed file converts again and an unchanged one never does. The digest of a user's file is remembered by (path,
-size, modification time) in `cache/gguf/digests.json`, so a big file is hashed once, not on every run.
+A GGUF is converted once (`converted_once`: one process at a time, behind a lock file) into
+`cache/gguf/<digest prefix>-<name>`, keyed by the file's sha256 so a changed file converts again and an unchanged one
+never does. The digest of a user's file is remembered by (path, size, modification time) in `cache/gguf/digests.json`,
+so a big file is hashed once, not on every run.
 
-Some models ship on PyPI as numbered part wheels that together are one GGUF file (PyPI caps the size of a wheel).
-Each is described once as data (`SplitModel`); the parts are found with `importlib.util.find_spec` and never
-imported, joined in order into `cache/gguf/<name>.gguf` once, and that file is renamed into place only when its
-size and digest match the ones recorded here, so a half-written or damaged join never survives.
+Some models ship on PyPI as numbered part wheels that together are one GGUF file (PyPI caps the size of a wheel). Each
+is described once as data (`SplitModel`); the parts are found with `importlib.util.find_spec` and never imported, joined
+in order into `cache/gguf/<name>.gguf` once, and that file is renamed into place only when its size and digest match the
+ones recorded here, so a half-written or damaged join never survives.
 """
 
 import hashlib

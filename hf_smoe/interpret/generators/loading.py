@@ -1,7 +1,7 @@
-"""Which generator a command line names: `default` (the best offline model installed), `local` (the embedded SmolLM2), a GGUF model (a `.gguf` file, a folder
-holding one, or a split model's name such as `qwen2.5-coder-1.5b-instruct`, converted once), a causal LM's folder or
-Hub id, or an OpenAI-compatible server's URL, each behind the disk cache. A new kind of generator is one more branch
-here."""
+"""Which generator a command line names: `default` (the best offline model installed), `local` (the embedded SmolLM2), a
+GGUF model (a `.gguf` file, a folder holding one, or a split model's name such as `qwen2.5-coder-1.5b-instruct`,
+converted once), a causal LM's folder or Hub id, or an OpenAI-compatible server's URL, each behind the disk cache. A
+new kind of generator is one more branch here."""
 
 import warnings
 
