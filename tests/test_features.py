@@ -213,7 +213,8 @@ def test_sigkill_and_resume_is_bit_identical(mode, backbone_dirs, tokenizers, tm
     want = reference.lookup(MANY)
     assert len(plan) > 4 and len({len(batch) for batch in plan}) > 1
 
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    # the same number of threads as this process: a CPU's kernels may split a reduction differently on 1 and 2 threads
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     died = subprocess.run([sys.executable, "-c", KILL_SCRIPT, backbone_dirs["llama"], str(tmp_path / "run"), mode,
                            "2", json.dumps(KILL), json.dumps(MANY)], env=env, capture_output=True, text=True,
                           timeout=300)
