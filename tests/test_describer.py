@@ -9,6 +9,7 @@ from unittest import mock
 import pytest
 import torch
 
+from hf_smoe.errors import InputError
 from hf_smoe.interpret import ReadingSettings
 from hf_smoe.interpret.checkpoint import expert_table_markdown
 from hf_smoe.interpret.describe import ATTEMPTS, describe_experts, interpret_experts
@@ -220,3 +221,14 @@ def test_seeded_samples_repeat_differ_from_greedy_and_leave_the_global_rng_alone
 def test_the_short_describer_prompt_numbers_the_examples():
     prompt = describer_prompt(["first {x}", "second"], "short")
     assert "Here are 2 user prompts" in prompt and "Prompt 1:\nfirst {x}\n\nPrompt 2:\nsecond" in prompt
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"candidates": 0}, "candidates: must be a whole number >= 1"),
+    ({"per_stratum": 0}, "per_stratum: must be a whole number >= 1"),
+    ({"describer_prompt": "long"}, "describer_prompt: unknown variant 'long'; choose from paper, short"),
+    ({"judge_prompt": "nope"}, "judge_prompt: unknown variant 'nope'; choose from paper, question"),
+])
+def test_reading_settings_refuse_bad_values_naming_the_field(changes, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        ReadingSettings(**changes)
