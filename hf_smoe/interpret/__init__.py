@@ -13,12 +13,11 @@ from .fidelity import SAMPLES_PER_STRATUM, fidelity_means, score_descriptions
 from .generators import (LocalGenerator, TextGenerator, load_describer_and_judge, local_generator_source,
                          offline_generators)
 from .judge_checks import CHECK_PROMPTS_PER_CATEGORY, judge_agreement, judge_check_markdown
-from .prompts import judge_prompt, judge_template, prompt_text
+from .prompts import judge_prompt, prompt_text
 from .settings import ReadingSettings
 
 __all__ = ["CHECK_PROMPTS_PER_CATEGORY", "LocalGenerator", "ReadingSettings", "SAMPLES_PER_STRATUM", "TextGenerator",
            "check_checkpoint_judge", "distinct_prompts", "distinct_prompts_and_categories", "expert_table_markdown",
            "fidelity_means", "interpret_checkpoint", "interpret_head", "judge_agreement", "judge_check_markdown",
-           "judge_prompt", "judge_template", "load_describer_and_judge", "local_generator_source", "offline_generators",
-           "prompt_text",
+           "judge_prompt", "load_describer_and_judge", "local_generator_source", "offline_generators", "prompt_text",
            "routing_by_prompt", "score_descriptions"]

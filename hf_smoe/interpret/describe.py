@@ -18,7 +18,7 @@ from ..features import as_training_features
 from ..metrics import expert_specialization_top, pairwise_accuracy, top_examples, top_percent_count
 from ..modeling.modeling_smoe import mixture_reward
 from .distinctive_words import distinctive_words
-from .fidelity import SAMPLES_PER_STRATUM, TOP_FRACTION, fidelity_means, score_descriptions
+from .fidelity import SAMPLES_PER_STRATUM, TOP_FRACTION, fidelity_means, mean_or_none, score_descriptions
 from .generators import TextGenerator
 from .prompts import describer_prompt, description_problem, parse_description, prompt_text
 from .settings import ReadingSettings
@@ -113,7 +113,7 @@ def known_or_lowest(value: float | None) -> float:
 
 def describing_rate(experts: list) -> float:
     """The share of experts whose kept description describes (no `problem`)."""
-    return sum(expert["problem"] is None for expert in experts) / len(experts) if experts else float("nan")
+    return mean_or_none([expert["problem"] is None for expert in experts])
 
 
 def interpret_experts(describer: TextGenerator, judge: TextGenerator, describe_routing: torch.Tensor,

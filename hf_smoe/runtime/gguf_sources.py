@@ -19,10 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from filelock import FileLock
-
 from .loading import cache_root, converted_once
-from .outputs import file_digest, write_text_atomic
+from .outputs import file_digest, made_once, write_text_atomic
 
 CHUNK = 1 << 24  # bytes read at a time when joining parts
 
@@ -89,17 +87,11 @@ def converted_gguf(gguf: Path, name: str, digest: str, cache_dir=None) -> Path:
 
 
 def joined_split_model(model: SplitModel, cache_dir=None) -> Path:
-    """`cache/gguf/<name>.gguf`: the parts of `model` joined in order, once, and renamed into place only when the
-    joined digest is the recorded one."""
+    """`cache/gguf/<name>.gguf`: the parts of `model` joined in order, once (`made_once`), and renamed into place
+    only when the joined digest is the recorded one."""
     target = gguf_cache(cache_dir) / f"{model.name}.gguf"
-    if target.is_file() and target.stat().st_size == model.size:
-        return target
-    parts = split_model_parts(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.with_name(f".{target.name}.lock")):  # one process joins; one that waited finds it joined
-        if not (target.is_file() and target.stat().st_size == model.size):
-            join_parts(model, parts, target)
-    return target
+    return made_once(target, lambda path: path.is_file() and path.stat().st_size == model.size,
+                     lambda: join_parts(model, split_model_parts(model), target))
 
 
 def join_parts(model: SplitModel, parts: list, target: Path) -> None:

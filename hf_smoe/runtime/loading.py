@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -23,7 +22,7 @@ from ..errors import InputError
 from ..modeling.configuration_smoe import SMoERewardConfig
 from ..modeling.modeling_smoe import SMoERewardModel
 from .devices import pick_device
-from .outputs import is_reward_model, publish, staging_dir
+from .outputs import is_reward_model, made_once, publish, staging_dir
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 DEFAULT_BACKBONE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was made from
@@ -62,13 +61,7 @@ def converted_default_model(name: str, auto_class: str, cache_dir=None) -> Path:
 def converted_once(folder: Path, gguf_file: str, target: Path, auto_class: str) -> Path:
     """`target`, converted by `convert_gguf` unless it is already: one process at a time converts (a lock file beside
     the target), and one that waited finds the folder finished instead of converting it again."""
-    if is_converted(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.with_name(f".{target.name}.lock")):
-        if not is_converted(target):
-            convert_gguf(folder, gguf_file, target, auto_class)
-    return target
+    return made_once(target, is_converted, lambda: convert_gguf(folder, gguf_file, target, auto_class))
 
 
 def convert_gguf(folder: Path, gguf_file: str, target: Path, auto_class: str = "AutoModel") -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from filelock import FileLock
 
 from ..modeling.configuration_smoe import SMoERewardConfig
 from ..errors import InputError
@@ -99,6 +100,17 @@ def file_digest(path) -> str:
 def staging_dir(path: Path) -> Path:
     """The folder an output is built in before it is renamed into place."""
     return path.with_name(f".{path.name}.partial")
+
+
+def made_once(path: Path, is_made, make) -> Path:
+    """`path`, made by `make()` unless `is_made(path)` holds already: one process at a time makes it (a lock file
+    beside it), and one that waited finds it made instead of making it again."""
+    if not is_made(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(path.with_name(f".{path.name}.lock")):
+            if not is_made(path):
+                make()
+    return path
 
 
 def publish(staging: Path, path: Path) -> None:
