@@ -94,6 +94,10 @@ class SMoERewardConfig(PretrainedConfig):
             Set in a heads-only checkpoint (`save_pretrained(..., heads_only=True)`), whose weights file holds only
             the head: where `from_pretrained` loads the backbone's weights from, `{"name_or_path": Hub id or
             folder, "revision": revision or None}`. None for a full checkpoint.
+        encoding (`dict`, *optional*):
+            How the features the head was trained on were encoded, so that every later use encodes the same way:
+            `max_length` (tokens of prompt + response), `truncation` (the rule that cut longer pairs) and `dtype`
+            (the backbone's compute dtype). Set when a trained head is saved; None for a model never trained.
     """
 
     model_type = "smoe_reward"
@@ -118,6 +122,7 @@ class SMoERewardConfig(PretrainedConfig):
         assistant_turn_pattern=None,
         freeze_backbone=True,
         backbone_source=None,
+        encoding=None,
         **kwargs,
     ):
         if preset not in PRESETS:
@@ -181,6 +186,10 @@ class SMoERewardConfig(PretrainedConfig):
             raise InputError(f"backbone_source: expected {{'name_or_path': HUB_ID_OR_FOLDER, 'revision': ...}}, got "
                              f"{backbone_source!r}.")
         self.backbone_source = backbone_source
+        if encoding is not None and not (isinstance(encoding, dict) and {"max_length", "dtype"} <= set(encoding)):
+            raise InputError(f"encoding: expected {{'max_length': ..., 'truncation': ..., 'dtype': ...}}, got "
+                             f"{encoding!r}.")
+        self.encoding = encoding
         if backbone_config is not None:  # the parent's init would otherwise reset the backbone's attention choice
             kwargs.setdefault("attn_implementation", getattr(backbone_config, "_attn_implementation", None))
         kwargs["num_labels"] = 1

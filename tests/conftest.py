@@ -12,6 +12,7 @@ os.environ.setdefault("HF_SMOE_DTYPE", "float32")
 
 from hf_smoe import SMoERewardModel, encode_pair  # noqa: E402
 from hf_smoe.training.job import save_checkpoint  # noqa: E402
+from hf_smoe.features import training_encoding  # noqa: E402
 from hf_smoe.data.synthetic import generate_preference_set  # noqa: E402
 from hf_smoe.testing import save_tiny_backbone, word_tokenizer  # noqa: E402
 
@@ -44,7 +45,7 @@ def checkpoint_and_data(backbone_dirs, tokenizers, tmp_path):
     """A saved tiny checkpoint (K = 3) and 40 generated pairs with categories written as jsonl beside it."""
     torch.manual_seed(0)
     model = SMoERewardModel.from_backbone(backbone_dirs["llama"], num_experts=3)
-    save_checkpoint(model, tokenizers["llama"], tmp_path / "checkpoint")
+    save_checkpoint(model, tokenizers["llama"], tmp_path / "checkpoint", training_encoding(1024))
     pairs = generate_preference_set(40, seed=2)
     pairs.to_json(tmp_path / "pairs.jsonl")
     return model, tokenizers["llama"], pairs, tmp_path

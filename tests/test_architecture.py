@@ -24,6 +24,7 @@ LAYERS = (
     ("hub", "evaluation"),                    # model cards and pushing; evaluating a head, probes, plots
     ("training", "personalization", "interpret"),  # training; routers, adaptation, steering; describing experts
     ("rewards", "trl"),                       # rewards for online RL; the TRL trainer
+    ("serve",),                               # the reward server
     ("reproduce", "bench"),                   # the paper's tables and figures; the benchmarks
     ("cli",),                                 # the `smoe` commands
 )

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from hf_smoe import SMoERewardConfig, SMoERewardModel
 from hf_smoe.personalization.adaptation import hedge_adapt, hedge_targets
-from hf_smoe.features.encoding import encode_batch
+from hf_smoe.features.encoding import encode_batch, training_encoding
 from hf_smoe.hub.push import push_checkpoint
 from hf_smoe.losses import moe_preference_loss
 from hf_smoe.evaluation.evaluate import category_metrics, evaluate_head
@@ -46,7 +46,7 @@ def world() -> dict:
     backbone = save_tiny_backbone(root / "backbone", "llama")
     torch.manual_seed(0)
     model = SMoERewardModel.from_backbone(backbone, num_experts=3)
-    save_checkpoint(model, word_tokenizer("chatml"), root / "checkpoint")
+    save_checkpoint(model, word_tokenizer("chatml"), root / "checkpoint", training_encoding(1024))
     save_router(model.head.router, root / "router.safetensors", model)
     generate_preference_set(40, seed=2).to_json(root / "pairs.jsonl")
     return {"root": root, "backbone": backbone, "checkpoint": root / "checkpoint", "model": model,

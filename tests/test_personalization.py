@@ -9,7 +9,8 @@ from hf_smoe.bench import bench_users
 from hf_smoe.cli.main import main
 from hf_smoe.personalization.adaptation import adaptation_split
 from hf_smoe.personalization.routers import load_router, read_router_metadata
-from hf_smoe.personalization.steering import intervene, steer_responses
+from hf_smoe.personalization.steering import intervene
+from hf_smoe.rewards import steer_responses
 
 
 def forward(model, tokenizer, pairs, side):

@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 
 from hf_smoe import SMoERewardModel
-from hf_smoe.features import EmbeddingCache
+from hf_smoe.features import EmbeddingCache, training_encoding
 from hf_smoe.evaluation.evaluate import behaviour_metrics, head_outputs
 from hf_smoe.losses import loss_weights
 from hf_smoe.training.arguments import BackboneTuningTrainingArguments, SMoETrainingArguments
@@ -254,7 +254,8 @@ def test_saving_a_checkpoint_leaves_the_callers_tokenizer_as_it_is(backbone_dirs
 
     tokenizer = word_tokenizer("bert")
     assert tokenizer.chat_template is None
-    save_checkpoint(SMoERewardModel.from_backbone(backbone_dirs["bert"], num_experts=2), tokenizer, tmp_path / "ck")
+    save_checkpoint(SMoERewardModel.from_backbone(backbone_dirs["bert"], num_experts=2), tokenizer, tmp_path / "ck",
+                    training_encoding(1024))
     assert tokenizer.chat_template is None
     assert AutoTokenizer.from_pretrained(tmp_path / "ck").chat_template == PLAIN_CHAT_TEMPLATE
 

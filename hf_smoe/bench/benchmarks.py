@@ -7,10 +7,11 @@ from ..errors import InputError
 from ..runtime import run_command, write_text_atomic
 from .measuring import machine
 from .scale import bench_scale
+from .serving import bench_serve
 from .speed import bench_embed, bench_judge, bench_train, bench_tune, bench_users
 
 BENCHMARKS = {"embed": bench_embed, "train": bench_train, "users": bench_users, "judge": bench_judge,
-              "tune": bench_tune, "scale": bench_scale}
+              "tune": bench_tune, "scale": bench_scale, "serve": bench_serve}
 
 
 def run_bench(what: str, backbone: str, output_dir: str, **options) -> dict:

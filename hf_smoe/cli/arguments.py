@@ -12,6 +12,8 @@ from ..errors import InputError
 from ..runtime import DEFAULT_BACKBONE
 
 CACHE_DIR_HELP = "embedding cache root (default: $HF_SMOE_CACHE/features)"
+CHECKPOINT_LENGTH_HELP = ("truncation length of prompt + response (default: the one the checkpoint was trained with, "
+                          "so its training features are reused; 1024 for a checkpoint that records none)")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class MeasuredPairsArguments(PairsArguments):
 
     split: str | None = field(default=None, metadata={
         "help": "Hub split to read (default: test); local files have none"})
+    max_length: int | None = field(default=None, metadata={"help": CHECKPOINT_LENGTH_HELP})
 
     def hub_split(self) -> str:
         """`--split` (default "test"), which only a Hub dataset has: given with a local file it is an error, not a

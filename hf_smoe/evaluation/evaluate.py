@@ -113,13 +113,13 @@ def evaluate_head(model, features) -> dict:
 
 
 def evaluate_checkpoint(checkpoint, dataset, *, format=None, split="test", max_pairs=None, seed=0, cache_dir=None,
-                        max_length=1024) -> dict:
+                        max_length=None) -> dict:
     """Accuracy, loss terms, routing entropy, global entropy and expert correlation on all pairs; with categories,
     also coverage, purity and specialization, labelling experts on half of the prompts and measuring on the other
     half (the paper labels on validation and measures on test; one dataset is split by prompt, seeded)."""
     model, tokenizer = load_checkpoint(checkpoint)
     pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
-    cache = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length)
+    cache = EmbeddingCache.of_checkpoint(model, tokenizer, max_length, cache_dir=cache_dir)
     features = cache.pair_features(pairs)
     results = behaviour_metrics(head_outputs(model.head, as_training_features(features)), loss_weights(model.config))
     results["pairs"] = len(pairs)

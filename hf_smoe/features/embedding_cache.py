@@ -6,6 +6,7 @@ import torch
 from datasets import Dataset
 
 from ..errors import InputError
+from .encoding import scoring_encoding, training_encoding
 from .store import EMBEDDING_COLUMNS, FEATURE_COLUMNS
 from .text_cache import PairTexts, TextCache, in_dtype, weights_digest
 
@@ -42,6 +43,18 @@ class EmbeddingCache(TextCache):
             "prompt_representation": config.prompt_representation,
         })
 
+    @classmethod
+    def of_checkpoint(cls, model, tokenizer, max_length: int | None = None, **options) -> "EmbeddingCache":
+        """The cache of a trained model, encoding as its checkpoint records (`scoring_encoding`): evaluating,
+        adapting or reading it reuses its training features instead of embedding everything again."""
+        encoding = scoring_encoding(model.config, max_length)
+        return cls(model, tokenizer, max_length=encoding["max_length"], dtype=encoding["dtype"], **options)
+
+    @property
+    def encoding(self) -> dict:
+        """The encoding a head trained on these features records in its checkpoint."""
+        return training_encoding(self.max_length, self.dtype)
+
     def lookup(self, items):
         """(prompt embeddings, response embeddings) as float32 tensors (N, H), in the order of `items`."""
         stored = self.store.read(self.store.rows(self.embed(items)))
@@ -64,10 +77,19 @@ class EmbeddingCache(TextCache):
     def _computing_model(self):
         """`self.model`, or (made once) the same model around its backbone converted to `self.dtype`."""
         if self._compute_model is None:
-            backbone = in_dtype(self.model.backbone, self.dtype)
-            self._compute_model = self.model if backbone is self.model.backbone else type(self.model)(
-                self.model.config, backbone=backbone).to(self.device).eval()
+            self._compute_model = with_backbone_in(self.model, self.dtype)
         return self._compute_model
+
+
+def with_backbone_in(model, dtype: torch.dtype):
+    """`model`, or the same model (sharing its head) around a copy of its backbone converted to `dtype`: the
+    precision features are computed in, whoever computes them."""
+    backbone = in_dtype(model.backbone, dtype)
+    if backbone is model.backbone:
+        return model
+    converted = type(model)(model.config, backbone=backbone).to(next(model.parameters()).device).eval()
+    converted.head = model.head
+    return converted
 
 
 def as_training_features(features):

@@ -7,7 +7,7 @@ App. A measurement), `distinctive_words` (an expert's words, no LLM), `settings`
 `generators` (the language models behind describer and judge).
 """
 
-from .checkpoint import check_checkpoint_judge, expert_table_markdown, interpret_checkpoint
+from .checkpoint import check_checkpoint_judge, expert_descriptions, expert_table_markdown, interpret_checkpoint
 from .describe import distinct_prompts, distinct_prompts_and_categories, interpret_head, routing_by_prompt
 from .fidelity import SAMPLES_PER_STRATUM, fidelity_means, score_descriptions
 from .generators import (LocalGenerator, TextGenerator, load_describer_and_judge, local_generator_source,
@@ -17,7 +17,7 @@ from .prompts import judge_prompt, prompt_text
 from .settings import ReadingSettings
 
 __all__ = ["CHECK_PROMPTS_PER_CATEGORY", "LocalGenerator", "ReadingSettings", "SAMPLES_PER_STRATUM", "TextGenerator",
-           "check_checkpoint_judge", "distinct_prompts", "distinct_prompts_and_categories", "expert_table_markdown",
-           "fidelity_means", "interpret_checkpoint", "interpret_head", "judge_agreement", "judge_check_markdown",
-           "judge_prompt", "load_describer_and_judge", "local_generator_source", "offline_generators", "prompt_text",
-           "routing_by_prompt", "score_descriptions"]
+           "check_checkpoint_judge", "distinct_prompts", "distinct_prompts_and_categories", "expert_descriptions",
+           "expert_table_markdown", "fidelity_means", "interpret_checkpoint", "interpret_head", "judge_agreement",
+           "judge_check_markdown", "judge_prompt", "load_describer_and_judge", "local_generator_source",
+           "offline_generators", "prompt_text", "routing_by_prompt", "score_descriptions"]

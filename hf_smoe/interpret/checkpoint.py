@@ -21,7 +21,8 @@ RESULTS_FILE = "interpretation.json"
 
 def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", generator_model: str | None = None,
                          judge: str | None = None, judge_model: str | None = None, format=None, split="test",
-                         max_pairs=None, seed: int = 0, cache_dir=None, generation_cache=None, max_length: int = 1024,
+                         max_pairs=None, seed: int = 0, cache_dir=None, generation_cache=None,
+                         max_length: int | None = None,
                          random_baseline: bool = True, settings: ReadingSettings = ReadingSettings(),
                          output_dir=None, overwrite: bool = False) -> dict:
     """`smoe interpret`: describes and checks every expert of `checkpoint` on `dataset` (split by prompt into a
@@ -33,7 +34,8 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
     output = output_folder(checkpoint, output_dir, (RESULTS_FILE, "interpretation.md"), overwrite)
     model, tokenizer = load_checkpoint(checkpoint)
     pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
-    features = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length).pair_features(pairs)
+    cache = EmbeddingCache.of_checkpoint(model, tokenizer, max_length, cache_dir=cache_dir)
+    features = cache.pair_features(pairs)
     describer, judging = load_describer_and_judge(generator, generator_model, judge, judge_model, generation_cache)
     result = interpret_head(model.head, *prompt_halves(features, pairs, seed), describer, judging, seed=seed,
                             random_baseline=random_baseline, settings=settings)
@@ -45,7 +47,7 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
     table = expert_table_markdown(result)
     write_text_atomic(output / "interpretation.md", f"`{run_command()}`\n\n{table}")
     job = {"checkpoint": str(checkpoint), "dataset": str(dataset), "format": format, "split": split,
-           "max_pairs": max_pairs, "seed": seed, "max_length": max_length, "generator": generator,
+           "max_pairs": max_pairs, "seed": seed, "max_length": cache.max_length, "generator": generator,
            "generator_model": generator_model, "judge": judge, "judge_model": judge_model,
            "random_baseline": random_baseline, **settings.to_dict()}
     save_run(output, job, result, RESULTS_FILE)
@@ -122,6 +124,15 @@ def earlier_record(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) and isinstance(record.get("results"), dict) else {}
+
+
+def expert_descriptions(checkpoint) -> dict:
+    """{expert: {"description", "distinctive_words", "description_fidelity"}} from the interpretation.json that
+    `smoe interpret` wrote beside a local checkpoint; empty when it has not run there."""
+    experts = earlier_record(Path(checkpoint) / RESULTS_FILE).get("results", {}).get("experts", [])
+    return {expert["expert"]: {key: expert.get(key) for key in ("description", "distinctive_words",
+                                                               "description_fidelity")}
+            for expert in experts if isinstance(expert, dict) and isinstance(expert.get("expert"), int)}
 
 
 def dataset_label(dataset) -> str:

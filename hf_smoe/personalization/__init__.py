@@ -4,10 +4,10 @@ Hedge, HyRe, `smoe adapt`), storing one small router file per user (`routers`), 
 features and trains nothing but routers, so it needs no training code and sits beside training, not above it.
 """
 
-from .adaptation import adapt_checkpoint, adapt_router, expert_rewards_of, routed_accuracy
+from .adaptation import adapt_checkpoint, adapt_router, adapt_to_pairs, expert_rewards_of, routed_accuracy
 from .routers import load_router, score_users, set_router
-from .steering import STEERING_WEIGHTS, random_target_report, steer_responses, steering_report, target_experts
+from .steering import STEERING_WEIGHTS, random_target_report, steering_report, target_experts
 
-__all__ = ["STEERING_WEIGHTS", "adapt_checkpoint", "adapt_router", "expert_rewards_of", "load_router",
-           "random_target_report", "routed_accuracy", "score_users", "set_router", "steer_responses",
+__all__ = ["STEERING_WEIGHTS", "adapt_checkpoint", "adapt_router", "adapt_to_pairs", "expert_rewards_of", "load_router",
+           "random_target_report", "routed_accuracy", "score_users", "set_router",
            "steering_report", "target_experts"]

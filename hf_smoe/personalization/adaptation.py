@@ -131,29 +131,39 @@ def adapt_router(model, features, method: str, seed: int = 0):
 
 
 def adapt_checkpoint(checkpoint, data, *, output, n: int = 50, method: str = "hedge", format=None, seed: int = 0,
-                     max_eval_pairs: int | None = None, cache_dir=None, max_length: int = 1024,
+                     max_eval_pairs: int | None = None, cache_dir=None, max_length: int | None = None,
                      overwrite: bool = False) -> dict:
-    """Adapts `checkpoint`'s router on n pairs of `data`, writes the router file to `output` and the shift chart
-    beside it (`<output stem>.png`); returns before/after accuracy on the remaining pairs and the weight shift. An
-    existing `output` is replaced only with `overwrite` and only if it is a router file."""
+    """Adapts `checkpoint`'s router on n pairs of `data` (`adapt_to_pairs`), writes the router file to `output` and
+    the shift chart beside it (`<output stem>.png`); returns before/after accuracy on the remaining pairs and the
+    weight shift. An existing `output` is replaced only with `overwrite` and only if it is a router file."""
     check_method(method)  # before any model loads
     output = check_output_file(output, ".safetensors", overwrite=overwrite, ours=is_router_file)
     chart = check_output_file(output.with_suffix(".png"), ".png", overwrite=overwrite, flag="--output's chart")
     model, tokenizer = load_checkpoint(checkpoint)
-    adapt_pairs, eval_pairs = adaptation_split(load_pairs(data, format, seed=seed), n, seed)
+    cache = EmbeddingCache.of_checkpoint(model, tokenizer, max_length, cache_dir=cache_dir)
+    router, results = adapt_to_pairs(model, cache, load_pairs(data, format, seed=seed), n, method, seed,
+                                     max_eval_pairs)
+    results |= {"data": str(data), "checkpoint": str(checkpoint)}
+    results["router"] = str(save_router(router, output, model, **results))
+    results["chart"] = str(plot_weight_shift(
+        chart, results["weight_shift"], f"{method} on {n} pairs: accuracy {100 * results['accuracy_before']:.1f}% "
+                                        f"-> {100 * results['accuracy_after']:.1f}%"))
+    return results
+
+
+def adapt_to_pairs(model, cache, pairs, n: int, method: str = "hedge", seed: int = 0,
+                   max_eval_pairs: int | None = None) -> tuple:
+    """(router, results): `method` adapts `model`'s router on n seeded pairs of `pairs` (features from `cache`); the
+    other pairs (at most `max_eval_pairs`) measure accuracy before and after and the mean routing shift. What
+    `smoe adapt` and the reward server's user endpoint both run, so one router comes out of the same pairs and seed."""
+    check_method(method)
+    adapt_pairs, eval_pairs = adaptation_split(pairs, n, seed)
     if max_eval_pairs is not None and max_eval_pairs < len(eval_pairs):
         eval_pairs = eval_pairs.shuffle(seed=seed).select(range(max_eval_pairs))
-    cache = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=max_length)
     router = adapt_router(model, cache.pair_features(adapt_pairs), method, seed)
     held_out = expert_rewards_of(model.head, cache.pair_features(eval_pairs))
     accuracy_before, routing_before = routed_accuracy(model.head.router, *held_out)
     accuracy_after, routing_after = routed_accuracy(router, *held_out)
-    shift = (routing_after - routing_before).tolist()
-    results = {"method": method, "n": n, "eval_pairs": len(eval_pairs), "accuracy_before": accuracy_before,
-               "accuracy_after": accuracy_after, "weight_shift": shift, "seed": seed, "data": str(data),
-               "checkpoint": str(checkpoint)}
-    results["router"] = str(save_router(router, output, model, **results))
-    results["chart"] = str(plot_weight_shift(
-        chart, shift,
-        f"{method} on {n} pairs: accuracy {100 * accuracy_before:.1f}% -> {100 * accuracy_after:.1f}%"))
-    return results
+    return router, {"method": method, "n": n, "eval_pairs": len(eval_pairs), "accuracy_before": accuracy_before,
+                    "accuracy_after": accuracy_after, "weight_shift": (routing_after - routing_before).tolist(),
+                    "seed": seed}

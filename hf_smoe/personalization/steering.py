@@ -8,7 +8,6 @@ paper's Eq. 14-18 (`hf_smoe.metrics.flip_rate`, `undesired_flip_rate`).
 import torch
 
 from ..errors import InputError
-from ..features import encode_batch
 from ..metrics import _nanmean, flip_rate, top_examples, undesired_flip_rate
 from ..modeling.modeling_smoe import mixture_reward
 
@@ -81,17 +80,3 @@ def random_target_report(routing_weights, chosen_expert_rewards, rejected_expert
                for _ in range(draws)]
     return {key: (sum(r[key] for r in reports) / draws if not isinstance(reports[0][key], dict) else
                   {w: sum(r[key][w] for r in reports) / draws for w in weights}) for key in reports[0]}
-
-
-@torch.no_grad()
-def steer_responses(model, tokenizer, prompt, responses: list, expert: int, weight: float) -> dict:
-    """Rewards of `responses` to `prompt` under the router's own weights and with `expert` set to `weight`."""
-    if not responses:
-        raise InputError("responses: give at least one response to score.")
-    if isinstance(prompt, str) and not prompt.strip():
-        raise InputError("prompt: empty text; the router reads the prompt, give one.")
-    output = model(**encode_batch(tokenizer, [prompt] * len(responses), responses, model.device))
-    steered = intervene(output.routing_weights, expert, weight)
-    return {"routing_before": output.routing_weights[0].tolist(), "routing_after": steered[0].tolist(),
-            "rewards_before": output.logits.squeeze(-1).tolist(),
-            "rewards_after": mixture_reward(steered, output.expert_rewards).squeeze(-1).tolist()}

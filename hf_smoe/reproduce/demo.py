@@ -15,6 +15,7 @@ from ..data import generate_preference_set
 from ..hub import write_model_card
 from ..runtime import (DEFAULT_BACKBONE, DEFAULT_BACKBONE_HUB_ID, RUN_RECORD, check_output_dir, default_backbone_path,
                        load_frozen_backbone, publish, save_run, staging_dir)
+from ..features import DEFAULT_MAX_LENGTH, training_encoding
 from ..training import cached_features, save_checkpoint, split_for_training, train_preset
 from .results import markdown_header, markdown_row, metric_columns
 from .settings import COMPARED_PRESETS, EPOCHS
@@ -66,7 +67,7 @@ def run_demo(output_dir: str = "outputs/demo", num_prompts: int | None = None, n
 
     table = format_table(results)
     print("\nTest split (categories are hidden from training; experts labelled on validation):\n" + table)
-    save_checkpoint(models["sparse"], tokenizer, staging)
+    save_checkpoint(models["sparse"], tokenizer, staging, training_encoding(DEFAULT_MAX_LENGTH))
     sparse = results["sparse"]
     write_model_card(staging, base_model=DEFAULT_BACKBONE_HUB_ID, datasets=["hf_smoe synthetic demo"],
                      eval_results={"accuracy": sparse["accuracy"]},

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from ..evaluation import head_outputs, plot_flip_rates
-from ..features import as_training_features
+from ..features import as_training_features, training_encoding
 from ..personalization import STEERING_WEIGHTS, random_target_report, steering_report, target_experts
 from ..runtime import DEFAULT_BACKBONE, load_frozen_backbone
 from ..training import cached_features, save_checkpoint, train_preset
@@ -47,7 +47,8 @@ def reproduce_fig2(seeds=SEEDS, output_dir="outputs/reproduce/fig2", backbone=DE
                 runs["sparse (random target)"].append(random_target_report(
                     *outputs, codes["test"], data.num_experts, len(domains), seed=seed))
                 if seed == seeds[-1]:
-                    save_checkpoint(model, tokenizer, output / "sparse")  # for `smoe steer`
+                    # for `smoe steer`
+                    save_checkpoint(model, tokenizer, output / "sparse", training_encoding(data.max_length))
     summary = {name: summarize_steering(reports) for name, reports in runs.items()}
     plot_flip_rates(output / "fig2.png", STEERING_WEIGHTS,
                     {name: ([s["flip_rate_by_weight"][w]["mean"] for w in STEERING_WEIGHTS],

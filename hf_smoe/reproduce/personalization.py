@@ -9,7 +9,7 @@ from datasets import Dataset
 
 from ..data import DSP_CRITERIA, dirichlet_users
 from ..evaluation import head_outputs, plot_gains
-from ..features import as_training_features
+from ..features import as_training_features, training_encoding
 from ..personalization import adapt_router, expert_rewards_of, routed_accuracy
 from ..runtime import DEFAULT_BACKBONE, load_frozen_backbone
 from ..training import cached_features, save_checkpoint, train_preset
@@ -111,7 +111,8 @@ def reproduce_personalization(n_values=(50,), seeds=SEEDS, adaptation_sets: int 
         if name == "sparse":
             upweighted = most_upweighted_experts(model, per_seed[-1], general["validation"],
                                                  general_splits["validation"]["prompt"], max(n_values))
-            save_checkpoint(model, tokenizer, output / "sparse")  # for `smoe adapt` on data of one's own
+            # for `smoe adapt` on data of one's own
+            save_checkpoint(model, tokenizer, output / "sparse", training_encoding(DSP_MAX_LENGTH))
         print(f"{name}: adapted to {len(per_seed[0])} domains")
     summary = personalization_summary(rows, n_values)
     markdown = personalization_markdown(summary, n_values, len(seeds), adaptation_sets, num_experts)

@@ -117,11 +117,13 @@ def check_finite_head(model) -> None:
                          f"{weights}); lower the loss weights or the learning rate. Nothing was saved.")
 
 
-def save_checkpoint(model, tokenizer, output_dir, **save_options) -> None:
+def save_checkpoint(model, tokenizer, output_dir, encoding: dict, **save_options) -> None:
     """The model (full, or with `heads_only=True` the head and a reference to its backbone: `save_options` go to
-    `save_pretrained`) and its tokenizer. A tokenizer without a chat template is saved with the plain fallback
+    `save_pretrained`) with the `encoding` of its training features (`training_encoding`: every later use encodes
+    the same way), and its tokenizer. A tokenizer without a chat template is saved with the plain fallback
     written into a copy (the caller's tokenizer is left as it is: its template is part of the embedding cache's
     key), so `apply_chat_template` (the model card's snippet) reproduces the training encoding."""
+    model.config.encoding = encoding
     model.save_pretrained(output_dir, **save_options)
     if not getattr(tokenizer, "chat_template", None):
         tokenizer = copy.deepcopy(tokenizer)
@@ -223,7 +225,7 @@ def train_reward_model(data: DataArguments, model_args: ModelArguments, training
     run_trainer(model, features, trainer_args, resume_from)
     results = evaluate_head(model, features)
     if process.is_main_process:
-        publish_run(model, tokenizer, staging, output_dir, record, results, data, model_args, training)
+        publish_run(model, tokenizer, cache.encoding, staging, output_dir, record, results, data, model_args, training)
     process.wait_for_everyone()
     return results
 
@@ -239,10 +241,11 @@ def heads_only_options(model_args: ModelArguments) -> dict:
     return {"heads_only": True, "backbone_source": source, "backbone_revision": model_args.backbone_revision}
 
 
-def publish_run(model, tokenizer, staging, output_dir, record, results, data, model_args, training) -> None:
+def publish_run(model, tokenizer, encoding, staging, output_dir, record, results, data, model_args,
+                training) -> None:
     """Checkpoint, card and results into the staging folder, renamed into place, then pushed if asked."""
     shutil.rmtree(staging / "trainer", ignore_errors=True)  # Trainer checkpoints only serve resuming
-    save_checkpoint(model, tokenizer, staging, **heads_only_options(model_args))
+    save_checkpoint(model, tokenizer, staging, encoding, **heads_only_options(model_args))
     routing_keys = ("routing_entropy", "global_entropy", "expert_correlation")
     repo_id = training.hub_model_id if training.push_to_hub else None
     write_model_card(staging, base_model=backbone_hub_id(model_args.backbone), datasets=[data.dataset],

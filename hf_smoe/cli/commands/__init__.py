@@ -6,7 +6,7 @@ its `--help` description."""
 import importlib
 
 COMMANDS = ("demo", "embed", "train", "tune-backbone", "eval", "interpret", "reproduce", "steer", "adapt", "push",
-            "bench")
+            "serve", "bench")
 
 
 def load_command(name: str):

@@ -7,7 +7,8 @@ the other pairs, and writes the router file and a bar chart of the weight shift.
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..arguments import AT_LEAST_ONE, CACHE_DIR_HELP, SEED, CheckpointArguments, overwrite_field
+from ..arguments import (AT_LEAST_ONE, CACHE_DIR_HELP, CHECKPOINT_LENGTH_HELP, SEED, CheckpointArguments,
+                         overwrite_field)
 from ..parsing import CommandParser
 
 
@@ -21,7 +22,7 @@ class AdaptArguments:
         "help": "hedge: adapt the router itself (MiCRo Alg. 1); hyre: input-independent head weights"})
     overwrite: bool = overwrite_field("the router file")
     max_eval_pairs: int | None = field(default=None, metadata={"help": "at most this many pairs measure the change"})
-    max_length: int = field(default=1024, metadata={"help": "truncation length of prompt + response"})
+    max_length: int | None = field(default=None, metadata={"help": CHECKPOINT_LENGTH_HELP})
     cache_dir: str | None = field(default=None, metadata={"help": CACHE_DIR_HELP})
     seed: int = field(default=0, metadata={"help": "seed of the choice of the N pairs"})
 

@@ -6,8 +6,10 @@ local judge of `smoe interpret`, one prompt at a time in fp32 vs batched with sh
 bf16 (--backbone names the judge as --generator does: a causal LM, a .gguf file, qwen2.5-coder-1.5b-instruct; left
 out, every offline judge installed, SmolLM2 and, with hf-smoe[describer], the 1.5B model, in one run).
 tune: tuning the top layers from cached hidden states vs re-running the lower layers every step vs tuning every
-layer. scale: one training epoch and an evaluation on synthetic features of --pairs pairs, peak memory and
-pairs/s, vs every vector in RAM.
+layer. serve: the reward server's requests/s, tokens/s and p50/p99 latency at 1, 16 and 64 inputs per request and
+concurrency 1, 8 and 32, coalescing vs one backbone pass per request, and 100 distinct users vs one. scale: one
+training epoch and an evaluation on synthetic features of --pairs pairs, peak memory and pairs/s, vs every vector in
+RAM.
 """
 
 from dataclasses import dataclass, field
@@ -20,14 +22,16 @@ from ..printing import print_values
 
 @dataclass
 class BenchArguments:
-    what: Literal["embed", "train", "users", "judge", "tune", "scale"] = field(metadata={
+    what: Literal["embed", "train", "users", "judge", "tune", "scale", "serve"] = field(metadata={
         "help": "the benchmark to run"})
     num_texts: int = field(default=64, metadata={"help": "embed: texts to encode"})
     num_pairs: int = field(default=192, metadata={
         "help": "train: pairs (75%% train, 25%% held out); tune: pairs (80/10/10)"})
     layers: int = field(default=2, metadata={"help": "tune: top layers tuned"})
     epochs: float = field(default=1.0, metadata={"help": "tune: epochs timed"})
-    num_users: int = field(default=100, metadata={"help": "users: routers scored from one pass"})
+    num_users: int = field(default=100, metadata={"help": "users: routers scored from one pass; serve: distinct "
+                                                                    "users"})
+    texts_per_run: int = field(default=128, metadata={"help": "serve: texts sent per load setting"})
     num_prompts: int = field(default=64, metadata={"help": "judge: Fig. 5 prompts to judge"})
     pairs: list[int] = field(default_factory=lambda: [10_000, 100_000], metadata={
         "help": "scale: pair counts to run (90%% train, 10%% test)"})
@@ -40,7 +44,8 @@ class BenchArguments:
     seed: int = field(default=0, metadata={"help": "seed of the generated data and models"})
 
     def __post_init__(self):
-        AT_LEAST_ONE.check(self, "num_texts", "num_pairs", "layers", "num_users", "num_prompts", "pairs", "hidden")
+        AT_LEAST_ONE.check(self, "num_texts", "num_pairs", "layers", "num_users", "num_prompts", "pairs", "hidden",
+                           "texts_per_run")
         SEED.check(self, "seed")
 
     def options(self) -> dict:
@@ -49,7 +54,8 @@ class BenchArguments:
                 "users": {"num_users": self.num_users}, "judge": {"num_prompts": self.num_prompts},
                 "tune": {"num_pairs": self.num_pairs, "layers": self.layers, "epochs": self.epochs},
                 "scale": {"num_pairs": self.pairs, "hidden": self.hidden, "scratch_dir": self.scratch_dir,
-                          "in_memory_max_pairs": self.in_memory_max_pairs}}[self.what]
+                          "in_memory_max_pairs": self.in_memory_max_pairs},
+                "serve": {"num_users": self.num_users, "texts_per_run": self.texts_per_run}}[self.what]
 
 
 def make_parser() -> CommandParser:

@@ -23,7 +23,7 @@ def make_parser() -> CommandParser:
 
 
 def main(checkpoint: CheckpointArguments, steer: SteerArguments) -> None:
-    from ...personalization import steer_responses
+    from ...rewards import steer_responses
     from ...runtime import load_checkpoint
 
     model, tokenizer = load_checkpoint(checkpoint.checkpoint)
