@@ -387,3 +387,20 @@ def test_bench_serve_checks_every_mode_against_smoe_reward(backbone_dirs):
     assert results["time_3_users_vs_1_user"] == pytest.approx(run[True, 1, 4, 3]["seconds"]
                                                               / run[True, 1, 4, 1]["seconds"])
     assert all(r["p50_s"] <= r["p99_s"] and r["requests"] >= r["concurrency"] for r in results["runs"])
+
+
+def test_bf16_rewards_do_not_depend_on_batch_mates(world, backbone_dirs, tmp_path, monkeypatch):
+    """In 16 bits SDPA's masked kernel rounds differently from its unmasked one; the scoring path computes attention
+    eagerly there, so a row padded next to a longer one scores as it does alone."""
+    from hf_smoe.runtime import load_checkpoint
+
+    monkeypatch.delenv("HF_SMOE_DTYPE", raising=False)
+    model, tokenizer = load_checkpoint(world["root"] / "checkpoint")
+    save_checkpoint(model, tokenizer, tmp_path / "bf16", training_encoding(64, torch.bfloat16))
+    reward = smoe_reward(model)
+    assert next(reward.model.backbone.parameters()).dtype == torch.bfloat16
+    assert model.backbone.config._attn_implementation == "sdpa"  # the caller's model is left as it was
+    prompts, responses = [p for p, _, _ in SAMPLES], [r for _, r, _ in SAMPLES]
+    together = reward(prompts=prompts, completions=responses)
+    assert together == pytest.approx([reward(prompts=[p], completions=[r])[0] for p, r in zip(prompts, responses)],
+                                     abs=1e-6)

@@ -131,7 +131,8 @@ def test_every_trainer_of_the_family_groups_parameters_alike(setup, backbone_dir
     is what the parameter names say."""
     build, tokenizer, *_ = setup
     rates = {"backbone": 1e-3, "experts": 1e-3, "router": 3e-4}
-    args = arguments(tmp_path, learning_rate=1e-3, router_learning_rate=3e-4, weight_decay=0.1, eval_strategy="no")
+    args = arguments(tmp_path, learning_rate=1e-3, router_learning_rate=3e-4, layers_learning_rate=1e-3,
+                     weight_decay=0.1, eval_strategy="no")
     smoe = optimizer_table(SMoETrainer(build(preset=preset, freeze_backbone=False), args))
     config = SMoERewardTrainerConfig(output_dir=str(tmp_path / "trl"), learning_rate=1e-3, experts_learning_rate=1e-3,
                                      router_learning_rate=3e-4, weight_decay=0.1, bf16=False, report_to="none")

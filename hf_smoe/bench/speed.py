@@ -9,7 +9,9 @@
 - `judge`: the local judge of `smoe interpret`, one prompt at a time in fp32 vs batched with the shared prompt
   beginning run once, in fp32 and in bf16 where the CPU has it.
 - `tune`: reward-tuning the top k layers from the hidden-state cache vs re-running the lower layers every step
-  (the same tuning the slow way) and vs tuning every layer (backpropagation through the whole model).
+  (the same tuning the slow way) and vs tuning every layer (backpropagation through the whole model); and the
+  same top k layers tuned with a sparse mixture head under Eq. 7 (`--tune_layers`), from the cache and re-running
+  the lower layers, vs training the head alone on a frozen backbone's cached features.
 """
 
 import copy
@@ -22,14 +24,17 @@ from transformers import AutoConfig
 
 from ..errors import InputError
 from ..evaluation import behaviour_metrics, head_outputs
-from ..features import EmbeddingCache, as_training_features, encode_batch, encode_pair, shard_damage
+from ..data import load_pairs
+from ..features import (EmbeddingCache, HiddenStateCache, as_training_features, encode_batch, encode_pair,
+                        shard_damage)
 from ..interpret import LocalGenerator, judge_prompt, local_generator_source, offline_generators, prompt_text
 from ..losses import loss_weights
 from ..personalization import score_users
 from ..runtime import fast_dtype, is_default_backbone, load_backbone_model, pick_device, resolve_backbone
-from ..training import (BackboneTuningArguments, BackboneTuningTrainingArguments, DataArguments, PairCollator,
-                        SMoETrainer, SMoETrainingArguments, tokenize_pairs, tune_backbone)
-from .measuring import UNTIMED_WORK_OFF, benchmark_pairs, matmul_flops_per_second
+from ..training import (BackboneTuningArguments, BackboneTuningTrainingArguments, DataArguments,
+                        MixtureStatesCollator, PairCollator, SMoETrainer, SMoETrainingArguments, prepare_top_layers,
+                        run_trainer, split_for_training, state_pairs, tokenize_pairs, tune_backbone)
+from .measuring import UNTIMED_WORK_OFF, PeakMemory, benchmark_pairs, matmul_flops_per_second
 
 
 @torch.inference_mode()
@@ -199,6 +204,37 @@ def judge_speed(judge: str, num_prompts: int, batch_size: int, seed: int) -> dic
                 abs(a.probability - b.probability) for a, b in zip(reference, runs["fp32_batched"]))}
 
 
+def mixture_tune_speed(backbone: str, splits: dict, layers: int, epochs: float, seed: int, folder: str) -> dict:
+    """Seconds per epoch and peak memory of a sparse head (K = 5) trained three ways on `splits`: with the top
+    `layers` layers under Eq. 7 from the hidden-state cache (`--tune_layers`), the same re-running the lower layers
+    every step, and alone on the frozen backbone's cached features (each cache's one-off filling timed apart)."""
+    results = {}
+    for name in ("mixture_cached", "mixture_recomputed", "mixture_frozen_head"):
+        model, tokenizer = load_backbone_model(backbone, "sparse", 5, seed)
+        args = SMoETrainingArguments(output_dir=f"{folder}/{name}", num_train_epochs=epochs, seed=seed,
+                                     **UNTIMED_WORK_OFF)
+        start = time.perf_counter()
+        if name == "mixture_frozen_head":
+            cache = EmbeddingCache(model, tokenizer, cache_dir=f"{folder}/cache", show_progress=False)
+            sets, options, trained = {n: cache.pair_features(splits[n]) for n in ("train", "validation")}, {}, model
+        else:
+            trained, _ = prepare_top_layers(model, layers)
+            states = HiddenStateCache(trained.bottom, tokenizer, layer=len(trained.bottom.layers),
+                                      cache_dir=f"{folder}/cache", show_progress=False)
+            sets = {n: state_pairs(splits[n], states) for n in ("train", "validation")}
+            options = {"data_collator": MixtureStatesCollator(states, recompute=name == "mixture_recomputed")}
+        results[f"{name}_cache_fill_s"] = time.perf_counter() - start
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            run_trainer(trained, sets, args, **options)
+            results[f"{name}_seconds_per_epoch"] = (time.perf_counter() - start) / epochs
+        results[f"{name}_peak_anonymous_mb"] = memory.anonymous / 2**20
+    cached = results["mixture_cached_seconds_per_epoch"]
+    results["mixture_speedup_vs_recomputed"] = results["mixture_recomputed_seconds_per_epoch"] / cached
+    results["mixture_cost_vs_frozen_head"] = cached / results["mixture_frozen_head_seconds_per_epoch"]
+    return results
+
+
 def bench_tune(backbone: str, num_pairs: int = 192, layers: int = 2, epochs: float = 1.0, seed: int = 0) -> dict:
     """`tune_backbone` three ways on the demo's pairs (80/10/10 split), same seed and batches: the top `layers`
     layers from the hidden-state cache (its one-off filling timed apart), the same layers with the lower ones
@@ -214,8 +250,10 @@ def bench_tune(backbone: str, num_pairs: int = 192, layers: int = 2, epochs: flo
                                                        seed=seed, **UNTIMED_WORK_OFF)
             runs[name] = tune_backbone(data, BackboneTuningArguments(backbone=backbone, layers=k), training,
                                        recompute_states=recompute)
+        splits = split_for_training(load_pairs(data.dataset), data.split_seed)  # as tune_backbone splits them
+        mixture = mixture_tune_speed(backbone, splits, layers, epochs, seed, f"{folder}/mixture")
     cached = runs["cached"]["seconds_per_epoch"]
-    return {"layers": layers, "of_layers": total, "train_pairs": runs["cached"]["train_pairs"],
+    return {**mixture, "layers": layers, "of_layers": total, "train_pairs": runs["cached"]["train_pairs"],
             "validation_pairs": runs["cached"]["validation_pairs"], "epochs": epochs,
             "hidden_state_cache_fill_s": runs["cached"]["hidden_state_seconds"],
             **{f"{name}_seconds_per_epoch": run["seconds_per_epoch"] for name, run in runs.items()},

@@ -1,6 +1,8 @@
 """The embedding cache: a `SMoERewardModel`'s frozen-backbone prompt and response representations, computed once
 per text, and the per-pair features training, evaluation, steering, adaptation and interpretation run on."""
 
+import copy
+
 import numpy as np
 import torch
 from datasets import Dataset
@@ -81,10 +83,15 @@ class EmbeddingCache(TextCache):
         return self._compute_model
 
 
-def with_backbone_in(model, dtype: torch.dtype):
-    """`model`, or the same model (sharing its head) around a copy of its backbone converted to `dtype`: the
-    precision features are computed in, whoever computes them."""
+def with_backbone_in(model, dtype: torch.dtype, attention: str | None = None):
+    """`model`, or the same model (sharing its head) around a copy of its backbone converted to `dtype` (the
+    precision features are computed in, whoever computes them) and, when given, computing attention with
+    `attention` (a transformers attention implementation). The caller's model is never changed."""
     backbone = in_dtype(model.backbone, dtype)
+    if attention is not None and backbone.config._attn_implementation != attention:
+        if backbone is model.backbone:
+            backbone = copy.deepcopy(backbone)
+        backbone.set_attn_implementation(attention)
     if backbone is model.backbone:
         return model
     converted = type(model)(model.config, backbone=backbone).to(next(model.parameters()).device).eval()

@@ -2,14 +2,18 @@
 layers (`smoe tune-backbone`, on cached hidden states), with one trainer family over `transformers.Trainer`.
 `arguments` holds the commands' argument dataclasses, `trainer` the `SMoETrainer`, `optim` the one place that
 groups parameters for the optimizer (shared with `hf_smoe.trl.SMoERewardTrainer`), `callbacks` the training-loop
-callbacks, `job` the `smoe train` job and `backbone_tuning` the `smoe tune-backbone` job."""
+callbacks, `job` the `smoe train` job (with `mixture_tuning` for `--tune_layers`: the top layers trained with the
+head under its objective), `backbone_tuning` the `smoe tune-backbone` job, and `top_layers` what both tunings of top
+layers share (splitting the backbone, cached-state batches, LoRA)."""
 
 from .arguments import (BackboneTuningArguments, BackboneTuningTrainingArguments, DataArguments, ModelArguments,
                         SMoETrainingArguments)
-from .backbone_tuning import (TopLayersRewardModel, TopLayersTrainer, add_lora_adapters, initialize_head_by_probe,
-                              keyed_pairs, load_tunable_backbone, split_layers, tune_backbone, tune_on_splits)
+from .backbone_tuning import (TopLayersRewardModel, TopLayersTrainer, initialize_head_by_probe, load_tunable_backbone,
+                              tune_backbone, tune_on_splits)
 from .callbacks import RoutingCollapseCallback
 from .job import (cached_features, check_epochs, run_trainer, save_checkpoint, split_for_training, train_head,
                   train_preset, train_reward_model)
+from .mixture_tuning import MixtureStatesCollator, TopLayersMixture, prepare_top_layers, state_pairs
 from .optim import PartLearningRatesMixin, optimizer_groups, parameter_role
+from .top_layers import add_lora_adapters, keyed_pairs, split_layers, state_batch
 from .trainer import PairCollator, SIDES, SMoETrainer, distributed_objective, tokenize_pairs

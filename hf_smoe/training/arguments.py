@@ -57,12 +57,21 @@ class ModelArguments:
                 "where it is) instead of the full model; many heads can share one backbone"})
     backbone_revision: str | None = field(default=None, metadata={
         "help": "with --heads_only: the backbone revision the checkpoint records"})
+    tune_layers: int = field(default=0, metadata={
+        "help": "k > 0: train the backbone's top k layers with the head under the same objective, from cached "
+                "states entering layer L - k (decoder backbones; the checkpoint carries the tuned backbone); 0: "
+                "the backbone stays frozen"})
+    lora_rank: int = field(default=0, metadata={
+        "help": "with --tune_layers: 0 tunes the layers' full weights and final norm; r > 0 trains rank-r LoRA "
+                "adapters on their linear maps instead, merged into the weights when saved (needs peft)"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scale numerator: updates are (alpha / r) B A"})
 
     def config_overrides(self) -> dict:
         """The config fields this run sets (all but backbone, preset and K, which `from_backbone` takes, and the
-        saving options)."""
+        saving and tuning options)."""
         return {name: value for name, value in asdict(self).items() if value is not None
-                and name not in ("backbone", "preset", "num_experts", "heads_only", "backbone_revision")}
+                and name not in ("backbone", "preset", "num_experts", "heads_only", "backbone_revision",
+                                 "tune_layers", "lora_rank", "lora_alpha")}
 
 
 @dataclass
@@ -73,6 +82,8 @@ class SMoETrainingArguments(TrainingArguments):
     Args:
         router_learning_rate (`float`, defaults to 5e-4): learning rate of the router (`learning_rate` is the
             experts').
+        layers_learning_rate (`float`, defaults to 5e-5): learning rate of the backbone's layers when they train
+            (`--tune_layers`; a reward model's usual fine-tuning rate).
         collapse_global_entropy (`float`, defaults to 0.5): an evaluation whose global entropy falls below this
             warns that routing has collapsed onto few experts (healthy routing keeps the global entropy high).
         overwrite_output_dir (`bool`, defaults to False): `smoe train` replaces an earlier hf_smoe output in
@@ -82,6 +93,8 @@ class SMoETrainingArguments(TrainingArguments):
     learning_rate: float = 2e-3
     optim: str = "adamw_torch"  # the paper's AdamW, unfused: the optimizer every reported result was trained with
     router_learning_rate: float = field(default=5e-4, metadata={"help": "Learning rate of the router."})
+    layers_learning_rate: float = field(default=5e-5, metadata={
+        "help": "Learning rate of the backbone's trained layers (--tune_layers)."})
     warmup_steps: float = 0.05
     per_device_train_batch_size: int = 16
     per_device_eval_batch_size: int = 1024

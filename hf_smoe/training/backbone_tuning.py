@@ -9,17 +9,14 @@ for 16-bit compute, memory-mapped, resumable), and every epoch runs only the top
 result is an ordinary backbone folder (`AutoModel.from_pretrained`, no hf_smoe needed) that `--backbone` takes.
 """
 
-import copy
 import dataclasses
 import json
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoModel, AutoTokenizer, Trainer
@@ -27,34 +24,17 @@ from transformers import AutoModel, AutoTokenizer, Trainer
 from ..data import load_pairs
 from ..errors import InputError
 from ..evaluation import bradley_terry_loss, bradley_terry_probe
-from ..features import HiddenStateCache, PairTexts
+from ..features import HiddenStateCache
 from ..metrics import pairwise_accuracy
 from ..modeling.configuration_smoe import POOLINGS
 from ..modeling.modeling_smoe import pool
 from ..runtime import check_output_dir, model_load_errors, publish, resolve_backbone, save_run, staging_dir
 from .arguments import BackboneTuningArguments, BackboneTuningTrainingArguments, DataArguments
 from .job import split_for_training
+from .top_layers import add_lora_adapters, keyed_pairs, split_layers, state_batch
 from .optim import PartLearningRatesMixin
 
 HEAD_INITS = ("probe", "random")
-
-
-def split_layers(backbone, k: int) -> tuple:
-    """(bottom, top): two views of a decoder backbone that share its modules. `bottom(input_ids, attention_mask)`
-    runs the embeddings and layers [0, L - k) and returns the states entering layer L - k (its final norm is
-    skipped; with k = L, the token embeddings); `top(inputs_embeds=states, attention_mask=...)` runs layers
-    [L - k, L) and the final norm. Training `top` tunes the backbone's own top layers in place."""
-    layers = getattr(backbone, "layers", None)
-    if not isinstance(layers, nn.ModuleList) or not isinstance(getattr(backbone, "norm", None), nn.Module):
-        raise InputError(f"backbone: {type(backbone).__name__} has no `layers` list and final `norm`; tune-backbone "
-                         "supports decoder backbones built like Llama (SmolLM2, Llama, Mistral, Qwen2, ...).")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(layers):
-        raise InputError(f"layers: must be an integer from 1 to {len(layers)} (the backbone has {len(layers)} "
-                         f"layers), got {k!r}.")
-    bottom, top = copy.copy(backbone), copy.copy(backbone)
-    bottom._modules = dict(backbone._modules, layers=nn.ModuleList(layers[:len(layers) - k]), norm=nn.Identity())
-    top._modules = dict(backbone._modules, layers=nn.ModuleList(layers[len(layers) - k:]))
-    return bottom, top
 
 
 class TopLayersRewardModel(nn.Module):
@@ -83,16 +63,6 @@ class TopLayersRewardModel(nn.Module):
         wins, so the loss is the Bradley-Terry loss of the margins."""
         chosen, rejected = self.rewards(states, lengths).chunk(2)
         return {"loss": bradley_terry_loss(chosen - rejected), "logits": torch.stack([chosen, rejected], dim=1)}
-
-
-def state_batch(states: list) -> dict:
-    """The model's inputs for the (T_i, H) states of B chosen then B rejected sides: right-padded float32 states,
-    their lengths, and the label "chosen wins" of each pair."""
-    lengths = torch.tensor([len(s) for s in states])
-    padded = torch.zeros(len(states), int(lengths.max()), states[0].shape[1], dtype=torch.float32)
-    for row, value in enumerate(states):
-        padded[row, :len(value)] = torch.as_tensor(value)
-    return {"states": padded, "lengths": lengths, "labels": torch.ones(len(states) // 2)}
 
 
 @dataclass
@@ -159,13 +129,6 @@ class TopLayersTrainer(PartLearningRatesMixin, Trainer):
                 "router": self.head_learning_rate}
 
 
-def keyed_pairs(pairs, cache: HiddenStateCache) -> Dataset:
-    """The pairs with the keys of their chosen and rejected texts in the cache (computing what is missing)."""
-    keys = cache.embed(PairTexts(pairs)).astype(str)
-    return pairs.add_column("chosen_key", list(keys[:len(pairs)])).add_column("rejected_key",
-                                                                             list(keys[len(pairs):]))
-
-
 def load_tunable_backbone(name_or_path: str, k: int):
     """(backbone in fp32 with only its top k layers and final norm trainable, tokenizer, bottom, top)."""
     path = resolve_backbone(name_or_path)
@@ -177,25 +140,6 @@ def load_tunable_backbone(name_or_path: str, k: int):
     for module in (*top.layers, top.norm):
         module.requires_grad_(True)
     return backbone, tokenizer, bottom, top
-
-
-def add_lora_adapters(backbone, top, rank: int, alpha: float):
-    """Rank-`rank` LoRA adapters (peft) on every linear map of the top layers, everything else frozen: far fewer
-    trainable weights than the full layers, so more layers can be tuned on few pairs. Returns the `PeftModel`,
-    whose `merge_and_unload()` folds the adapters back into a plain backbone; `top` sees the adapters because
-    they replace modules inside the layers it shares."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise InputError("lora_rank: LoRA needs peft; install it with pip install 'hf-smoe[trl]' (or pass "
-                         "--lora_rank 0 to tune the full layers).") from None
-    tuned = {id(layer) for layer in top.layers}
-    targets = [f"layers.{index}.{name}" for index, layer in enumerate(backbone.layers) if id(layer) in tuned
-               for name, module in layer.named_modules() if isinstance(module, nn.Linear)]
-    with warnings.catch_warnings():  # peft calls a transformers property that transformers 5 deprecates
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(backbone, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
-                                                   target_modules=targets))
 
 
 def tune_backbone(data: DataArguments, tuning: BackboneTuningArguments, training: BackboneTuningTrainingArguments,

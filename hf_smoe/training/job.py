@@ -18,13 +18,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..data import load_pairs, split_pairs
 from ..errors import InputError
 from ..evaluation import evaluate_head
-from ..features import EmbeddingCache, feature_root
+from ..features import EmbeddingCache, HiddenStateCache, feature_root
 from ..hub import check_repo_id, is_hub_id, push_checkpoint, write_model_card
 from ..modeling.configuration_smoe import LAMBDA_NAMES, PRESETS, SMoERewardConfig, check_loss_weights
 from ..modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE, SMoERewardModel
 from ..runtime import (backbone_hub_id, check_output_dir, load_backbone_model, non_finite_parameters, publish,
                        resolve_backbone, save_run, staging_dir, state, write_text_atomic)
 from .arguments import DataArguments, ModelArguments, SMoETrainingArguments
+from .mixture_tuning import MixtureStatesCollator, finish_top_layers, prepare_top_layers, state_pairs
 from .trainer import SMoETrainer
 
 
@@ -75,11 +76,13 @@ def train_head(model, features, output_dir: str, seed: int, epochs: float, **arg
     return run_trainer(model, features, args)
 
 
-def run_trainer(model, features, args, resume_from_checkpoint=None):
+def run_trainer(model, features, args, resume_from_checkpoint=None, **trainer_options):
     """An `SMoETrainer` on the train and validation features, trained (from `resume_from_checkpoint`, ending
-    bit-identical to an uninterrupted run); a head that ends with NaN or inf weights is refused."""
+    bit-identical to an uninterrupted run); a head that ends with NaN or inf weights is refused. `trainer_options`:
+    more `SMoETrainer` arguments (a `data_collator`)."""
     check_epochs(args.num_train_epochs)
-    trainer = SMoETrainer(model, args, train_dataset=features["train"], eval_dataset=features["validation"])
+    trainer = SMoETrainer(model, args, train_dataset=features["train"], eval_dataset=features["validation"],
+                          **trainer_options)
     if args.disable_tqdm:
         trainer.remove_callback(PrinterCallback)  # quiet runs keep every term in trainer.state.log_history
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
@@ -140,6 +143,11 @@ def check_job(data: DataArguments, model: ModelArguments, training) -> Path:
                         ("num_experts", model.num_experts)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise InputError(f"{name}: must be an integer >= 1, got {value!r}.")
+    if isinstance(model.tune_layers, bool) or not isinstance(model.tune_layers, int) or model.tune_layers < 0:
+        raise InputError(f"tune_layers: must be an integer >= 0 (0: frozen backbone), got {model.tune_layers!r}.")
+    if model.tune_layers and model.heads_only:
+        raise InputError("heads_only: --tune_layers changes the backbone, so the checkpoint must carry it; drop "
+                         "--heads_only (or --tune_layers).")
     for name, value in (("seed", training.seed), ("split_seed", data.split_seed)):
         if not 0 <= value < 2**32:
             raise InputError(f"{name}: must be between 0 and 2**32 - 1, got {value}.")
@@ -217,17 +225,35 @@ def train_reward_model(data: DataArguments, model_args: ModelArguments, training
         staging_for(record, output_dir, training.overwrite_output_dir)
     process.wait_for_everyone()
     staging = staging_dir(output_dir)
-    cache = EmbeddingCache(model, tokenizer, cache_dir=data.cache_dir, max_length=data.max_length)
-    features = {name: cache.pair_features(split) for name, split in splits.items()}
     trainer_args = dataclasses.replace(training, output_dir=str(staging / "trainer"), push_to_hub=False,
                                        resume_from_checkpoint=None)
     resume_from = training.resume_from_checkpoint or last_complete_checkpoint(trainer_args.output_dir)
-    run_trainer(model, features, trainer_args, resume_from)
+    if model_args.tune_layers:
+        train_top_layers(model, tokenizer, splits, data, model_args, trainer_args, resume_from)
+        features_of = ("validation", "test")  # the tuned layers give new features; training never needed them
+    else:
+        features_of = tuple(splits)
+    cache = EmbeddingCache(model, tokenizer, cache_dir=data.cache_dir, max_length=data.max_length)
+    features = {name: cache.pair_features(splits[name]) for name in features_of}
+    if not model_args.tune_layers:
+        run_trainer(model, features, trainer_args, resume_from)
     results = evaluate_head(model, features)
     if process.is_main_process:
         publish_run(model, tokenizer, cache.encoding, staging, output_dir, record, results, data, model_args, training)
     process.wait_for_everyone()
     return results
+
+
+def train_top_layers(model, tokenizer, splits: dict, data: DataArguments, model_args: ModelArguments,
+                     trainer_args, resume_from=None) -> None:
+    """Trains `model`'s top `tune_layers` layers with its head under its objective, from states entering them
+    cached once per text (`mixture_tuning`), then freezes the tuned backbone again (LoRA adapters merged)."""
+    wrapper, adapters = prepare_top_layers(model, model_args.tune_layers, model_args.lora_rank, model_args.lora_alpha)
+    states = HiddenStateCache(wrapper.bottom, tokenizer, layer=len(wrapper.bottom.layers), cache_dir=data.cache_dir,
+                              max_length=data.max_length)
+    sets = {name: state_pairs(splits[name], states) for name in ("train", "validation")}
+    run_trainer(wrapper, sets, trainer_args, resume_from, data_collator=MixtureStatesCollator(states))
+    finish_top_layers(model, adapters)
 
 
 def heads_only_options(model_args: ModelArguments) -> dict:

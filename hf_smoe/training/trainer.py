@@ -59,10 +59,15 @@ class PairCollator:
 
 
 def pair_representations(model, inputs):
-    """(g(x), h(x, y_w), h(x, y_l)) of a batch: read from cached features, or computed by the backbone from tokens
-    (the prompt representation then comes from the chosen response's pass, as in the cache)."""
+    """(g(x), h(x, y_w), h(x, y_l)) of a batch: read from cached features, computed by the top layers from cached
+    states, or by the backbone from tokens (the prompt representation then comes from the chosen response's pass, as
+    in the cache)."""
     if "prompt_embedding" in inputs:
         return inputs["prompt_embedding"], inputs["chosen_embedding"], inputs["rejected_embedding"]
+    if "states" in inputs:  # cached states entering the top layers (`TopLayersMixture`): chosen sides, then rejected
+        prompts, responses = model.embed_states(inputs["states"], inputs["lengths"], inputs["prompt_lengths"])
+        chosen, rejected = responses.chunk(2)
+        return prompts.chunk(2)[0], chosen, rejected
     embeddings = [model.embed(inputs[f"{side}_input_ids"], inputs[f"{side}_attention_mask"],
                               inputs[f"{side}_prompt_lengths"]) for side in SIDES]
     dtype = model.head.experts.weight.dtype
@@ -71,13 +76,13 @@ def pair_representations(model, inputs):
 
 class SMoETrainer(PartLearningRatesMixin, Trainer):
     """A `Trainer` for `SMoERewardModel`s. `train_dataset` holds cached pair features (`EmbeddingCache.pair_features`;
-    the default, fast path for a frozen backbone) or tokenized pairs (`tokenize_pairs`, with
-    `data_collator=PairCollator(tokenizer)`; the end-to-end path). Evaluation always reads cached features."""
+    the default, fast path for a frozen backbone), tokenized pairs (`tokenize_pairs`, with
+    `data_collator=PairCollator(tokenizer)`; the end-to-end path), or pairs keyed into a hidden-state cache
+    (`mixture_tuning.state_pairs` with its collator, for a `TopLayersMixture`: the top layers train too). Evaluation
+    reads cached features, or keyed pairs like training's."""
 
     def __init__(self, model, args: SMoETrainingArguments, train_dataset=None, eval_dataset=None, **kwargs):
-        if train_dataset is not None and "chosen_input_ids" not in train_dataset.column_names:
-            train_dataset = as_training_features(train_dataset)
-        eval_dataset = None if eval_dataset is None else as_training_features(eval_dataset)
+        train_dataset, eval_dataset = trainer_dataset(train_dataset), trainer_dataset(eval_dataset)
         self.lambdas = loss_weights(model.config)
         kwargs.setdefault("compute_metrics", self.set_metrics)
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
@@ -86,9 +91,9 @@ class SMoETrainer(PartLearningRatesMixin, Trainer):
         self._term_sums, self._term_count = defaultdict(float), 0
 
     def part_learning_rates(self) -> dict:
-        """The experts (and a backbone left trainable) at `learning_rate`, the router at `router_learning_rate`
-        (App. A)."""
-        return {"backbone": self.args.learning_rate, "experts": self.args.learning_rate,
+        """The experts at `learning_rate`, the router at `router_learning_rate` (App. A), the backbone's trained
+        layers (if any) at `layers_learning_rate`."""
+        return {"backbone": self.args.layers_learning_rate, "experts": self.args.learning_rate,
                 "router": self.args.router_learning_rate}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -126,6 +131,14 @@ class SMoETrainer(PartLearningRatesMixin, Trainer):
         """As `Trainer.evaluate`; a dataset given here may be any pair features (their feature columns are read)."""
         return super().evaluate(None if eval_dataset is None else as_training_features(eval_dataset), ignore_keys,
                                 metric_key_prefix)
+
+
+def trainer_dataset(dataset):
+    """Cached pair features as the float tensors the trainer reads; tokenized pairs and pairs keyed into a
+    hidden-state cache as they are (their collators read them)."""
+    if dataset is None or {"chosen_input_ids", "chosen_key"} & set(dataset.column_names):
+        return dataset
+    return as_training_features(dataset)
 
 
 def distributed_objective(routing_weights, chosen_rewards, rejected_rewards, lambdas: dict) -> dict:

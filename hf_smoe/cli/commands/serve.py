@@ -30,7 +30,8 @@ class ServeArguments:
     port: int = field(default=8000, metadata={"help": "port to listen on"})
     api_key: str | None = field(default=None, metadata={
         "help": f"key that PUT/DELETE /v1/users need as 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE})"})
-    max_batch_tokens: int = field(default=4096, metadata={"help": "tokens one coalesced backbone pass takes at most"})
+    max_batch_tokens: int | None = field(default=None, metadata={
+        "help": "tokens one coalesced backbone pass takes at most (default: 1024 on CPU, 16384 on CUDA)"})
     max_wait_ms: float = field(default=5.0, metadata={
         "help": "how long the first request of a batch waits for others to join it"})
     max_length: int | None = field(default=None, metadata={"help": CHECKPOINT_LENGTH_HELP})

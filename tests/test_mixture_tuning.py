@@ -1,0 +1,134 @@
+"""`smoe train --tune_layers k`: the backbone's top k layers train with the head under the mixture objective, from
+states cached below them; the checkpoint is a normal full one that scores exactly as it trained."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from catalogue import run_cli
+from conftest import encode_batch
+from hf_smoe.data.synthetic import generate_preference_set
+from hf_smoe.features import HiddenStateCache, encode_pair
+from hf_smoe.training import TopLayersMixture
+from test_remote_code import LOADER
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    generate_preference_set(48, seed=3).to_json(path)
+    return path
+
+
+def train(pairs_file, backbone, output, *extra):
+    result = run_cli("train", "--dataset", pairs_file, "--backbone", backbone, "--max-length", 64, "--epochs", 2,
+                     "--num-experts", 3, "--tune_layers", 1, "--layers_learning_rate", 1e-3, "--cache-dir",
+                     output.parent / "cache", "--output-dir", output, "--disable_tqdm", "true", *extra)
+    assert result.code == 0, result.stderr[-3000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def tuned(pairs_file, backbone_dirs, tmp_path_factory):
+    return train(pairs_file, backbone_dirs["llama"], tmp_path_factory.mktemp("tuned") / "model")
+
+
+def test_only_the_top_layers_change_and_the_checkpoint_is_a_frozen_reward_model(tuned, backbone_dirs):
+    original = load_file(os.path.join(backbone_dirs["llama"], "model.safetensors"))
+    saved = {name.removeprefix("backbone."): tensor for name, tensor in load_file(tuned / "model.safetensors").items()
+             if name.startswith("backbone.")}
+    assert set(saved) == set(original)
+    top = [name for name in saved if name.startswith(("layers.1.", "norm."))]
+    lower = [name for name in saved if name not in top]
+    assert top and all(torch.equal(saved[name], original[name]) for name in lower)  # bit-identical below
+    assert any(not torch.equal(saved[name], original[name]) for name in top)  # the top layer trained
+    config = json.loads((tuned / "config.json").read_text())
+    assert config["freeze_backbone"] is True and config["encoding"]["max_length"] == 64
+    record = json.loads((tuned / "results.json").read_text())
+    assert record["job"]["model"]["tune_layers"] == 1 and 0.0 <= record["results"]["accuracy"] <= 1.0
+
+
+def test_tuned_rewards_equal_a_full_forward_of_the_saved_checkpoint(tuned, tokenizers, tmp_path):
+    """What training computed (cached states below, the top layer above) is what the saved model computes in one
+    forward pass, to 1e-5 in fp32."""
+    model = AutoModel.from_pretrained(tuned).eval()
+    tokenizer = tokenizers["llama"]
+    texts = [("hello how are you today", "good thanks"), ("what is a cat ?", "a kind dog , good"),
+             ("tell me", "no")]
+    batch = encode_batch(tokenizer, texts)
+    with torch.no_grad():
+        full = model(**batch)
+        wrapper = TopLayersMixture(model, 1)
+        cache = HiddenStateCache(wrapper.bottom, tokenizer, layer=1, cache_dir=tmp_path, max_length=64,
+                                 show_progress=False)
+        encodings = [encode_pair(tokenizer, prompt, response, max_length=64) for prompt, response in texts]
+        states = cache.compute(encodings)
+        lengths = torch.tensor([len(s) for s in states])
+        padded = torch.zeros(len(states), int(lengths.max()), states[0].shape[1])
+        for row, value in enumerate(states):
+            padded[row, :len(value)] = torch.as_tensor(value)
+        prompts, responses = wrapper.embed_states(padded, lengths,
+                                                  torch.tensor([e["prompt_lengths"] for e in encodings]))
+        split = wrapper(prompt_embeddings=prompts, response_embeddings=responses)
+    torch.testing.assert_close(split.logits, full.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(split.routing_weights, full.routing_weights, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("preset", ["single", "vanilla", "micro", "sparse"])
+def test_every_preset_tunes(preset, pairs_file, backbone_dirs, tmp_path):
+    output = train(pairs_file, backbone_dirs["llama"], tmp_path / "model", "--preset", preset,
+                   *(["--num-experts", 1] if preset == "single" else []))
+    results = json.loads((output / "results.json").read_text())["results"]
+    assert 0.0 <= results["accuracy"] <= 1.0
+    assert json.loads((output / "config.json").read_text())["preset"] == preset
+
+
+def test_tuning_with_lora_merges_the_adapters(pairs_file, backbone_dirs, tmp_path):
+    pytest.importorskip("peft")
+    output = train(pairs_file, backbone_dirs["llama"], tmp_path / "model", "--lora_rank", 2)
+    saved = load_file(output / "model.safetensors")
+    assert not any("lora" in name for name in saved)  # a plain backbone again
+    original = load_file(os.path.join(backbone_dirs["llama"], "model.safetensors"))
+    changed = [name for name in original if not torch.equal(saved[f"backbone.{name}"], original[name])]
+    assert changed and all(name.startswith("layers.1.") for name in changed)  # adapters only on the top layer
+
+
+def test_tuned_checkpoint_loads_without_hf_smoe(tuned, tokenizers, tmp_path):
+    batch = encode_batch(tokenizers["llama"], padding_side="left")
+    (tmp_path / "batch.json").write_text(json.dumps({k: v.tolist() for k, v in batch.items()}))
+    with torch.no_grad():
+        expected = AutoModel.from_pretrained(tuned).eval()(**batch)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
+    subprocess.run([sys.executable, "-I", "-c", LOADER, str(tuned), str(tmp_path / "batch.json"),
+                    str(tmp_path / "out.json")], check=True, cwd=tmp_path, env=env, timeout=300)
+    outputs = json.loads((tmp_path / "out.json").read_text())["AutoModel"]
+    torch.testing.assert_close(torch.tensor(outputs["logits"]), expected.logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_two_processes_tune_as_one(pairs_file, backbone_dirs, tmp_path):
+    """torchrun with 2 processes x batch 8 ends with the weights 1 process x batch 16 ends with."""
+    def args(output, cache, batch):
+        return [str(a) for a in ("train", "--dataset", pairs_file, "--backbone", backbone_dirs["llama"],
+                                 "--max_length", 64, "--num_experts", 3, "--max_steps", 4, "--tune_layers", 1,
+                                 "--cache_dir", cache, "--output_dir", output, "--per_device_train_batch_size",
+                                 batch, "--router_jitter_noise", 0, "--router_dropout", 0, "--disable_tqdm", "true")]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                               "hf_smoe.cli", *args(tmp_path / "two", tmp_path / "cache2", 8)],
+                              capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert run_cli(*args(tmp_path / "one", tmp_path / "cache1", 16)).code == 0
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert any(not torch.equal(one[name], load_file(os.path.join(backbone_dirs["llama"], "model.safetensors"))[
+        name.removeprefix("backbone.")]) for name in one if name.startswith("backbone.layers.1."))
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
