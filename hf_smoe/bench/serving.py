@@ -42,7 +42,7 @@ def bench_serve(backbone: str, inputs: tuple = (1, 16, 64), concurrency: tuple =
         tokens = [len(service.reward.encode(*sample)["input_ids"]) for sample in samples]
         results = {"texts": len(samples), "mean_tokens_per_text": statistics.mean(tokens), "runs": []}
         for coalesce in (True, False):
-            app = create_app(service, coalesce=coalesce)
+            app = create_app(service, coalesce=coalesce, max_queue_tokens=2**40)  # measure, never refuse
             with serving_in_background(app) as url, requests.Session() as session:
                 for per_request in inputs:
                     for clients in concurrency:

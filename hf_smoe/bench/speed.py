@@ -34,7 +34,7 @@ from ..runtime import fast_dtype, is_default_backbone, load_backbone_model, pick
 from ..training import (BackboneTuningArguments, BackboneTuningTrainingArguments, DataArguments,
                         MixtureStatesCollator, PairCollator, SMoETrainer, SMoETrainingArguments, prepare_top_layers,
                         run_trainer, split_for_training, state_pairs, tokenize_pairs, tune_backbone)
-from .measuring import UNTIMED_WORK_OFF, PeakMemory, benchmark_pairs, matmul_flops_per_second
+from .measuring import UNTIMED_WORK_OFF, PeakMemory, benchmark_pairs, in_fresh_process, matmul_flops_per_second
 
 
 @torch.inference_mode()
@@ -205,34 +205,42 @@ def judge_speed(judge: str, num_prompts: int, batch_size: int, seed: int) -> dic
 
 
 def mixture_tune_speed(backbone: str, splits: dict, layers: int, epochs: float, seed: int, folder: str) -> dict:
-    """Seconds per epoch and peak memory of a sparse head (K = 5) trained three ways on `splits`: with the top
-    `layers` layers under Eq. 7 from the hidden-state cache (`--tune_layers`), the same re-running the lower layers
-    every step, and alone on the frozen backbone's cached features (each cache's one-off filling timed apart)."""
+    """Seconds per epoch and peak memory of a sparse head (K = 5) trained three ways on `splits`, each in a fresh
+    process (so its peak memory is its own): with the top `layers` layers under Eq. 7 from the hidden-state cache
+    (`--tune_layers`), the same re-running the lower layers every step, and alone on the frozen backbone's cached
+    features (each cache's one-off filling timed apart)."""
     results = {}
-    for name in ("mixture_cached", "mixture_recomputed", "mixture_frozen_head"):
-        model, tokenizer = load_backbone_model(backbone, "sparse", 5, seed)
-        args = SMoETrainingArguments(output_dir=f"{folder}/{name}", num_train_epochs=epochs, seed=seed,
-                                     **UNTIMED_WORK_OFF)
-        start = time.perf_counter()
-        if name == "mixture_frozen_head":
-            cache = EmbeddingCache(model, tokenizer, cache_dir=f"{folder}/cache", show_progress=False)
-            sets, options, trained = {n: cache.pair_features(splits[n]) for n in ("train", "validation")}, {}, model
-        else:
-            trained, _ = prepare_top_layers(model, layers)
-            states = HiddenStateCache(trained.bottom, tokenizer, layer=len(trained.bottom.layers),
-                                      cache_dir=f"{folder}/cache", show_progress=False)
-            sets = {n: state_pairs(splits[n], states) for n in ("train", "validation")}
-            options = {"data_collator": MixtureStatesCollator(states, recompute=name == "mixture_recomputed")}
-        results[f"{name}_cache_fill_s"] = time.perf_counter() - start
-        with PeakMemory() as memory:
-            start = time.perf_counter()
-            run_trainer(trained, sets, args, **options)
-            results[f"{name}_seconds_per_epoch"] = (time.perf_counter() - start) / epochs
-        results[f"{name}_peak_anonymous_mb"] = memory.anonymous / 2**20
+    for way in ("cached", "recomputed", "frozen_head"):
+        run = in_fresh_process(mixture_training_run, way, backbone, splits, layers, epochs, seed, folder)
+        results.update({f"mixture_{way}_{name}": value for name, value in run.items()})
     cached = results["mixture_cached_seconds_per_epoch"]
     results["mixture_speedup_vs_recomputed"] = results["mixture_recomputed_seconds_per_epoch"] / cached
     results["mixture_cost_vs_frozen_head"] = cached / results["mixture_frozen_head_seconds_per_epoch"]
     return results
+
+
+def mixture_training_run(way: str, backbone: str, splits: dict, layers: int, epochs: float, seed: int,
+                         folder: str) -> dict:
+    """One of `mixture_tune_speed`'s three ways: its cache filling, seconds per epoch and peak anonymous memory."""
+    model, tokenizer = load_backbone_model(backbone, "sparse", 5, seed)
+    args = SMoETrainingArguments(output_dir=f"{folder}/{way}", num_train_epochs=epochs, seed=seed, **UNTIMED_WORK_OFF)
+    start = time.perf_counter()
+    if way == "frozen_head":
+        cache = EmbeddingCache(model, tokenizer, cache_dir=f"{folder}/cache", show_progress=False)
+        sets, options, trained = {n: cache.pair_features(splits[n]) for n in ("train", "validation")}, {}, model
+    else:
+        trained, _ = prepare_top_layers(model, layers)
+        states = HiddenStateCache(trained.bottom, tokenizer, layer=len(trained.bottom.layers),
+                                  cache_dir=f"{folder}/cache", show_progress=False)
+        sets = {n: state_pairs(splits[n], states) for n in ("train", "validation")}
+        options = {"data_collator": MixtureStatesCollator(states, recompute=way == "recomputed")}
+    filled = time.perf_counter() - start
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        run_trainer(trained, sets, args, **options)
+        seconds = time.perf_counter() - start
+    return {"cache_fill_s": filled, "seconds_per_epoch": seconds / epochs,
+            "peak_anonymous_mb": memory.anonymous / 2**20}
 
 
 def bench_tune(backbone: str, num_pairs: int = 192, layers: int = 2, epochs: float = 1.0, seed: int = 0) -> dict:

@@ -34,6 +34,8 @@ class ServeArguments:
         "help": "tokens one coalesced backbone pass takes at most (default: 1024 on CPU, 16384 on CUDA)"})
     max_wait_ms: float = field(default=5.0, metadata={
         "help": "how long the first request of a batch waits for others to join it"})
+    max_queue_tokens: int | None = field(default=None, metadata={
+        "help": "tokens waiting beyond which requests get 503 with Retry-After (default: 64 batches' worth)"})
     max_length: int | None = field(default=None, metadata={"help": CHECKPOINT_LENGTH_HELP})
     max_items: int = field(default=1024, metadata={"help": "texts one request may carry (413 above)"})
     max_body_mb: float = field(default=16.0, metadata={"help": "request body size in MiB (413 above)"})
@@ -43,7 +45,7 @@ class ServeArguments:
     cache_dir: str | None = field(default=None, metadata={"help": CACHE_DIR_HELP})
 
     def __post_init__(self):
-        AT_LEAST_ONE.check(self, "max_batch_tokens", "max_length", "max_items")
+        AT_LEAST_ONE.check(self, "max_batch_tokens", "max_queue_tokens", "max_length", "max_items")
         POSITIVE.check(self, "max_body_mb")
         if not 0 <= self.max_wait_ms < 10_000:
             raise InputError(f"--max-wait-ms: must be between 0 and 10000, got {self.max_wait_ms}")
@@ -76,7 +78,7 @@ def main(checkpoint: CheckpointArguments, serve: ServeArguments) -> None:
     service = RewardService(checkpoint.checkpoint, serve.routers, max_length=serve.max_length,
                             cache_dir=serve.cache_dir, device=serve.device)
     app = create_app(service, api_key=serve.api_key, max_batch_tokens=serve.max_batch_tokens,
-                     max_wait_ms=serve.max_wait_ms, max_items=serve.max_items,
+                     max_wait_ms=serve.max_wait_ms, max_queue_tokens=serve.max_queue_tokens, max_items=serve.max_items,
                      max_body_bytes=int(serve.max_body_mb * (1 << 20)),
                      user_from=None if serve.user_from == "none" else serve.user_from)
     print(f"Serving {service.name} ({service.model.config.num_experts} experts, {len(service.users)} users, "
