@@ -25,15 +25,15 @@ from transformers import AutoConfig
 from ..errors import InputError
 from ..evaluation import behaviour_metrics, head_outputs
 from ..data import load_pairs
-from ..features import (EmbeddingCache, HiddenStateCache, as_training_features, encode_batch, encode_pair,
-                        shard_damage)
+from ..features import EmbeddingCache, as_training_features, encode_batch, encode_pair, shard_damage
 from ..interpret import LocalGenerator, judge_prompt, local_generator_source, offline_generators, prompt_text
 from ..losses import loss_weights
 from ..personalization import score_users
 from ..runtime import fast_dtype, is_default_backbone, load_backbone_model, pick_device, resolve_backbone
+from ..runtime.devices import dtype_name
 from ..training import (BackboneTuningArguments, BackboneTuningTrainingArguments, DataArguments,
-                        MixtureStatesCollator, PairCollator, SMoETrainer, SMoETrainingArguments, prepare_top_layers,
-                        run_trainer, split_for_training, state_pairs, tokenize_pairs, tune_backbone)
+                        MixtureStatesCollator, PairCollator, SMoETrainer, SMoETrainingArguments, cached_state_sets,
+                        prepare_top_layers, run_trainer, split_for_training, tokenize_pairs, tune_backbone)
 from .measuring import UNTIMED_WORK_OFF, PeakMemory, benchmark_pairs, in_fresh_process, matmul_flops_per_second
 
 
@@ -60,7 +60,7 @@ def bench_embed(backbone: str, num_texts: int = 64, seed: int = 0) -> dict:
             start = time.perf_counter()
             cache.embed(items)
             seconds = time.perf_counter() - start
-            rates[str(dtype).removeprefix("torch.")] = (tokens / seconds, converted)
+            rates[dtype_name(dtype)] = (tokens / seconds, converted)
             if dtype == fast_dtype(model.device):
                 integrity = bench_cache_integrity(cache) | {"embedding_s": seconds}
 
@@ -230,9 +230,7 @@ def mixture_training_run(way: str, backbone: str, splits: dict, layers: int, epo
         sets, options, trained = {n: cache.pair_features(splits[n]) for n in ("train", "validation")}, {}, model
     else:
         trained, _ = prepare_top_layers(model, layers)
-        states = HiddenStateCache(trained.bottom, tokenizer, layer=len(trained.bottom.layers),
-                                  cache_dir=f"{folder}/cache", show_progress=False)
-        sets = {n: state_pairs(splits[n], states) for n in ("train", "validation")}
+        sets, states = cached_state_sets(trained, tokenizer, splits, cache_dir=f"{folder}/cache", show_progress=False)
         options = {"data_collator": MixtureStatesCollator(states, recompute=way == "recomputed")}
     filled = time.perf_counter() - start
     with PeakMemory() as memory:

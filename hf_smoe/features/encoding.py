@@ -9,7 +9,7 @@ import torch
 from ..modeling.modeling_smoe import assistant_turn_pattern, chat_template_for, render_ids
 from ..errors import InputError
 from ..runtime import fast_dtype, pick_device
-from ..runtime.devices import DTYPE_VARIABLE, DTYPES
+from ..runtime.devices import DTYPE_VARIABLE, DTYPES, dtype_name
 
 DEFAULT_MAX_LENGTH = 1024  # for a model that records no encoding
 TRUNCATION = "prompt_oldest_first"  # `encode_pair`'s rule, recorded so a checkpoint names the rule it was cut by
@@ -18,8 +18,7 @@ TRUNCATION = "prompt_oldest_first"  # `encode_pair`'s rule, recorded so a checkp
 def training_encoding(max_length: int | None, dtype: torch.dtype | None = None) -> dict:
     """What a checkpoint records of its training features' encoding (`SMoERewardConfig.encoding`); `dtype` defaults
     to the one the embedding cache computes in on this process's device."""
-    dtype = dtype or fast_dtype(pick_device())
-    return {"max_length": max_length, "truncation": TRUNCATION, "dtype": str(dtype).removeprefix("torch.")}
+    return {"max_length": max_length, "truncation": TRUNCATION, "dtype": dtype_name(dtype or fast_dtype(pick_device()))}
 
 
 def scoring_encoding(config, max_length: int | None = None) -> dict:
@@ -28,16 +27,13 @@ def scoring_encoding(config, max_length: int | None = None) -> dict:
     differs from the recorded dtype, wins with one warning saying so; a model that records nothing gets the
     defaults (1024 tokens, the hardware's fast dtype)."""
     recorded = getattr(config, "encoding", None) or {}
-    if "max_length" not in recorded:
-        length = DEFAULT_MAX_LENGTH if max_length is None else max_length
-    else:
-        length = recorded["max_length"] if max_length is None else max_length
-        if length != recorded["max_length"]:
-            warnings.warn(f"max_length {length} overrides the {recorded['max_length']} tokens the checkpoint was "
-                          "trained with: it is scored on other features than it learned from.", stacklevel=2)
+    length = recorded.get("max_length", DEFAULT_MAX_LENGTH) if max_length is None else max_length
+    if "max_length" in recorded and length != recorded["max_length"]:
+        warnings.warn(f"max_length {length} overrides the {recorded['max_length']} tokens the checkpoint was "
+                      "trained with: it is scored on other features than it learned from.", stacklevel=2)
     dtype = fast_dtype(pick_device())
     if recorded.get("dtype") in DTYPES:
-        if os.environ.get(DTYPE_VARIABLE) and str(dtype).removeprefix("torch.") != recorded["dtype"]:
+        if os.environ.get(DTYPE_VARIABLE) and dtype_name(dtype) != recorded["dtype"]:
             warnings.warn(f"{DTYPE_VARIABLE}={os.environ[DTYPE_VARIABLE]} overrides the {recorded['dtype']} the "
                           "checkpoint's features were computed in.", stacklevel=2)
         else:

@@ -19,6 +19,11 @@ DTYPE_VARIABLE = "HF_SMOE_DTYPE"  # float32 or bfloat16: overrides `fast_dtype`'
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """`float32`, `bfloat16`: a dtype as `$HF_SMOE_DTYPE`, a checkpoint's encoding and the benchmarks name it."""
+    return str(dtype).removeprefix("torch.")
+
+
 def fast_dtype(device: torch.device) -> torch.dtype:
     """The dtype backbones and generators compute in on `device`: bf16 where the hardware multiplies it natively
     (CUDA with bf16; CPUs with AVX512-BF16 or AMX), else fp32; `$HF_SMOE_DTYPE` overrides it. On a CPU with

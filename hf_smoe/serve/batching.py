@@ -9,7 +9,6 @@ Retry-After) instead of growing without bound.
 """
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -100,7 +99,6 @@ class Coalescer:
             return
         encodings = [encoding for job in scored for encoding in job.encodings]
         users = [user for job in scored for user in job.users]
-        started = time.perf_counter()
         try:
             result = await loop.run_in_executor(self.worker, self.score, encodings, users, routers)
         except Exception as error:  # noqa: BLE001  (each waiting request gets the failure, the loop goes on)
@@ -115,5 +113,4 @@ class Coalescer:
             rows = slice(start, start + len(job.encodings))
             start = rows.stop
             if not job.future.done():
-                job.future.set_result({name: values[rows] for name, values in columns.items()}
-                                      | {"batch_seconds": time.perf_counter() - started})
+                job.future.set_result({name: values[rows] for name, values in columns.items()})

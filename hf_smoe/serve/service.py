@@ -2,6 +2,7 @@
 a text does not depend on who asks or how), one router per user, and learning a user from labeled pairs (the
 `smoe adapt` path)."""
 
+import functools
 import re
 import threading
 from pathlib import Path
@@ -57,7 +58,7 @@ class RewardService:
         if device is not None:
             self.model.to(usable_device(device))
         self.reward = smoe_reward(self.model, tokenizer=self.tokenizer, max_length=max_length)
-        self.reward.user_column = "user"
+        self.max_length = max_length
         self.routers_dir = None if routers_dir is None else Path(routers_dir).expanduser()
         self.cache_dir = cache_dir
         self.tokenizer_lock = threading.Lock()  # tokenizers are not shared across threads mid-call
@@ -139,16 +140,21 @@ class RewardService:
         if not 0 < n <= len(pairs):
             raise RequestError(422, "n", f"must be between 1 and the {len(pairs)} pairs sent, got {n}.")
         with self.tokenizer_lock:
-            cache = EmbeddingCache.of_checkpoint(self.model, self.tokenizer, self.reward.max_length,
-                                                 cache_dir=self.cache_dir, show_progress=False)
             if n < len(pairs):
-                router, results = adapt_to_pairs(self.model, cache, pairs, n, method, seed)
+                router, results = adapt_to_pairs(self.model, self.adaptation_cache, pairs, n, method, seed)
             else:
-                router = adapt_router(self.model, cache.pair_features(pairs), method, seed)
+                router = adapt_router(self.model, self.adaptation_cache.pair_features(pairs), method, seed)
                 results = {"method": method, "n": n, "eval_pairs": 0, "seed": seed}
         save_router(router, self.routers_dir / f"{name}{ROUTER_SUFFIX}", self.model, **results, user=name)
         self.reward.routers[name] = router
         return results
+
+    @functools.cached_property
+    def adaptation_cache(self) -> EmbeddingCache:
+        """The embedding cache adapting a user reads and fills, made once on the first `add_user` (its fingerprint
+        reads every weight of the backbone, and its computing copy converts the backbone)."""
+        return EmbeddingCache.of_checkpoint(self.model, self.tokenizer, self.max_length, cache_dir=self.cache_dir,
+                                            show_progress=False)
 
     def remove_user(self, name: str) -> None:
         if name not in self.reward.routers:

@@ -13,7 +13,7 @@ from .backbone_tuning import (TopLayersRewardModel, TopLayersTrainer, initialize
 from .callbacks import RoutingCollapseCallback
 from .job import (cached_features, check_epochs, run_trainer, save_checkpoint, split_for_training, train_head,
                   train_preset, train_reward_model)
-from .mixture_tuning import MixtureStatesCollator, TopLayersMixture, prepare_top_layers, state_pairs
+from .mixture_tuning import MixtureStatesCollator, TopLayersMixture, cached_state_sets, prepare_top_layers, state_pairs
 from .optim import PartLearningRatesMixin, optimizer_groups, parameter_role
 from .top_layers import add_lora_adapters, keyed_pairs, split_layers, state_batch
 from .trainer import PairCollator, SIDES, SMoETrainer, distributed_objective, tokenize_pairs

@@ -18,14 +18,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..data import load_pairs, split_pairs
 from ..errors import InputError
 from ..evaluation import evaluate_head
-from ..features import EmbeddingCache, HiddenStateCache, feature_root
+from ..features import EmbeddingCache, feature_root
 from ..hub import check_repo_id, is_hub_id, push_checkpoint, write_model_card
 from ..modeling.configuration_smoe import LAMBDA_NAMES, PRESETS, SMoERewardConfig, check_loss_weights
 from ..modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE, SMoERewardModel
 from ..runtime import (backbone_hub_id, check_output_dir, load_backbone_model, non_finite_parameters, publish,
                        resolve_backbone, save_run, staging_dir, state, write_text_atomic)
 from .arguments import DataArguments, ModelArguments, SMoETrainingArguments
-from .mixture_tuning import MixtureStatesCollator, finish_top_layers, prepare_top_layers, state_pairs
+from .mixture_tuning import MixtureStatesCollator, cached_state_sets, finish_top_layers, prepare_top_layers
 from .trainer import SMoETrainer
 
 
@@ -249,9 +249,7 @@ def train_top_layers(model, tokenizer, splits: dict, data: DataArguments, model_
     """Trains `model`'s top `tune_layers` layers with its head under its objective, from states entering them
     cached once per text (`mixture_tuning`), then freezes the tuned backbone again (LoRA adapters merged)."""
     wrapper, adapters = prepare_top_layers(model, model_args.tune_layers, model_args.lora_rank, model_args.lora_alpha)
-    states = HiddenStateCache(wrapper.bottom, tokenizer, layer=len(wrapper.bottom.layers), cache_dir=data.cache_dir,
-                              max_length=data.max_length)
-    sets = {name: state_pairs(splits[name], states) for name in ("train", "validation")}
+    sets, states = cached_state_sets(wrapper, tokenizer, splits, cache_dir=data.cache_dir, max_length=data.max_length)
     run_trainer(wrapper, sets, trainer_args, resume_from, data_collator=MixtureStatesCollator(states))
     finish_top_layers(model, adapters)
 

@@ -76,6 +76,13 @@ def finish_top_layers(model, adapters) -> None:
     model.eval()
 
 
+def cached_state_sets(wrapper: TopLayersMixture, tokenizer, splits: dict, **cache_options) -> tuple:
+    """(the train and validation pairs keyed into the hidden-state cache of `wrapper`'s lower layers, that cache):
+    what training the top layers reads. `cache_options`: `HiddenStateCache`'s (cache_dir, max_length, ...)."""
+    states = HiddenStateCache(wrapper.bottom, tokenizer, layer=len(wrapper.bottom.layers), **cache_options)
+    return {name: state_pairs(splits[name], states) for name in ("train", "validation")}, states
+
+
 def state_pairs(pairs, cache: HiddenStateCache):
     """The pairs with their texts' keys in the hidden-state cache (computing what is missing) and each side's
     prompt length (the prompt representation's position)."""
