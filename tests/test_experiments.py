@@ -179,7 +179,7 @@ def test_table1_writes_the_table_json_command_and_heatmap(backbone_dirs, tmp_pat
 
     for run in runs["sparse"] + runs["single"]:  # 6 test pairs in each category: overall = mean of the two
         assert run["accuracy"] == pytest.approx(np.mean(list(run["accuracy_by_category"].values())))
-    assert "Category probe (linear, on the router's input" in table
+    assert "Category probe on the frozen backbone (linear, on the router's input" in table
 
     image = matplotlib.image.imread(tmp_path / "out" / "routing_hh.png")
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 400
@@ -225,6 +225,36 @@ def test_training_flags_reach_every_head_a_reproduction_trains(backbone_dirs, tm
     expected = {"learning_rate": 0.0, "router_learning_rate": 0.0, "per_device_train_batch_size": 8}
     assert seen == [expected] * 4  # single, vanilla, micro, sparse
     assert json.loads((tmp_path / "out" / "results.json").read_text())["job"]["training"] == expected
+
+
+def test_table1_with_tuned_layers_trains_every_preset_and_probes_its_features(backbone_dirs, tmp_path, monkeypatch):
+    """`--tune_layers 1`: every preset trains with the top layer, measured on validation without reading test, and
+    the probe summary of each tuned model is the mean of its own probe matrix (diagonal, off-diagonal, all)."""
+    monkeypatch.setattr("sys.argv", ["smoe", "reproduce", "table1", "--tune_layers", "1"])
+    record = reproduce_table1(datasets=("hh",), seeds=(0,), output_dir=tmp_path / "out",
+                              backbone=backbone_dirs["llama"], epochs=1, cache_dir=tmp_path / "cache",
+                              data_root=SHARED_DATA, sizes={"hh": 30}, measure_on="validation", tune_layers=1,
+                              training={"layers_learning_rate": 1e-3})
+    result = record["hh"]
+    assert result["tune_layers"] == 1 and set(result["tuned_probes"]) == {"single", "vanilla", "micro", "sparse"}
+    assert all(len(runs) == 1 and 0 <= runs[0]["accuracy"] <= 1 for runs in result["runs"].values())
+    lines = (tmp_path / "out" / "table1.md").read_text().splitlines()
+    rows = {line.split("|")[1].strip(): [float(cell) for cell in line.split("|")[2:-1]]
+            for line in lines if line.startswith(("| frozen |", "| tuned with "))}
+    assert list(rows) == ["frozen", "tuned with single", "tuned with vanilla", "tuned with micro", "tuned with sparse"]
+    for preset in ("single", "sparse"):
+        probes = result["tuned_probes"][preset]
+        matrix = probes["preference_probes"]
+        own = np.mean([matrix[c][c] for c in ("harmless", "helpful")])
+        other = np.mean([matrix["harmless"]["helpful"], matrix["helpful"]["harmless"]])
+        every = np.mean([matrix["all"]["harmless"], matrix["all"]["helpful"]])
+        expected = [100 * probes["category_probe"]["probe_accuracy"], 100 * own, 100 * other, 100 * every]
+        assert rows[f"tuned with {preset}"] == pytest.approx(expected, abs=0.051)
+
+
+def test_reproduce_refuses_tune_layers_where_it_does_not_apply(capsys):
+    assert main(["reproduce", "fig6", "--tune_layers", "2"]) == 2
+    assert "--tune-layers: fig6 trains on the frozen backbone" in capsys.readouterr().err
 
 
 def test_reproduce_refuses_training_flags_it_sets_itself(capsys):

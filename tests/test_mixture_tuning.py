@@ -13,9 +13,10 @@ from transformers import AutoModel
 
 from catalogue import run_cli
 from conftest import encode_batch
+from hf_smoe.data import load_pairs
 from hf_smoe.data.synthetic import generate_preference_set
-from hf_smoe.features import HiddenStateCache, encode_pair
-from hf_smoe.training import TopLayersMixture
+from hf_smoe.features import FEATURE_COLUMNS, EmbeddingCache, HiddenStateCache, encode_pair
+from hf_smoe.training import TopLayersMixture, tuned_pair_features
 from test_remote_code import LOADER
 
 
@@ -78,6 +79,24 @@ def test_tuned_rewards_equal_a_full_forward_of_the_saved_checkpoint(tuned, token
         split = wrapper(prompt_embeddings=prompts, response_embeddings=responses)
     torch.testing.assert_close(split.logits, full.logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(split.routing_weights, full.routing_weights, atol=1e-5, rtol=0)
+
+
+def test_tuned_pair_features_equal_the_embedding_cache_of_the_saved_checkpoint(tuned, tokenizers, pairs_file,
+                                                                             tmp_path):
+    """Measuring tuned heads from the cached states below the tuned layers gives the features a full forward pass
+    of the saved model gives (fp32), pair by pair, with the pairs' metadata."""
+    model = AutoModel.from_pretrained(tuned).eval()
+    tokenizer = tokenizers["llama"]
+    pairs = load_pairs(str(pairs_file)).select(range(10))
+    wrapper = TopLayersMixture(model, 1)
+    states = HiddenStateCache(wrapper.bottom, tokenizer, layer=1, cache_dir=tmp_path, max_length=64,
+                              dtype=torch.float32, show_progress=False)
+    measured = tuned_pair_features(wrapper, states, pairs, batch_pairs=4)
+    full = EmbeddingCache(model, tokenizer, cache_dir=tmp_path, max_length=64, dtype=torch.float32,
+                          show_progress=False).pair_features(pairs)
+    for column in FEATURE_COLUMNS:
+        torch.testing.assert_close(torch.tensor(measured[column]), torch.tensor(full[column]), atol=1e-5, rtol=0)
+    assert measured["category"] == pairs["category"]
 
 
 @pytest.mark.parametrize("preset", ["single", "vanilla", "micro", "sparse"])

@@ -12,8 +12,9 @@ from .backbone_tuning import (TopLayersRewardModel, TopLayersTrainer, initialize
                               tune_backbone, tune_on_splits)
 from .callbacks import RoutingCollapseCallback
 from .job import (cached_features, check_epochs, run_trainer, save_checkpoint, split_for_training, train_head,
-                  train_preset, train_reward_model)
-from .mixture_tuning import MixtureStatesCollator, TopLayersMixture, cached_state_sets, prepare_top_layers, state_pairs
+                  train_preset, train_reward_model, train_top_layers, train_tuned_preset)
+from .mixture_tuning import (MixtureStatesCollator, TopLayersMixture, cached_state_sets, prepare_top_layers,
+                             state_pairs, tuned_pair_features)
 from .optim import PartLearningRatesMixin, optimizer_groups, parameter_role
 from .top_layers import add_lora_adapters, keyed_pairs, split_layers, state_batch
 from .trainer import PairCollator, SIDES, SMoETrainer, distributed_objective, tokenize_pairs

@@ -25,7 +25,8 @@ from ..modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE, SMoERewardModel
 from ..runtime import (backbone_hub_id, check_output_dir, load_backbone_model, non_finite_parameters, publish,
                        resolve_backbone, save_run, staging_dir, state, write_text_atomic)
 from .arguments import DataArguments, ModelArguments, SMoETrainingArguments
-from .mixture_tuning import MixtureStatesCollator, cached_state_sets, finish_top_layers, prepare_top_layers
+from .mixture_tuning import (MixtureStatesCollator, cached_state_sets, finish_top_layers, prepare_top_layers,
+                             tuned_pair_features)
 from .trainer import SMoETrainer
 
 
@@ -229,7 +230,9 @@ def train_reward_model(data: DataArguments, model_args: ModelArguments, training
                                        resume_from_checkpoint=None)
     resume_from = training.resume_from_checkpoint or last_complete_checkpoint(trainer_args.output_dir)
     if model_args.tune_layers:
-        train_top_layers(model, tokenizer, splits, data, model_args, trainer_args, resume_from)
+        train_top_layers(model, tokenizer, splits, trainer_args, model_args.tune_layers,
+                         lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha, cache_dir=data.cache_dir,
+                         max_length=data.max_length, resume_from=resume_from)
         features_of = ("validation", "test")  # the tuned layers give new features; training never needed them
     else:
         features_of = tuple(splits)
@@ -244,14 +247,35 @@ def train_reward_model(data: DataArguments, model_args: ModelArguments, training
     return results
 
 
-def train_top_layers(model, tokenizer, splits: dict, data: DataArguments, model_args: ModelArguments,
-                     trainer_args, resume_from=None) -> None:
+def train_top_layers(model, tokenizer, splits: dict, trainer_args, tune_layers: int, *, lora_rank: int = 0,
+                     lora_alpha: float = 16.0, cache_dir=None, max_length: int = 1024, resume_from=None) -> tuple:
     """Trains `model`'s top `tune_layers` layers with its head under its objective, from states entering them
-    cached once per text (`mixture_tuning`), then freezes the tuned backbone again (LoRA adapters merged)."""
-    wrapper, adapters = prepare_top_layers(model, model_args.tune_layers, model_args.lora_rank, model_args.lora_alpha)
-    sets, states = cached_state_sets(wrapper, tokenizer, splits, cache_dir=data.cache_dir, max_length=data.max_length)
+    cached once per text (`mixture_tuning`), then freezes the tuned backbone again (LoRA adapters merged).
+    Returns (the `TopLayersMixture` around the tuned model, the hidden-state cache): what `tuned_pair_features`
+    measures it with."""
+    wrapper, adapters = prepare_top_layers(model, tune_layers, lora_rank, lora_alpha)
+    sets, states = cached_state_sets(wrapper, tokenizer, splits, cache_dir=cache_dir, max_length=max_length)
     run_trainer(wrapper, sets, trainer_args, resume_from, data_collator=MixtureStatesCollator(states))
     finish_top_layers(model, adapters)
+    return wrapper, states
+
+
+def train_tuned_preset(backbone, tokenizer, splits: dict, preset: str, num_experts: int, seed: int, epochs: float,
+                       output_dir: str, tune_layers: int, training: dict | None = None, *, cache_dir=None,
+                       max_length: int = 1024) -> tuple:
+    """`train_preset` with a copy of `backbone`'s top `tune_layers` layers trained jointly with the head under
+    its objective (`train_top_layers`); returns (model, its pair features of every split in `splits`). The
+    features come from the cached states entering the tuned layers (`tuned_pair_features`), so the presets and
+    seeds of one table share one run of the lower layers. `training`: `SMoETrainingArguments` fields to change."""
+    torch.manual_seed(seed)
+    model = SMoERewardModel.from_backbone(copy.deepcopy(backbone), tokenizer=tokenizer, preset=preset,
+                                          num_experts=None if preset == "single" else num_experts)
+    check_epochs(epochs)
+    args = SMoETrainingArguments(output_dir=output_dir, seed=seed, num_train_epochs=epochs,
+                                 **{"disable_tqdm": True, **(training or {})})
+    wrapper, states = train_top_layers(model, tokenizer, splits, args, tune_layers, cache_dir=cache_dir,
+                                       max_length=max_length)
+    return model, {name: tuned_pair_features(wrapper, states, split) for name, split in splits.items()}
 
 
 def heads_only_options(model_args: ModelArguments) -> dict:

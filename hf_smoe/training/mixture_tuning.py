@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from datasets import Dataset
 from torch import nn
 
+from ..data import PAIR_METADATA
 from ..errors import InputError
-from ..features import HiddenStateCache
+from ..features import FEATURE_COLUMNS, HiddenStateCache
 from ..modeling.modeling_smoe import pool
 from .top_layers import add_lora_adapters, keyed_pairs, split_layers, state_batch
 
@@ -114,3 +116,22 @@ class MixtureStatesCollator:
         batch["prompt_lengths"] = torch.tensor([row["chosen_prompt_length"] for row in rows]
                                                + [row["rejected_prompt_length"] for row in rows])
         return batch
+
+
+@torch.inference_mode()
+def tuned_pair_features(wrapper: TopLayersMixture, cache: HiddenStateCache, pairs, batch_pairs: int = 32) -> Dataset:
+    """The pair features (`EmbeddingCache.pair_features`' columns) of the tuned model, computed from the cached
+    states entering its top layers: only the k tuned layers run, so measuring several tuned heads on the same
+    pairs never re-runs the lower layers. The same computation as a full forward pass of the tuned model in
+    float32 (the prompt representation from the chosen response's pass)."""
+    keyed = state_pairs(pairs, cache)
+    collate = MixtureStatesCollator(cache)
+    columns = {name: [] for name in FEATURE_COLUMNS}
+    for start in range(0, len(keyed), batch_pairs):
+        batch = collate([keyed[row] for row in range(start, min(start + batch_pairs, len(keyed)))])
+        prompts, responses = wrapper.embed_states(batch["states"], batch["lengths"], batch["prompt_lengths"])
+        chosen, rejected = responses.chunk(2)
+        for name, value in zip(FEATURE_COLUMNS, (prompts.chunk(2)[0], chosen, rejected)):
+            columns[name].extend(value.float().numpy())
+    metadata = [name for name in PAIR_METADATA if name in pairs.column_names]
+    return Dataset.from_dict(columns | {name: pairs[name] for name in metadata})

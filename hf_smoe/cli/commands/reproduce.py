@@ -45,6 +45,11 @@ class ReproduceArguments:
     measure_on: Literal["test", "validation"] = field(default="test", metadata={
         "help": "table1: 'validation' labels experts on train and measures on validation, for diagnosis without "
                 "reading test"})
+    tune_layers: int = field(default=0, metadata={
+        "metavar": "k",
+        "help": "table1: train each head jointly with the backbone's top k layers under its own objective (as "
+                "`smoe train --tune_layers k`; the layers' rate is --layers_learning_rate), and probe the tuned "
+                "features; 0: the backbone stays frozen"})
     k_values: list[int] | None = field(default=None, metadata={
         "metavar": "K", "help": "fig6: the numbers of experts (default: 10 20 30 40 50)"})
     samples_per_stratum: int = field(default=100, metadata={
@@ -59,6 +64,11 @@ class ReproduceArguments:
         SEED.check(self, "seeds")
         POSITIVE.check(self, "epochs")
         AT_LEAST_ONE.check(self, "num_experts", "k_values", "samples_per_stratum")
+        if self.tune_layers:
+            AT_LEAST_ONE.check(self, "tune_layers")
+            if self.experiment != "table1":
+                raise InputError(f"--tune-layers: {self.experiment} trains on the frozen backbone; --tune-layers "
+                                 "applies to table1.")
 
     def sizes(self) -> dict:
         """`--size hh=700 dsp=150` as {"hh": 700, "dsp": 150}."""
@@ -148,7 +158,7 @@ def main(reproduce: ReproduceArguments, backbone: BackboneArguments, generators:
         if "general" in (reproduce.datasets or ()):
             raise InputError("--datasets: 'general' has no categories for Table 1; choose from hh, dsp, demo.")
         reproduce_table1(datasets=tuple(reproduce.datasets or ("hh", "dsp", "demo")), seeds=seeds or (0, 1, 2),
-                         sizes=sizes, measure_on=reproduce.measure_on, **options)
+                         sizes=sizes, measure_on=reproduce.measure_on, tune_layers=reproduce.tune_layers, **options)
     elif reproduce.experiment in ("table5", "fig8", "table13"):
         reproduce_personalization(n_values=(5, 10, 25, 50, 100) if reproduce.experiment == "fig8" else (50,),
                                   num_users=5 if reproduce.experiment == "table13" else None,
