@@ -10,16 +10,20 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset, Value
+from transformers import AutoModel
 
 from hf_smoe import encode_pair
 from hf_smoe.cli.main import main
 from hf_smoe.data import CRITERION_TEMPLATE, DSP_CRITERIA, load_pairs
+from hf_smoe.evaluation import head_outputs
+from hf_smoe.features import EmbeddingCache, as_training_features
+from hf_smoe.personalization import steering_report
 from hf_smoe.runtime.loading import load_checkpoint
 from hf_smoe.reproduce import (reproduce_fig2, reproduce_fig6, reproduce_personalization, reproduce_table1,
                                reproduce_table4, reproduce_table8, reproduce_table14, resolve_data_root)
 from hf_smoe.reproduce.personalization import dsp_user_pairs
 from hf_smoe.reproduce.reproduction_datasets import (SPLIT_FRACTIONS, dsp_with_criterion, hh_mixture,
-                                                     without_criterion)
+                                                     reproduction_data, reproduction_splits, without_criterion)
 from hf_smoe.reproduce.results import summarize
 from hf_smoe.metrics import routing_diagnosis
 from hf_smoe.evaluation.probes import (L2_GRID, bradley_terry_loss, bradley_terry_probe, category_probe, fit_linear_probe,
@@ -290,6 +294,35 @@ def test_fig2_steers_on_prompts_without_the_criterion(backbone_dirs, tmp_path):
     assert steerable.config.preset == "sparse" and steerable.config.num_experts == 3
 
 
+def test_fig2_with_tuned_layers_steers_the_tuned_model(backbone_dirs, tmp_path):
+    """`tune_layers=1`: the saved sparse model carries its tuned top layer (the lower one bit-identical), and its
+    steering report is what a full forward pass of that checkpoint on the test pairs without the criterion gives."""
+    reproduce_fig2(seeds=(0,), output_dir=tmp_path / "out", backbone=backbone_dirs["llama"], epochs=1,
+                   cache_dir=tmp_path / "cache", data_root=SHARED_DATA, size=6, num_experts=3, tune_layers=1,
+                   training={"layers_learning_rate": 1e-2})
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["job"]["tune_layers"] == 1 and "top 1 layers tuned" in (tmp_path / "out" / "fig2.md").read_text()
+    model, tokenizer = load_checkpoint(tmp_path / "out" / "sparse")
+    original = dict(AutoModel.from_pretrained(backbone_dirs["llama"]).named_parameters())
+    tuned = dict(model.backbone.named_parameters())
+    assert all(torch.equal(tuned[name], value) for name, value in original.items() if name.startswith("layers.0."))
+    assert any(not torch.equal(tuned[name], value) for name, value in original.items() if name.startswith("layers.1."))
+
+    splits = reproduction_splits(reproduction_data("dsp", 6), SHARED_DATA)
+    plain = without_criterion(splits["test"])
+    features = EmbeddingCache(model, tokenizer, cache_dir=tmp_path / "check", max_length=256, dtype=torch.float32,
+                              show_progress=False).pair_features(plain)
+    outputs = head_outputs(model.head, as_training_features(features))
+    domains = saved["results"]["domains"]
+    report = saved["results"]["runs"]["sparse"][0]
+    expected = steering_report(outputs["routing_weights"], outputs["chosen_expert_rewards"],
+                               outputs["rejected_expert_rewards"],
+                               torch.tensor([domains.index(c) for c in plain["category"]]),
+                               torch.tensor(report["targets"]))
+    assert report["flip_rate"] == pytest.approx(expected["flip_rate"], nan_ok=True)
+    assert report["undesired_flip_rate"] == pytest.approx(expected["undesired_flip_rate"], nan_ok=True)
+
+
 def test_without_criterion_restores_the_bare_query():
     pairs = dsp_with_criterion(2, seed=0, data_root=SHARED_DATA)
     plain = without_criterion(pairs)
@@ -341,6 +374,18 @@ def test_dsp_users_relabel_pairs_by_their_domain_weights():
     # u0: A > B > N (the B-vs-A duplicate kept once); u1: B > A = N (the A-vs-N tie dropped)
     assert got == [("u0", "A", "B"), ("u0", "A", "N"), ("u0", "B", "N"), ("u1", "B", "A"), ("u1", "B", "N")]
     assert relabelled["category"] == relabelled["user"]
+
+
+def test_personalization_with_tuned_layers_adapts_each_tuned_model(backbone_dirs, tmp_path):
+    summary = reproduce_personalization(n_values=(2,), seeds=(0,), adaptation_sets=1, num_experts=3,
+                                        output_dir=tmp_path / "out", backbone=backbone_dirs["llama"], epochs=1,
+                                        cache_dir=tmp_path / "cache", data_root=SHARED_DATA, dsp_queries=8,
+                                        general_sizes=(20, 10), tune_layers=1)
+    assert list(summary) == ["single", "HyRe", "vanilla", "micro", "sparse"]
+    assert summary["single"][2]["overall"]["change"] == 0.0  # nothing to adapt, tuned or not
+    assert "top 1 layers tuned with each head" in (tmp_path / "out" / "table5.md").read_text()
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["job"]["tune_layers"] == 1
 
 
 def test_table13_adapts_to_dirichlet_users(backbone_dirs, tmp_path):

@@ -1,7 +1,7 @@
-"""Any GGUF model as a generator: a tiny random Qwen2 written with gguf-py's `GGUFWriter` (F32 tensors under
-llama.cpp's names, a byte-level BPE vocabulary with merges, a ChatML template) is converted once into the cache keyed
-by its digest, an interrupted conversion leaves nothing finished, a model cut into part packages is joined and its
-digest checked, and `load_generator` runs on the result."""
+"""Any GGUF model as a generator or a backbone: a tiny random Qwen2 written with gguf-py's `GGUFWriter` (F32 tensors
+under llama.cpp's names, a byte-level BPE vocabulary with merges, a ChatML template) is converted once into the cache
+keyed by its digest, an interrupted conversion leaves nothing finished, a model cut into part packages is joined and
+its digest checked, and `load_generator` runs on the result."""
 
 import hashlib
 import importlib
@@ -23,8 +23,8 @@ from hf_smoe.bench import bench_judge
 from hf_smoe.errors import InputError
 from hf_smoe.interpret.generators.loading import load_generator
 from hf_smoe.runtime import gguf_sources
-from hf_smoe.runtime.gguf_sources import SplitModel, gguf_generator_path
-from hf_smoe.runtime.loading import is_converted
+from hf_smoe.runtime.gguf_sources import SplitModel, gguf_model_path
+from hf_smoe.runtime.loading import is_converted, load_backbone_model, resolve_backbone
 from hf_smoe.testing import CHATML_TEMPLATE, WORDS
 
 CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -114,7 +114,7 @@ def finished_conversions(cache: Path) -> list:
 
 def test_conversion_gives_the_original_model_keyed_by_digest(tiny, cache):
     path, model, data = tiny
-    folder = gguf_generator_path(str(path))
+    folder = gguf_model_path(str(path))
     assert folder.parent == cache / "gguf"
     assert folder.name == f"{hashlib.sha256(data).hexdigest()[:16]}-tiny-qwen2"
     converted = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -128,23 +128,23 @@ def test_conversion_gives_the_original_model_keyed_by_digest(tiny, cache):
 
 def test_an_unchanged_file_is_neither_converted_nor_hashed_again(tiny, cache, monkeypatch):
     path = tiny[0]
-    first = gguf_generator_path(str(path))
+    first = gguf_model_path(str(path))
 
     def fail(*args, **kwargs):
         raise AssertionError("converted or hashed again")
 
     monkeypatch.setattr("hf_smoe.runtime.loading.convert_gguf", fail)
     monkeypatch.setattr(hashlib, "sha256", fail)
-    assert gguf_generator_path(str(path)) == first
-    assert gguf_generator_path(str(path.parent)) == first  # the folder holding it names the same file
+    assert gguf_model_path(str(path)) == first
+    assert gguf_model_path(str(path.parent)) == first  # the folder holding it names the same file
 
 
 def test_a_changed_file_converts_again(tiny, cache, tmp_path):
     path = tmp_path / "model.gguf"
     shutil.copyfile(tiny[0], path)
-    first = gguf_generator_path(str(path))
+    first = gguf_model_path(str(path))
     other = write_tiny_gguf(path, seed=1)
-    second = gguf_generator_path(str(path))
+    second = gguf_model_path(str(path))
     assert second != first and second.name.startswith(hashlib.sha256(path.read_bytes()).hexdigest()[:16])
     ids = torch.tensor([[5, 17, 42]])
     with torch.no_grad():
@@ -160,12 +160,12 @@ def test_an_interrupted_conversion_leaves_nothing_finished(tiny, cache, monkeypa
 
     monkeypatch.setattr("hf_smoe.runtime.loading.AutoTokenizer.from_pretrained", killed)
     with pytest.raises(KeyboardInterrupt):
-        gguf_generator_path(str(path))
+        gguf_model_path(str(path))
     assert finished_conversions(cache) == []
     assert [p.name for p in (cache / "gguf").iterdir() if p.suffix != ".lock"] == ["digests.json"]
     monkeypatch.undo()
     monkeypatch.setenv("HF_SMOE_CACHE", str(cache))
-    rerun = gguf_generator_path(str(path))
+    rerun = gguf_model_path(str(path))
     assert finished_conversions(cache) == [rerun]
 
 
@@ -181,7 +181,7 @@ def test_processes_converting_at_once_convert_once_and_all_get_the_folder(tiny, 
 
     monkeypatch.setattr(loading, "convert_gguf", slow_convert)
     with ThreadPoolExecutor(max_workers=3) as pool:
-        folders = list(pool.map(lambda _: gguf_generator_path(str(tiny[0])), range(3)))
+        folders = list(pool.map(lambda _: gguf_model_path(str(tiny[0])), range(3)))
     assert len(calls) == 1 and len(set(folders)) == 1 and is_converted(folders[0])
 
 
@@ -189,15 +189,31 @@ def test_a_folder_with_two_gguf_files_is_one_error(tiny, cache, tmp_path):
     shutil.copyfile(tiny[0], tmp_path / "a.gguf")
     shutil.copyfile(tiny[0], tmp_path / "b.gguf")
     with pytest.raises(InputError, match=r"holds 2 GGUF files \(a\.gguf, b\.gguf\)"):
-        gguf_generator_path(str(tmp_path))
+        gguf_model_path(str(tmp_path))
     with pytest.raises(InputError, match="no such GGUF file"):
-        gguf_generator_path(str(tmp_path / "missing.gguf"))
+        gguf_model_path(str(tmp_path / "missing.gguf"))
+
+
+def test_a_gguf_file_is_a_backbone(tiny, cache):
+    """`--backbone model.gguf`: the reward model's backbone is the converted model's base, whose last hidden state
+    is the causal LM's own (the state before its output head), and a missing file is one error naming the flag."""
+    path, model, _ = tiny
+    assert resolve_backbone(str(path)) == str(gguf_model_path(str(path)))
+    reward_model, tokenizer = load_backbone_model(str(path), "sparse", 3, seed=0)
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
+    with torch.no_grad():
+        hidden = reward_model.backbone(input_ids=ids).last_hidden_state
+        expected = model(ids, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(hidden, expected, atol=1e-5, rtol=1e-5)
+    assert tokenizer.chat_template == CHATML_TEMPLATE
+    with pytest.raises(InputError, match=r"^backbone: no such GGUF file"):
+        resolve_backbone(str(path.with_name("missing.gguf")))
 
 
 def test_other_specs_are_not_gguf(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    assert gguf_generator_path("HuggingFaceTB/SmolLM2-135M-Instruct") is None
-    assert gguf_generator_path(str(tmp_path)) is None  # a model folder stays a model folder
+    assert gguf_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") is None
+    assert gguf_model_path(str(tmp_path)) is None  # a model folder stays a model folder
 
 
 def write_parts(root: Path, package: str, chunks) -> None:
@@ -233,7 +249,7 @@ def split(tiny, tmp_path, monkeypatch):
 def test_a_split_model_is_joined_checked_and_converted(split, tiny, cache):
     model, chunks, install = split
     install(chunks)
-    folder = gguf_generator_path("tiny-split")
+    folder = gguf_model_path("tiny-split")
     assert (cache / "gguf" / "tiny-split.gguf").read_bytes() == tiny[2]
     assert folder.name == f"{hashlib.sha256(tiny[2]).hexdigest()[:16]}-tiny-split" and is_converted(folder)
 
@@ -257,7 +273,7 @@ def test_a_damaged_split_model_is_one_error_and_leaves_no_join(split, cache, dam
         parts[0], parts[1] = parts[1], parts[0]
     install(parts)
     with pytest.raises(InputError, match=message):
-        gguf_generator_path("tiny-split")
+        gguf_model_path("tiny-split")
     assert not (cache / "gguf").exists() or not any(p.suffix in (".gguf", ".partial")
                                                     for p in (cache / "gguf").iterdir())
 
@@ -267,11 +283,11 @@ def test_load_generator_runs_a_gguf_file(tiny, cache, tmp_path):
     [answer] = generator.generate(["hello how are you today ?"], max_new_tokens=4)
     assert isinstance(answer, str)
     converted = finished_conversions(cache)
-    assert converted == [gguf_generator_path(str(tiny[0]))]
+    assert converted == [gguf_model_path(str(tiny[0]))]
 
 
 def test_bench_judge_takes_a_gguf_file_as_the_judge(tiny, cache):
     """`smoe bench judge --backbone x.gguf` times the converted model, as `--generator x.gguf` would run it."""
     results = bench_judge(str(tiny[0]), num_prompts=3, batch_size=2)[str(tiny[0])]
     assert results["prompts"] == 3 and results["batched_vs_one_at_a_time_max_probability_gap"] < 1e-4
-    assert finished_conversions(cache) == [gguf_generator_path(str(tiny[0]))]
+    assert finished_conversions(cache) == [gguf_model_path(str(tiny[0]))]

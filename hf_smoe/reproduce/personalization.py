@@ -12,9 +12,9 @@ from ..evaluation import head_outputs, plot_gains
 from ..features import as_training_features, training_encoding
 from ..personalization import adapt_router, expert_rewards_of, routed_accuracy
 from ..runtime import DEFAULT_BACKBONE, load_frozen_backbone
-from ..training import cached_features, save_checkpoint, train_preset
+from ..training import cached_features, save_checkpoint, train_preset, train_tuned_preset
 from .reproduction_datasets import DSP_MAX_LENGTH, DSP_QUERIES, GENERAL_SIZES, dsp_targets, general_data
-from .results import markdown_header, markdown_row, write_results
+from .results import backbone_state, markdown_header, markdown_row, write_results
 from .settings import EPOCHS, REAL_WORLD_EXPERTS, REAL_WORLD_SPARSE, SEEDS
 
 # Table 5 rows: (row name, preset trained on the general mixture, adaptation method (None = not adapted), config
@@ -26,16 +26,16 @@ PERSONALIZATION_ROWS = (("single", "single", None, {}), ("HyRe", "static", "hyre
 
 def personalization_data(backbone, tokenizer, *, cache_dir=None, data_root=None, dsp_queries: int = DSP_QUERIES,
                          general_sizes: tuple = GENERAL_SIZES, users: dict | None = None):
-    """(splits, features) of the general training mixture (split by prompt), and features of DSP without the
-    criterion, split by query: adaptation pairs are drawn from the train + validation queries, accuracy is measured
-    on the test queries. With `users`, the DSP pairs are relabelled by each user (`dsp_user_pairs`)."""
+    """(splits, features) of the general training mixture (split by prompt), and (pairs, features) of DSP without
+    the criterion, split by query: adaptation pairs are drawn from the train + validation queries, accuracy is
+    measured on the test queries. With `users`, the DSP pairs are relabelled by each user (`dsp_user_pairs`)."""
     general, general_features = general_data(backbone, tokenizer, cache_dir=cache_dir, data_root=data_root,
                                              sizes=general_sizes)
     targets = dsp_targets(dsp_queries, data_root)
     if users:
         targets = {name: dsp_user_pairs(split, users) for name, split in targets.items()}
-    return (general, general_features, cached_features(backbone, tokenizer, targets, cache_dir=cache_dir,
-                                                       max_length=DSP_MAX_LENGTH))
+    return (general, general_features, targets, cached_features(backbone, tokenizer, targets, cache_dir=cache_dir,
+                                                                max_length=DSP_MAX_LENGTH))
 
 
 def dsp_user_pairs(pairs, users: dict):
@@ -89,33 +89,43 @@ def reproduce_personalization(n_values=(50,), seeds=SEEDS, adaptation_sets: int 
                               training: dict | None = None,
                               cache_dir=None, data_root=None, dsp_queries: int = DSP_QUERIES,
                               general_sizes: tuple = GENERAL_SIZES, num_users: int | None = None,
-                              alpha: float = 0.3) -> dict:
+                              alpha: float = 0.3, tune_layers: int = 0) -> dict:
     """Table 5 / 12 (n = 50) and Fig. 8 (several n): train every row on the general mixture, adapt its router to
     each DSP domain (criterion removed) from n pairs, 3 sampled adaptation sets, and report accuracy before/after.
     With `num_users`, Table 13's analogue: users drawn from Dirichlet(alpha) over the DSP domains replace the
-    domains (App. H)."""
+    domains (App. H). `tune_layers=k` trains each row's head jointly with a copy of the backbone's top k layers
+    (`train_tuned_preset`), and adapts it on its own tuned features of the DSP pairs."""
     output = Path(output_dir)
     backbone_model, tokenizer = load_frozen_backbone(backbone)
     users = dirichlet_users(sorted(DSP_CRITERIA), num_users, alpha=alpha) if num_users else None
-    general_splits, general, targets = personalization_data(
+    general_splits, general, target_pairs, targets = personalization_data(
         backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root, dsp_queries=dsp_queries,
         general_sizes=general_sizes, users=users)
     rows = {}
     for name, preset, method, overrides in PERSONALIZATION_ROWS:
         per_seed = []
         for seed in seeds:
-            model, _ = train_preset(backbone_model, tokenizer, general, preset, num_experts, seed, epochs,
-                                    str(output / "trainer"), training, **overrides)
-            per_seed.append(adapt_per_domain(model, method, targets, n_values, adaptation_sets))
+            if tune_layers:
+                model, features_of = train_tuned_preset(
+                    backbone_model, tokenizer, general_splits, preset, num_experts, seed, epochs,
+                    str(output / "trainer"), tune_layers, training, cache_dir=cache_dir, max_length=DSP_MAX_LENGTH,
+                    **overrides)
+                validation = features_of(general_splits["validation"])
+                adapted_on = {part: features_of(pairs) for part, pairs in target_pairs.items()}
+            else:
+                model, _ = train_preset(backbone_model, tokenizer, general, preset, num_experts, seed, epochs,
+                                        str(output / "trainer"), training, **overrides)
+                validation, adapted_on = general["validation"], targets
+            per_seed.append(adapt_per_domain(model, method, adapted_on, n_values, adaptation_sets))
         rows[name] = per_seed
         if name == "sparse":
-            upweighted = most_upweighted_experts(model, per_seed[-1], general["validation"],
+            upweighted = most_upweighted_experts(model, per_seed[-1], validation,
                                                  general_splits["validation"]["prompt"], max(n_values))
             # for `smoe adapt` on data of one's own
             save_checkpoint(model, tokenizer, output / "sparse", training_encoding(DSP_MAX_LENGTH))
         print(f"{name}: adapted to {len(per_seed[0])} domains")
     summary = personalization_summary(rows, n_values)
-    markdown = personalization_markdown(summary, n_values, len(seeds), adaptation_sets, num_experts)
+    markdown = personalization_markdown(summary, n_values, len(seeds), adaptation_sets, num_experts, tune_layers)
     markdown += upweighted_markdown(upweighted, max(n_values))
     if len(n_values) > 1:
         plot_gains(output / "fig8.png", n_values,
@@ -132,7 +142,7 @@ def reproduce_personalization(n_values=(50,), seeds=SEEDS, adaptation_sets: int 
                    "training": training or {},
                    "config_overrides": {name: overrides for name, _, _, overrides in PERSONALIZATION_ROWS},
                    "backbone": backbone, "dsp_queries": dsp_queries, "general_sizes": list(general_sizes),
-                   "users": users},
+                   "users": users, "tune_layers": tune_layers},
                   {"summary": summary, "runs": rows, "most_upweighted": upweighted})
     return summary
 
@@ -156,13 +166,15 @@ def personalization_summary(rows: dict, n_values) -> dict:
     return summary
 
 
-def personalization_markdown(summary: dict, n_values, num_seeds: int, adaptation_sets: int, num_experts) -> str:
+def personalization_markdown(summary: dict, n_values, num_seeds: int, adaptation_sets: int, num_experts,
+                             tune_layers: int = 0) -> str:
     domains = [d for d in next(iter(summary.values()))[n_values[0]] if d != "overall"]
     lines = []
     for n in n_values:
         lines += [f"### Accuracy (%) on DSP test queries after adapting to each domain or user from n = {n} pairs "
                   f"(change vs. not adapted; K = {num_experts}, {num_seeds} training seed(s) x {adaptation_sets} "
-                  "adaptation sets)", "", *markdown_header("method", *domains, "overall")]
+                  f"adaptation sets, {backbone_state(tune_layers)})", "",
+                  *markdown_header("method", *domains, "overall")]
         for name, by_n in summary.items():
             lines.append(markdown_row(name, *(f"{100 * by_n[n][d]['after']:.1f} ({100 * by_n[n][d]['change']:+.1f})"
                                               for d in [*domains, "overall"])))

@@ -17,6 +17,11 @@ def metric_columns(*keys) -> tuple:
     return tuple((key, *METRIC_COLUMNS[key]) for key in keys)
 
 
+def backbone_state(tune_layers: int) -> str:
+    """How a table's heads saw the backbone, for its caption."""
+    return f"the backbone's top {tune_layers} layers tuned with each head" if tune_layers else "frozen backbone"
+
+
 def markdown_row(*cells) -> str:
     return "| " + " | ".join(str(cell) for cell in cells) + " |"
 

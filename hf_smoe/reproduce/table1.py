@@ -12,7 +12,8 @@ from ..features import as_training_features
 from ..runtime import DEFAULT_BACKBONE, load_frozen_backbone
 from ..training import train_preset, train_tuned_preset
 from .reproduction_datasets import DATASETS, prepare, reproduction_data
-from .results import markdown_header, markdown_row, mean_std_cell, metric_columns, summarize, write_results
+from .results import (backbone_state, markdown_header, markdown_row, mean_std_cell, metric_columns, summarize,
+                      write_results)
 from .settings import COMPARED_PRESETS, EPOCHS, SEEDS
 
 TABLE1_COLUMNS = metric_columns("accuracy", "routing_entropy", "global_entropy", "expert_correlation",
@@ -24,12 +25,10 @@ def table1_markdown(record: dict) -> str:
     lines = []
     for name, result in record.items():
         data = result["data"]
-        tuned = result.get("tune_layers")
         lines += [f"### {name}: {data['description']}",
                   f"K = {data['num_experts']}, {result['pairs']} pairs (train/validation/test), max length "
                   f"{data['max_length']}, {len(result['seeds'])} seeds (mean ± std), measured on "
-                  f"{result['measured_on']}; backbone "
-                  + (f"with its top {tuned} layers tuned with each head" if tuned else "frozen"), "",
+                  f"{result['measured_on']}, {backbone_state(result.get('tune_layers', 0))}", "",
                   *markdown_header("preset", *(label for _, label, _ in TABLE1_COLUMNS))]
         for preset, summary in result["summary"].items():
             cells = [mean_std_cell(summary, key, scale) if preset != "single" or key == "accuracy" else "-"
@@ -140,15 +139,17 @@ def reproduce_table1(datasets=tuple(DATASETS), seeds=SEEDS, output_dir="outputs/
         probe, preference = category_probe(features), preference_probes(features)
         view = without_test if measure_on == "validation" else dict
         # tuned heads are measured on features of their own: test pairs are embedded only when test is measured
-        measured_splits = splits if measure_on == "test" else {part: splits[part] for part in ("train", "validation")}
+        measured = ("train", "validation", "test") if measure_on == "test" else ("train", "validation")
         runs, first_models, tuned_probes = {}, {}, {}
         for preset in COMPARED_PRESETS:
             for seed in seeds:
                 folder = str(output / "trainer" / name / preset)
                 if tune_layers:
-                    model, tuned = train_tuned_preset(backbone_model, tokenizer, measured_splits, preset,
-                                                      data.num_experts, seed, epochs, folder, tune_layers, training,
-                                                      cache_dir=cache_dir, max_length=data.max_length)
+                    model, features_of = train_tuned_preset(backbone_model, tokenizer, splits, preset,
+                                                            data.num_experts, seed, epochs, folder, tune_layers,
+                                                            training, cache_dir=cache_dir,
+                                                            max_length=data.max_length)
+                    tuned = {part: features_of(splits[part]) for part in measured}
                     metrics = evaluate_head(model, view(tuned))
                     if seed == seeds[0]:  # does the objective keep the categories' directions apart?
                         tuned_probes[preset] = {"category_probe": category_probe(tuned),

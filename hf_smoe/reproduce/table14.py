@@ -45,8 +45,9 @@ def reproduce_table14(domain: str = TABLE14_DOMAIN, steps: int = 100, seed: int 
     output, started = Path(output_dir), time.time()
     policy = str(policy or default_generator_path())
     backbone_model, tokenizer = load_frozen_backbone(backbone)
-    _, general, targets = personalization_data(backbone_model, tokenizer, cache_dir=cache_dir, data_root=data_root,
-                                               dsp_queries=dsp_queries, general_sizes=general_sizes)
+    _, general, _, targets = personalization_data(backbone_model, tokenizer, cache_dir=cache_dir,
+                                                  data_root=data_root, dsp_queries=dsp_queries,
+                                                  general_sizes=general_sizes)
     pairs = dsp_targets(dsp_queries, data_root)
     if domain not in set(pairs["test"]["category"]):
         raise InputError(f"domain: {domain!r} is not a DSP domain; choose one of {sorted(DSP_CRITERIA)}.")

