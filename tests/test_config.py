@@ -9,11 +9,11 @@ LLAMA = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, n
 BERT = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
 
 
-def test_defaults_follow_the_paper():
+def test_defaults_follow_the_paper_but_the_diversity_weight():
     config = SMoERewardConfig(backbone_config=LLAMA)
     assert (config.num_experts, config.preset, config.router_hidden_size) == (5, "sparse", 128)
     assert (config.router_dropout, config.router_jitter_noise) == (0.2, 0.25)
-    assert (config.lambda_local, config.lambda_global, config.lambda_div, config.lambda_uniform) == (0.5, 0.5, 2.0, 0.0)
+    assert (config.lambda_local, config.lambda_global, config.lambda_div, config.lambda_uniform) == (0.5, 0.5, 0.5, 0.0)
     assert config.num_labels == 1 and config.hidden_size == 32
     assert config.prompt_representation == "same_pass" and config.pooling == "last_token"
     assert set(config.auto_map) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification"}

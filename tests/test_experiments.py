@@ -357,7 +357,7 @@ def test_personalization_adapts_every_domain_and_reports_the_change(backbone_dir
     # the sparse row is trained with the paper's real-world λ_gb = 1.0 and saved for `smoe adapt`
     checkpoint, _ = load_checkpoint(tmp_path / "out" / "sparse")
     assert checkpoint.config.num_experts == 3 and checkpoint.config.lambda_global == 1.0
-    assert checkpoint.config.lambda_local == 0.5 and checkpoint.config.lambda_div == 2.0
+    assert checkpoint.config.lambda_local == 0.5 and checkpoint.config.lambda_div == 0.5
     job = json.loads((tmp_path / "out" / "results.json").read_text())["job"]
     assert job["config_overrides"]["sparse"] == {"lambda_global": 1.0} and job["config_overrides"]["vanilla"] == {}
 

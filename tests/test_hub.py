@@ -178,7 +178,7 @@ def test_model_card_metadata_and_text(checkpoint):
                     {"type": "expert_purity", "value": 0.856, "name": "expert_purity"}],
     }]
     for line in ["| Number of experts K (`num_experts`) | 4 |", "| Preset (`preset`) | `sparse`: ",
-                 "(`lambda_local`) | 0.5 |", "(`lambda_global`) | 1.0 |", "(`lambda_div`) | 2.0 |",
+                 "(`lambda_local`) | 0.5 |", "(`lambda_global`) | 1.0 |", "(`lambda_div`) | 0.5 |",
                  "(`lambda_uniform`) | 0.0 |", f"| Backbone (frozen) | `{BASE_MODEL}` |",
                  "| Training data | stanfordnlp/SHP, pairs.jsonl |", "| accuracy | 0.6962 |",
                  "| routing_entropy | 0.2 |", "| global_entropy | 0.97 |", "| expert_correlation | 0.011 |",

@@ -134,7 +134,7 @@ def test_zero_variance_delta_columns_give_no_nan():
 
 
 def test_presets_resolve_to_the_papers_weights():
-    assert preset_lambdas("sparse") == {"lambda_local": 0.5, "lambda_global": 0.5, "lambda_div": 2.0,
+    assert preset_lambdas("sparse") == {"lambda_local": 0.5, "lambda_global": 0.5, "lambda_div": 0.5,
                                         "lambda_uniform": 0.0}
     assert preset_lambdas("micro")["lambda_uniform"] == 0.5
     for preset in ("single", "vanilla", "static"):
