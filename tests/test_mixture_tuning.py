@@ -16,7 +16,7 @@ from conftest import encode_batch
 from hf_smoe.data import load_pairs
 from hf_smoe.data.synthetic import generate_preference_set
 from hf_smoe.features import FEATURE_COLUMNS, EmbeddingCache, HiddenStateCache, encode_pair
-from hf_smoe.training import TopLayersMixture, tuned_pair_features
+from hf_smoe.training import TopLayersMixture, state_pairs, tuned_pair_features
 from test_remote_code import LOADER
 
 
@@ -106,6 +106,21 @@ def test_every_preset_tunes(preset, pairs_file, backbone_dirs, tmp_path):
     results = json.loads((output / "results.json").read_text())["results"]
     assert 0.0 <= results["accuracy"] <= 1.0
     assert json.loads((output / "config.json").read_text())["preset"] == preset
+
+
+def test_pairs_batch_by_length_when_asked(pairs_file, backbone_dirs, tokenizers, tmp_path):
+    """Each pair's `length` is its longer side's tokens (what `--train_sampling_strategy group_by_length` sorts
+    by), and a run with it trains."""
+    pairs = load_pairs(str(pairs_file)).select(range(6))
+    model = AutoModel.from_pretrained(backbone_dirs["llama"])
+    cache = HiddenStateCache(model, tokenizers["llama"], layer=2, cache_dir=tmp_path, max_length=64,
+                             show_progress=False)
+    expected = [max(len(encode_pair(tokenizers["llama"], pair["prompt"], pair[side], max_length=64)["input_ids"])
+                    for side in ("chosen", "rejected")) for pair in pairs]
+    assert state_pairs(pairs, cache)["length"] == expected
+    output = train(pairs_file, backbone_dirs["llama"], tmp_path / "model", "--train_sampling_strategy",
+                   "group_by_length")
+    assert 0.0 <= json.loads((output / "results.json").read_text())["results"]["accuracy"] <= 1.0
 
 
 def test_tuning_with_lora_merges_the_adapters(pairs_file, backbone_dirs, tmp_path):

@@ -86,13 +86,16 @@ def cached_state_sets(wrapper: TopLayersMixture, tokenizer, splits: dict, **cach
 
 
 def state_pairs(pairs, cache: HiddenStateCache):
-    """The pairs with their texts' keys in the hidden-state cache (computing what is missing) and each side's
-    prompt length (the prompt representation's position)."""
+    """The pairs with their texts' keys in the hidden-state cache (computing what is missing), each side's prompt
+    length (the prompt representation's position) and `length`, the longer side's tokens: what
+    `--train_sampling_strategy group_by_length` batches by, so short pairs are not padded to a long one."""
     keyed = keyed_pairs(pairs, cache)
-    lengths = {side: [cache.encode((prompt, response))["prompt_lengths"]
-                      for prompt, response in zip(pairs["prompt"], pairs[side])] for side in ("chosen", "rejected")}
-    return keyed.add_column("chosen_prompt_length", lengths["chosen"]).add_column("rejected_prompt_length",
-                                                                                 lengths["rejected"])
+    encoded = {side: [cache.encode((prompt, response)) for prompt, response in zip(pairs["prompt"], pairs[side])]
+               for side in ("chosen", "rejected")}
+    for side in ("chosen", "rejected"):
+        keyed = keyed.add_column(f"{side}_prompt_length", [e["prompt_lengths"] for e in encoded[side]])
+    return keyed.add_column("length", [max(len(chosen["input_ids"]), len(rejected["input_ids"]))
+                                       for chosen, rejected in zip(encoded["chosen"], encoded["rejected"])])
 
 
 @dataclass
