@@ -1,7 +1,8 @@
 """Does the sparse preset cost accuracy against a single head, and which part of its objective does? Frozen-backbone
 heads on every shared preference set (HH, DSP with its criterion, the demo set, the general mixture, and their union,
-whose 7 categories stand in for data with many categories), measured on validation only (test is never read; experts
-labelled on train): a single head, the sparse preset with the paper's loss weights, and the sparse preset with one
+whose 7 categories stand in for data with many categories), measured on validation (test is never read; experts
+labelled on train) while choosing; `--measure_on test` reports the choice (trained on train, experts labelled on
+validation, measured on test, as Table 1). Rows: a single head, the sparse preset with the paper's loss weights, and the sparse preset with one
 term changed at a time (λ_div, λ_ls/λ_gb, K), 3 seeds each. Writes accuracy, purity and coverage to table.md and
 results.json beside the exact command.
 
@@ -37,6 +38,7 @@ VARIANTS = (("single", "single", {}, None),
 
 
 METRICS = ("accuracy", "expert_purity", "category_coverage")
+PARTS = ("train", "validation", "test")
 
 
 @dataclass
@@ -48,10 +50,12 @@ class SparseVsSingleArguments:
     cache_dir: str | None = None
     data_root: str | None = None
     output: str = "outputs/sparse_vs_single"
+    measure_on: str = field(default="validation", metadata={"choices": ["validation", "test"]})
 
 
 def shared_features(names, backbone, tokenizer, cache_dir, data_root) -> dict:
-    """name -> {train, validation} features (category column kept); "union" concatenates the others' splits."""
+    """name -> {train, validation, test} features (category column kept); "union" concatenates the others'
+    splits."""
     sets = {}
     for name in [n for n in names if n != "union"] + (["hh", "dsp", "general"] if "union" in names else []):
         if name in sets:
@@ -62,12 +66,12 @@ def shared_features(names, backbone, tokenizer, cache_dir, data_root) -> dict:
             _, features = prepare(reproduction_data(name), backbone, tokenizer, cache_dir=cache_dir,
                                   data_root=data_root)
         sets[name] = {part: features[part].select_columns([*FEATURE_COLUMNS, "category"])
-                      for part in ("train", "validation")}
+                      for part in PARTS}
     if "union" in names:  # HH's pairs are in general too: take WebGPT from general only
         webgpt = {part: sets["general"][part].filter(lambda row: row["category"] == "webgpt")
-                  for part in ("train", "validation")}
+                  for part in PARTS}
         sets["union"] = {part: concatenate_datasets([sets["hh"][part], sets["dsp"][part], webgpt[part]])
-                         for part in ("train", "validation")}
+                         for part in PARTS}
     return {name: sets[name] for name in names}
 
 
@@ -77,7 +81,8 @@ def run(args: SparseVsSingleArguments) -> dict:
     results = {}
     for name, features in sets.items():
         categories = len(set(features["train"]["category"]))
-        view = {"train": features["train"], "validation": features["train"], "test": features["validation"]}
+        view = (features if args.measure_on == "test" else
+                {"train": features["train"], "validation": features["train"], "test": features["validation"]})
         for row, preset, overrides, k_rule in VARIANTS:
             k = None if preset == "single" else categories + 1 if k_rule == "categories+1" else k_rule
             runs = []
@@ -108,7 +113,8 @@ def write(args, results) -> None:
     rows = [row for row, *_ in VARIANTS]
     lines = [f"`{run_command()}`", ""]
     for key in METRICS:
-        lines += [f"Validation {key} (mean ± std over seeds; frozen backbone; K = categories + 1 unless said)", "",
+        lines += [f"{args.measure_on.capitalize()} {key} (mean ± std over seeds; frozen backbone; K = categories + 1 "
+                  "unless said)", "",
                   "| dataset | categories | train pairs | " + " | ".join(rows) + " |", "|---" * (3 + len(rows)) + "|"]
         lines += [f"| {name} | {result['categories']} | {result['pairs']} | "
                   + " | ".join(cell(result[row], key) if row in result and (row != "single" or key == "accuracy")
