@@ -62,11 +62,16 @@ def train_preset(backbone, tokenizer, features, preset: str, num_experts: int, s
                  output_dir: str, training: dict | None = None, **config_overrides):
     """A fresh head of `preset` (K = 1 for `single`) trained on cached features; returns (model, test metrics).
     `training`: `SMoETrainingArguments` fields to change (`smoe demo` / `smoe reproduce` flags)."""
-    torch.manual_seed(seed)
-    model = SMoERewardModel.from_backbone(backbone, tokenizer=tokenizer, preset=preset,
-                                          num_experts=None if preset == "single" else num_experts, **config_overrides)
+    model = fresh_model(backbone, tokenizer, preset, num_experts, seed, **config_overrides)
     train_head(model, features, output_dir, seed, epochs, **(training or {}))
     return model, evaluate_head(model, features)
+
+
+def fresh_model(backbone, tokenizer, preset: str, num_experts: int, seed: int, **config_overrides):
+    """A new model of `preset` around `backbone`, its head drawn from `seed` (K = 1 for `single`)."""
+    torch.manual_seed(seed)
+    return SMoERewardModel.from_backbone(backbone, tokenizer=tokenizer, preset=preset,
+                                         num_experts=None if preset == "single" else num_experts, **config_overrides)
 
 
 def train_head(model, features, output_dir: str, seed: int, epochs: float, **argument_overrides):
@@ -269,9 +274,7 @@ def train_tuned_preset(backbone, tokenizer, splits: dict, preset: str, num_exper
     `features_of(pairs)` gives the tuned model's pair features computed from the cached states entering the tuned
     layers (`tuned_pair_features`), so the presets and seeds of one experiment share one run of the lower layers.
     `training`: `SMoETrainingArguments` fields to change."""
-    torch.manual_seed(seed)
-    model = SMoERewardModel.from_backbone(copy.deepcopy(backbone), tokenizer=tokenizer, preset=preset,
-                                          num_experts=None if preset == "single" else num_experts, **config_overrides)
+    model = fresh_model(copy.deepcopy(backbone), tokenizer, preset, num_experts, seed, **config_overrides)
     check_epochs(epochs)
     args = SMoETrainingArguments(output_dir=output_dir, seed=seed, num_train_epochs=epochs,
                                  **{"disable_tqdm": True, **(training or {})})
