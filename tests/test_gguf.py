@@ -24,7 +24,8 @@ from hf_smoe.errors import InputError
 from hf_smoe.interpret.generators.loading import load_generator
 from hf_smoe.runtime import gguf_sources
 from hf_smoe.runtime.gguf_sources import SplitModel, gguf_model_path
-from hf_smoe.runtime.loading import is_converted, load_backbone_model, resolve_backbone
+from hf_smoe.runtime.conversion import is_converted
+from hf_smoe.runtime.loading import load_backbone_model, resolve_backbone
 from hf_smoe.testing import CHATML_TEMPLATE, WORDS
 
 CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -133,7 +134,7 @@ def test_an_unchanged_file_is_neither_converted_nor_hashed_again(tiny, cache, mo
     def fail(*args, **kwargs):
         raise AssertionError("converted or hashed again")
 
-    monkeypatch.setattr("hf_smoe.runtime.loading.convert_gguf", fail)
+    monkeypatch.setattr("hf_smoe.runtime.conversion.convert_gguf", fail)
     monkeypatch.setattr(hashlib, "sha256", fail)
     assert gguf_model_path(str(path)) == first
     assert gguf_model_path(str(path.parent)) == first  # the folder holding it names the same file
@@ -158,7 +159,7 @@ def test_an_interrupted_conversion_leaves_nothing_finished(tiny, cache, monkeypa
     def killed(*args, **kwargs):  # the weights are already written by now: the conversion stops midway
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("hf_smoe.runtime.loading.AutoTokenizer.from_pretrained", killed)
+    monkeypatch.setattr("hf_smoe.runtime.conversion.AutoTokenizer.from_pretrained", killed)
     with pytest.raises(KeyboardInterrupt):
         gguf_model_path(str(path))
     assert finished_conversions(cache) == []
@@ -170,16 +171,16 @@ def test_an_interrupted_conversion_leaves_nothing_finished(tiny, cache, monkeypa
 
 
 def test_processes_converting_at_once_convert_once_and_all_get_the_folder(tiny, cache, monkeypatch):
-    from hf_smoe.runtime import loading
+    from hf_smoe.runtime import conversion
 
-    calls, convert = [], loading.convert_gguf
+    calls, convert = [], conversion.convert_gguf
 
     def slow_convert(*args, **kwargs):  # long enough that the other thread asks while this one converts
         calls.append(args)
         time.sleep(0.5)
         convert(*args, **kwargs)
 
-    monkeypatch.setattr(loading, "convert_gguf", slow_convert)
+    monkeypatch.setattr(conversion, "convert_gguf", slow_convert)
     with ThreadPoolExecutor(max_workers=3) as pool:
         folders = list(pool.map(lambda _: gguf_model_path(str(tiny[0])), range(3)))
     assert len(calls) == 1 and len(set(folders)) == 1 and is_converted(folders[0])

