@@ -159,7 +159,10 @@ def test_two_processes_tune_as_one(pairs_file, backbone_dirs, tmp_path):
     launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
                                "hf_smoe.cli", *args(tmp_path / "two", tmp_path / "cache2", 8)],
                               capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
-    assert launched.returncode == 0, launched.stderr[-3000:]
+    # on failure: the start and the end of what the ranks printed, and the cache folders they wrote (one
+    # hidden-state fingerprint is expected; two would mean the ranks disagree on it)
+    folders = sorted(str(path.relative_to(tmp_path)) for path in (tmp_path / "cache2").glob("*/shard-*"))
+    assert launched.returncode == 0, f"{launched.stderr[:2000]}\n...\n{launched.stderr[-3000:]}\n{folders}"
     assert run_cli(*args(tmp_path / "one", tmp_path / "cache1", 16)).code == 0
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert any(not torch.equal(one[name], load_file(os.path.join(backbone_dirs["llama"], "model.safetensors"))[
