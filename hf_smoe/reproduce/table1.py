@@ -149,7 +149,9 @@ def reproduce_table1(datasets=tuple(DATASETS), seeds=SEEDS, output_dir="outputs/
                                                             data.num_experts, seed, epochs, folder, tune_layers,
                                                             training, cache_dir=cache_dir,
                                                             max_length=data.max_length)
-                    tuned = {part: features_of(splits[part]) for part in measured}
+                    # train features serve the probes (first seed) and, measured on validation, the labelling
+                    tuned = {part: features_of(splits[part]) for part in measured
+                             if part != "train" or seed == seeds[0] or measure_on == "validation"}
                     metrics = evaluate_head(model, view(tuned))
                     if seed == seeds[0]:  # does the objective keep the categories' directions apart?
                         tuned_probes[preset] = {"category_probe": category_probe(tuned),
