@@ -35,6 +35,47 @@ DUMP_EACH_RANK = textwrap.dedent("""
     sys.exit(main(sys.argv[1:]))
 """)
 
+EMBED_WITH_A_LATE_RANK = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    from hf_smoe.features import EmbeddingCache, PairTexts
+    from hf_smoe.runtime import load_backbone_model, state
+    from hf_smoe.data import load_pairs
+
+    backbone, pairs_file, cache_dir = sys.argv[1:]
+    model, tokenizer = load_backbone_model(backbone, "sparse", 3, 0)
+    cache = EmbeddingCache(model, tokenizer, cache_dir=cache_dir, max_length=64, batch_tokens=64, shard_size=1,
+                           show_progress=False)
+    process = state()
+    if process.process_index == 1:
+        time.sleep(3)  # the main process has written its shards by now, and waits
+    keys = cache.embed(PairTexts(load_pairs(pairs_file)))
+    print(json.dumps({"rank": process.process_index, "missing": int((cache.store.rows(keys) < 0).sum())}))
+""")
+
+
+@pytest.mark.slow
+def test_a_late_process_embeds_the_share_the_main_process_planned(backbone_dirs, tmp_path):
+    """A process that starts embedding after another has written shards still embeds its share of the same plan,
+    so no text is left out."""
+    pairs = generate_preference_set(12, seed=3)
+    pairs.to_json(tmp_path / "pairs.jsonl")
+    script = tmp_path / "embed.py"
+    script.write_text(EMBED_WITH_A_LATE_RANK)
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                               backbone_dirs["llama"], tmp_path / "pairs.jsonl", tmp_path / "cache"],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    reports = sorted((json.loads(line) for line in launched.stdout.splitlines() if line.startswith("{")),
+                     key=lambda report: report["rank"])
+    assert reports == [{"missing": 0, "rank": 0}, {"missing": 0, "rank": 1}]
+    shards = [path for path in (tmp_path / "cache").glob("*/shard-*") if path.is_dir()]
+    keys = concatenate_datasets([load_from_disk(str(shard)) for shard in shards])["key"]
+    assert len(keys) == len(set(keys))  # no text embedded twice
+    assert set(keys) == {text_key(pair["prompt"], pair[side]) for pair in pairs for side in ("chosen", "rejected")}
+    assert {int(shard.name.removeprefix("shard-")) % 2 for shard in shards} == {0, 1}  # both embedded a share
+
 
 @pytest.mark.slow
 def test_two_processes_train_the_objective_of_one_with_the_global_batch(backbone_dirs, tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from ..errors import InputError
@@ -109,10 +110,16 @@ class TextCache:
         """Makes sure every (prompt, response) in `items` (a sequence: a list, or `PairTexts`) is cached, computing
         only the missing ones; returns their keys. The plan holds each missing text's position, key and length;
         a batch is tokenized again when its turn comes, so memory does not grow with the tokens. Under several
-        processes each embeds a disjoint share of the batches (batch i on process i mod N) into its own shards,
-        and all wait for the others before reading: no text is embedded twice."""
+        processes the main process decides what is missing (a process that looked itself could see shards
+        another had already written, plan other batches, and leave texts unembedded), each embeds a disjoint share
+        of the batches (batch i on process i mod N) into its own shards, and all wait for the others before
+        reading: every text is embedded once."""
         keys = np.array([text_key(prompt, response) for prompt, response in items], dtype="S64")
-        missing = np.flatnonzero(self.store.rows(keys) < 0)
+        process = state()
+        missing = np.flatnonzero(self.store.rows(keys) < 0) if process.is_main_process else None
+        if process.num_processes > 1:
+            missing = broadcast_object_list([missing])[0]
+            self.store.refresh()  # read what the main process saw, and what is written from here on
         if len(missing) == 0:
             return keys
         _, first = np.unique(keys[missing], return_index=True)
@@ -121,7 +128,6 @@ class TextCache:
         # a fixed plan: longest first, ties by key, so a resumed run forms exactly the batches of an uninterrupted one
         order = np.lexsort((keys[positions], -lengths))
         positions, lengths = positions[order], lengths[order]
-        process = state()
         batches = list(self._length_buckets(lengths))[process.process_index::process.num_processes]
         progress = tqdm(total=int(sum(lengths[batch].sum() for batch in batches)), unit="tok", unit_scale=True,
                         desc="Embedding", disable=not self.show_progress or not process.is_local_main_process)
