@@ -72,7 +72,7 @@ def check_case(case: Case, tmp_path) -> None:
         assert isinstance(result, CliResult), f"{case.name}: expected an error, got {result!r}"
         lines = [line for line in result.stderr.splitlines() if line.startswith("smoe ")]
         assert result.code == 2, f"{case.name}: exit {result.code}; stderr: {result.stderr[-2000:]}"
-        assert len(lines) == 1 and re.match(r"smoe [a-z]+: error: ", lines[0]), result.stderr[-2000:]
+        assert len(lines) == 1 and re.match(r"smoe [a-z-]+: error: ", lines[0]), result.stderr[-2000:]
         assert "Traceback" not in result.stderr
         assert case.message.lower() in lines[0].lower(), f"{case.name}: {lines[0]}"
         return

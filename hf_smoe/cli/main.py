@@ -38,6 +38,10 @@ def main(argv=None) -> int:
             raise
         print(f"smoe {name}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: outputs are staged and caches checkpointed, so nothing half-written stays
+        print(f"smoe {name}: interrupted; finished work is kept, and the same command goes on from it.",
+              file=sys.stderr)
+        return 130
     finally:
         warnings.formatwarning = python_format
     return 0

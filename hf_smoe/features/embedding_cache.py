@@ -8,9 +8,10 @@ import torch
 from datasets import Dataset
 
 from ..errors import InputError
+from ..runtime.loading import weights_digest
 from .encoding import scoring_encoding, training_encoding
 from .store import EMBEDDING_COLUMNS, FEATURE_COLUMNS
-from .text_cache import PairTexts, TextCache, in_dtype, weights_digest
+from .text_cache import PairTexts, TextCache, in_dtype
 
 
 class EmbeddingCache(TextCache):

@@ -3,7 +3,8 @@
 import numpy as np
 import torch
 
-from .text_cache import TextCache, in_dtype, weights_digest
+from ..runtime.loading import weights_digest
+from .text_cache import TextCache, in_dtype
 
 
 class HiddenStateCache(TextCache):

@@ -82,6 +82,17 @@ def quiet_datasets_progress():
             datasets_progress.enable_progress_bars()
 
 
+@contextlib.contextmanager
+def removed_if_unfinished(partial: Path):
+    """Deletes the `.partial` folder a write fills when the write fails or is interrupted (a full disk, Ctrl-C):
+    a failed run leaves nothing behind that takes space or could be mistaken for data."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
 def storage_dtype(compute_dtype: torch.dtype) -> np.dtype:
     """How vectors computed in `compute_dtype` are stored: float16 for a 16-bit dtype (exact for bf16 and fp16
     within float16's range, which `FeatureStore.write_shard` checks), float32 otherwise (exact)."""
@@ -209,9 +220,9 @@ class FeatureStore:
             columns[name] = (vector_column(values[name].astype(self.dtype, copy=False)) if kind == "vector" else
                              sequence_column([value.astype(self.dtype, copy=False) for value in values[name]]))
         table = pa.table(columns)
-        with quiet_datasets_progress():
+        with removed_if_unfinished(partial), quiet_datasets_progress():
             Dataset(InMemoryTable(table)).save_to_disk(partial)
-        write_manifest(partial, len(table))
+            write_manifest(partial, len(table))
         while True:
             target = self.directory / f"shard-{index:05d}"
             if not target.exists():
@@ -242,28 +253,13 @@ class FeatureStore:
         shutil.rmtree(folder, ignore_errors=True)
         self._open()  # before the partial exists: opening clears this process's stale partials
         partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        vector = List(Value(str(self.dtype)), length=self.hidden_size)
-        features = Features({name: vector for name in FEATURE_COLUMNS} | {name: pairs.features[name]
-                                                                          for name in metadata})
-        writer = ArrowWriter(features=features, path=str(partial / "data.arrow"))
-        arrow_metadata = pairs.select_columns(metadata).with_format("arrow")
-        for start in range(0, len(pairs), PAIR_BATCH):
-            stop = min(start + PAIR_BATCH, len(pairs))
-            rows = self.rows(np.concatenate([chosen_keys[start:stop], rejected_keys[start:stop]]))
-            if (rows < 0).any():
-                raise RuntimeError("pair_features: a text of the pairs is not stored; embed the pairs first.")
-            stored = self.read(rows)
-            prompts, responses = stored["prompt_embedding"], stored["response_embedding"]
-            columns = {"prompt_embedding": vector_column(prompts[:stop - start]),
-                       "chosen_embedding": vector_column(responses[:stop - start]),
-                       "rejected_embedding": vector_column(responses[stop - start:])}
-            table = arrow_metadata[start:stop]
-            columns.update({name: table.column(name) for name in metadata})
-            writer.write_table(pa.table(columns))
-        writer.finalize()
-        write_manifest(partial, len(pairs))
+        try:
+            self._write_pair_file(partial, pairs, metadata, chosen_keys, rejected_keys)
+        except FileNotFoundError:
+            if partial.exists():
+                raise
+            # the folder went while it was being written (a cache cleanup, `rm -r pairs/`): write it once more
+            self._write_pair_file(partial, pairs, metadata, chosen_keys, rejected_keys)
         try:
             partial.rename(folder)
         except OSError:
@@ -272,6 +268,33 @@ class FeatureStore:
             shutil.rmtree(partial, ignore_errors=True)
         self._verified.add(folder.name)
         return Dataset.from_file(str(folder / "data.arrow"))
+
+    def _write_pair_file(self, partial: Path, pairs, metadata: list, chosen_keys, rejected_keys) -> None:
+        """The pairs' `data.arrow` and its manifest in `partial`, `PAIR_BATCH` pairs at a time; nothing is left
+        behind when writing fails."""
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        vector = List(Value(str(self.dtype)), length=self.hidden_size)
+        features = Features({name: vector for name in FEATURE_COLUMNS} | {name: pairs.features[name]
+                                                                          for name in metadata})
+        arrow_metadata = pairs.select_columns(metadata).with_format("arrow")
+        with removed_if_unfinished(partial):
+            writer = ArrowWriter(features=features, path=str(partial / "data.arrow"))
+            for start in range(0, len(pairs), PAIR_BATCH):
+                stop = min(start + PAIR_BATCH, len(pairs))
+                rows = self.rows(np.concatenate([chosen_keys[start:stop], rejected_keys[start:stop]]))
+                if (rows < 0).any():
+                    raise RuntimeError("pair_features: a text of the pairs is not stored; embed the pairs first.")
+                stored = self.read(rows)
+                prompts, responses = stored["prompt_embedding"], stored["response_embedding"]
+                columns = {"prompt_embedding": vector_column(prompts[:stop - start]),
+                           "chosen_embedding": vector_column(responses[:stop - start]),
+                           "rejected_embedding": vector_column(responses[stop - start:])}
+                table = arrow_metadata[start:stop]
+                columns.update({name: table.column(name) for name in metadata})
+                writer.write_table(pa.table(columns))
+            writer.finalize()
+            write_manifest(partial, len(pairs))
 
     def remove_stale_partials(self) -> None:
         """Deletes `.partial` folders left by a killed write: this process's own and those of processes no longer

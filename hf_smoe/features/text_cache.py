@@ -8,6 +8,7 @@ key), shards end at batch boundaries, so the remaining texts form the same batch
 formed.
 """
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -16,22 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..runtime import cache_root, fast_dtype, state
 from .encoding import encode_pair
 from .store import CACHE_FORMAT_VERSION, PAIR_BATCH, FeatureStore, storage_dtype, text_key
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 over every tensor of a module's state dict: its name, shape, dtype and every byte of its values, so any
-    changed weight changes the digest (one pass over the bytes: about 0.5 s for SmolLM2-135M's 538 MB)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def feature_root(cache_dir=None) -> Path:
@@ -108,20 +100,47 @@ class TextCache:
 
     def embed(self, items) -> np.ndarray:
         """Makes sure every (prompt, response) in `items` (a sequence: a list, or `PairTexts`) is cached, computing
-        only the missing ones; returns their keys. The plan holds each missing text's position, key and length;
-        a batch is tokenized again when its turn comes, so memory does not grow with the tokens. Under several
-        processes the main process decides what is missing (a process that looked itself could see shards
-        another had already written, plan other batches, and leave texts unembedded), each embeds a disjoint share
-        of the batches (batch i on process i mod N) into its own shards, and all wait for the others before
-        reading: every text is embedded once."""
+        only the missing ones; returns their keys. Two jobs filling one cache folder at once take turns (a lock
+        file beside it): the second waits, then embeds only what the first left missing, so each text is stored
+        once. Under several processes of one job the main process decides what is missing (a process that looked
+        itself could see shards another had already written, plan other batches, and leave texts unembedded) and
+        holds the turn, each embeds a disjoint share of the batches (batch i on process i mod N) into its own
+        shards, and all wait for the others before reading: every text is embedded once."""
         keys = np.array([text_key(prompt, response) for prompt, response in items], dtype="S64")
+        if len(self._missing(keys)) == 0:
+            return keys
+        with self._writing_turn():
+            self.store.refresh()  # what another job wrote while this one waited for its turn
+            missing = self._missing(keys)
+            if len(missing):
+                self._embed_missing(items, keys, missing)
+        return keys
+
+    def _missing(self, keys: np.ndarray) -> np.ndarray:
+        """Positions of the `keys` not stored, as the main process sees them (every process gets its answer)."""
         process = state()
         missing = np.flatnonzero(self.store.rows(keys) < 0) if process.is_main_process else None
         if process.num_processes > 1:
             missing = broadcast_object_list([missing])[0]
             self.store.refresh()  # read what the main process saw, and what is written from here on
-        if len(missing) == 0:
-            return keys
+        return missing
+
+    @contextlib.contextmanager
+    def _writing_turn(self):
+        """This job's turn to write shards into the cache folder: the main process holds a lock file beside the
+        folder (released by the system if the process dies) while the job's processes embed."""
+        if not state().is_main_process:
+            yield
+            return
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.directory.with_name(f".{self.directory.name}.lock")):
+            yield
+
+    def _embed_missing(self, items, keys: np.ndarray, missing: np.ndarray) -> None:
+        """Embeds the texts at positions `missing` (each distinct one once) in a fixed plan of length buckets and
+        writes them in shards. The plan holds each text's position, key and length; a batch is tokenized again when
+        its turn comes, so memory does not grow with the tokens."""
+        process = state()
         _, first = np.unique(keys[missing], return_index=True)
         positions = missing[first]
         lengths = np.array([len(self.encode(items[i])["input_ids"]) for i in positions])
@@ -129,21 +148,20 @@ class TextCache:
         order = np.lexsort((keys[positions], -lengths))
         positions, lengths = positions[order], lengths[order]
         batches = list(self._length_buckets(lengths))[process.process_index::process.num_processes]
-        progress = tqdm(total=int(sum(lengths[batch].sum() for batch in batches)), unit="tok", unit_scale=True,
-                        desc="Embedding", disable=not self.show_progress or not process.is_local_main_process)
-        shard = []
-        for batch in batches:
-            shard.extend(self._forward([(keys[i], self.encode(items[i])) for i in positions[batch]]))
-            progress.update(int(lengths[batch].sum()))
-            if len(shard) >= self.shard_size:
+        # closed however the loop ends, so an error's one line starts a line of its own
+        with tqdm(total=int(sum(lengths[batch].sum() for batch in batches)), unit="tok", unit_scale=True,
+                  desc="Embedding", disable=not self.show_progress or not process.is_local_main_process) as progress:
+            shard = []
+            for batch in batches:
+                shard.extend(self._forward([(keys[i], self.encode(items[i])) for i in positions[batch]]))
+                progress.update(int(lengths[batch].sum()))
+                if len(shard) >= self.shard_size:
+                    self._write(shard)
+                    shard = []
+            if shard:
                 self._write(shard)
-                shard = []
-        if shard:
-            self._write(shard)
-        progress.close()
         process.wait_for_everyone()
         self.store.refresh()
-        return keys
 
     def encode(self, item) -> dict:
         """The token ids of one (prompt, response) text, as the cache encodes it (`encode_pair`)."""

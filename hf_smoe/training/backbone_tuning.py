@@ -30,7 +30,7 @@ from ..modeling.configuration_smoe import POOLINGS
 from ..modeling.modeling_smoe import pool
 from ..runtime import check_output_dir, model_load_errors, publish, resolve_backbone, save_run, staging_dir
 from .arguments import BackboneTuningArguments, BackboneTuningTrainingArguments, DataArguments
-from .job import split_for_training
+from .job import run_inputs, split_for_training
 from .top_layers import add_lora_adapters, keyed_pairs, split_layers, state_batch
 from .optim import PartLearningRatesMixin
 
@@ -146,7 +146,8 @@ def tune_backbone(data: DataArguments, tuning: BackboneTuningArguments, training
                   *, recompute_states: bool = False) -> dict:
     """`smoe tune-backbone`: `tune_on_splits` on the train and validation splits of `data`, split exactly as
     `smoe train` splits it (the same seed and fractions give the same test set, which this job never reads)."""
-    check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir, flag="--output_dir")
+    check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir, flag="--output_dir",
+                     protected=run_inputs(backbone=tuning.backbone, dataset=data.dataset, cache=data.cache_dir))
     pairs = load_pairs(data.dataset, data.format, max_pairs=data.max_pairs, seed=data.split_seed)
     splits = split_for_training(pairs, data.split_seed, validation=data.validation_fraction,
                                 test=data.test_fraction)
@@ -162,7 +163,8 @@ def tune_on_splits(splits: dict, tuning: BackboneTuningArguments, training: Back
     `training.output_dir` with `results.json` (the command, `job` and the two argument sets, validation accuracy,
     the time per epoch and the one-off time of filling the hidden-state cache). `recompute_states` re-runs the
     lower layers every step instead of reading the cache (the benchmark's baseline)."""
-    output_dir = check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir, flag="--output_dir")
+    output_dir = check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir, flag="--output_dir",
+                                  protected=run_inputs(backbone=tuning.backbone, cache=cache_dir))
     if tuning.pooling not in POOLINGS:
         raise InputError(f"pooling: unknown {tuning.pooling!r}; choose one of {POOLINGS}.")
     if tuning.head_init not in HEAD_INITS:
@@ -182,6 +184,7 @@ def tune_on_splits(splits: dict, tuning: BackboneTuningArguments, training: Back
     adapters = add_lora_adapters(backbone, top, tuning.lora_rank, tuning.lora_alpha) if tuning.lora_rank else None
     model = TopLayersRewardModel(top, backbone.config.hidden_size, tuning.pooling).to(training.device)
     staging = staging_dir(output_dir)
+    shutil.rmtree(staging, ignore_errors=True)  # an interrupted run's files (this job starts over; its cache stays)
     args = dataclasses.replace(training, output_dir=str(staging / "trainer"))
     collator = (RecomputedStatesCollator if recompute_states else CachedStatesCollator)(cache)
     start = time.perf_counter()

@@ -2,6 +2,7 @@
 model card (-> Hub), through a resumable staging folder; and the helpers other commands train heads with
 (`train_preset`, `train_head`, `run_trainer`)."""
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -25,6 +26,7 @@ from ..modeling.configuration_smoe import LAMBDA_NAMES, PRESETS, SMoERewardConfi
 from ..modeling.modeling_smoe import PLAIN_CHAT_TEMPLATE, SMoERewardModel
 from ..runtime import (backbone_hub_id, check_output_dir, load_backbone_model, non_finite_parameters, publish,
                        resolve_backbone, save_run, staging_dir, state, write_text_atomic)
+from ..runtime.loading import BACKBONE_DIGEST, weights_digest
 from .arguments import DataArguments, ModelArguments, SMoETrainingArguments
 from .mixture_tuning import (MixtureStatesCollator, cached_state_sets, finish_top_layers, prepare_top_layers,
                              tuned_pair_features)
@@ -132,13 +134,31 @@ def save_checkpoint(model, tokenizer, output_dir, encoding: dict, **save_options
     `save_pretrained`) with the `encoding` of its training features (`training_encoding`: every later use encodes
     the same way), and its tokenizer. A tokenizer without a chat template is saved with the plain fallback
     written into a copy (the caller's tokenizer is left as it is: its template is part of the embedding cache's
-    key), so `apply_chat_template` (the model card's snippet) reproduces the training encoding."""
+    key), so `apply_chat_template` (the model card's snippet) reproduces the training encoding. A heads-only
+    checkpoint also records the digest of its backbone's weights, so that loading it on another backbone is
+    refused (`load_checkpoint`)."""
     model.config.encoding = encoding
-    model.save_pretrained(output_dir, **save_options)
+    with (recorded(model.config, BACKBONE_DIGEST, weights_digest(model.backbone)) if save_options.get("heads_only")
+          else contextlib.nullcontext()):
+        model.save_pretrained(output_dir, **save_options)
     if not getattr(tokenizer, "chat_template", None):
         tokenizer = copy.deepcopy(tokenizer)
         tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     tokenizer.save_pretrained(output_dir)
+
+
+@contextlib.contextmanager
+def recorded(config, name: str, value):
+    """`config.name = value` while the block saves it; the model's own config is left as it was."""
+    had, previous = hasattr(config, name), getattr(config, name, None)
+    setattr(config, name, value)
+    try:
+        yield
+    finally:
+        if had:
+            setattr(config, name, previous)
+        else:
+            delattr(config, name)
 
 
 def check_job(data: DataArguments, model: ModelArguments, training) -> Path:
@@ -168,10 +188,15 @@ def check_job(data: DataArguments, model: ModelArguments, training) -> Path:
             raise InputError(f"heads_only: --push_to_hub with --heads_only needs the backbone on the Hub (--backbone "
                              f"ORG/NAME), not {model.backbone}, which nobody who loads the heads has.")
     feature_root(data.cache_dir)
-    protected = {name: path for name, path in (("backbone", model.backbone), ("dataset", data.dataset),
-                                               ("embedding cache", data.cache_dir))
-                 if path and Path(path).exists()}
+    check_resume_point(training.resume_from_checkpoint, job_record(data, model, training))
+    protected = run_inputs(backbone=model.backbone, dataset=data.dataset, cache=data.cache_dir)
     return check_output_dir(training.output_dir, overwrite=training.overwrite_output_dir, protected=protected)
+
+
+def run_inputs(*, backbone=None, dataset=None, cache=None) -> dict:
+    """{what it is: path} of the local folders and files a run reads, which its output must never replace."""
+    named = {"backbone": backbone, "dataset": dataset, "feature cache": cache}
+    return {name: path for name, path in named.items() if path and Path(path).expanduser().exists()}
 
 
 def staging_for(record: dict, output_dir: Path, overwrite: bool) -> Path:
@@ -187,15 +212,41 @@ def staging_for(record: dict, output_dir: Path, overwrite: bool) -> Path:
             remove_cut_checkpoints(staging / "trainer")
             return staging
         if last_complete_checkpoint(staging / "trainer") is not None and not overwrite:
-            changed = sorted(f"{group}.{key}" for group, values in record.items() for key, value in values.items()
-                             if recorded.get(group, {}).get(key) != value)
             raise InputError(f"output_dir: {staging} holds an interrupted run of a different job (it differs in "
-                             f"{', '.join(changed) or 'its record'}); rerun that job's command to resume it, or pass "
-                             "--overwrite to discard it.")
+                             f"{record_differences(recorded, record)}); rerun that job's command to resume it, or "
+                             "pass --overwrite to discard it.")
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     write_text_atomic(record_file, json.dumps(record))
     return staging
+
+
+def record_differences(recorded: dict, record: dict) -> str:
+    """The settings (`group.key`) in which a job's record differs from a recorded one."""
+    changed = sorted(f"{group}.{key}" for group, values in record.items() for key, value in values.items()
+                     if recorded.get(group, {}).get(key) != value)
+    return ", ".join(changed) or "its record"
+
+
+def check_resume_point(checkpoint, record: dict) -> None:
+    """`--resume_from_checkpoint`: a complete Trainer checkpoint (its trainer_state.json is written last) and, when
+    it lies in an interrupted run's staging folder, one of this same job (that folder's job.json); checked before
+    anything loads, so resuming never continues another job's weights under this job's record."""
+    if not checkpoint:
+        return
+    path = Path(checkpoint).expanduser()
+    if not path.is_dir():
+        raise InputError(f"resume_from_checkpoint: no such folder {checkpoint}; give a checkpoint-N folder of an "
+                         "interrupted run (under .OUTPUT.partial/trainer/), or drop the flag.")
+    if not (path / TRAINER_STATE_NAME).is_file():
+        raise InputError(f"resume_from_checkpoint: {checkpoint} is not a complete Trainer checkpoint (no "
+                         f"{TRAINER_STATE_NAME}: a kill cut it short); give an earlier checkpoint, or drop the flag.")
+    job_file = path.parent.parent / "job.json"
+    recorded = json.loads(job_file.read_text()) if job_file.is_file() else record
+    if recorded != record:
+        raise InputError(f"resume_from_checkpoint: {checkpoint} is a checkpoint of a different job (it differs in "
+                         f"{record_differences(recorded, record)}); resume it with that job's command, or drop the "
+                         "flag.")
 
 
 MAX_DEFAULT_EXPERTS = 50  # the largest K the paper trains (Fig. 6)

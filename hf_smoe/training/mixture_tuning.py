@@ -37,7 +37,7 @@ class TopLayersMixture(nn.Module):
             raise InputError("tune_layers: needs a decoder backbone, whose prompt representation comes from the same "
                              f"pass (this model's is {model.config.prompt_representation!r}).")
         self.model, self.config = model, model.config
-        bottom, top = split_layers(model.backbone, k)
+        bottom, top = split_layers(model.backbone, k, field="tune_layers")
         # views of the model's own modules (`bottom` feeds the hidden-state cache), not registered a second time
         object.__setattr__(self, "bottom", bottom)
         object.__setattr__(self, "top", top)

@@ -14,17 +14,18 @@ from ..errors import InputError
 from ..features import HiddenStateCache, PairTexts
 
 
-def split_layers(backbone, k: int) -> tuple:
+def split_layers(backbone, k: int, field: str = "layers") -> tuple:
     """(bottom, top): two views of a decoder backbone that share its modules. `bottom(input_ids, attention_mask)`
     runs the embeddings and layers [0, L - k) and returns the states entering layer L - k (its final norm is
     skipped; with k = L, the token embeddings); `top(inputs_embeds=states, attention_mask=...)` runs layers
-    [L - k, L) and the final norm. Training `top` tunes the backbone's own top layers in place."""
+    [L - k, L) and the final norm. Training `top` tunes the backbone's own top layers in place. `field`: the
+    option that gave k, named in errors."""
     layers = getattr(backbone, "layers", None)
     if not isinstance(layers, nn.ModuleList) or not isinstance(getattr(backbone, "norm", None), nn.Module):
-        raise InputError(f"backbone: {type(backbone).__name__} has no `layers` list and final `norm`; tune-backbone "
-                         "supports decoder backbones built like Llama (SmolLM2, Llama, Mistral, Qwen2, ...).")
+        raise InputError(f"backbone: {type(backbone).__name__} has no `layers` list and final `norm`; --{field} "
+                         "tunes decoder backbones built like Llama (SmolLM2, Llama, Mistral, Qwen2, ...).")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(layers):
-        raise InputError(f"layers: must be an integer from 1 to {len(layers)} (the backbone has {len(layers)} "
+        raise InputError(f"{field}: must be an integer from 1 to {len(layers)} (the backbone has {len(layers)} "
                          f"layers), got {k!r}.")
     bottom, top = copy.copy(backbone), copy.copy(backbone)
     bottom._modules = dict(backbone._modules, layers=nn.ModuleList(layers[:len(layers) - k]), norm=nn.Identity())
