@@ -57,11 +57,14 @@ class SMoEReward:
         """`score` of encoded texts: one backbone pass, the experts once, each user's router (None: the model's own)
         once on its users' rows. `routers` (default: this reward's) is the set the users are looked up in."""
         users = users or [None] * len(encodings)
+        if len(users) != len(encodings):
+            raise InputError(f"{self.user_column}: {len(users)} values for {len(encodings)} texts; give one per text "
+                             "(None for the default router).")
         routers = dict(self.routers if routers is None else routers)  # users added or removed meanwhile do not count
-        unknown = sorted({str(user) for user in users if user is not None and user not in routers})
-        if unknown:
+        unknown = sorted({user for user in users if user is not None and user not in routers}, key=repr)
+        if unknown:  # shown as Python values, so that the user 3 and the router name '3' are told apart
             raise InputError(f"{self.user_column}: no router for {unknown[:5]} (routers are given for "
-                             f"{sorted(map(str, routers))}); pass their router files in `routers`, or leave "
+                             f"{sorted(routers, key=repr)}); pass their router files in `routers`, or leave "
                              "the column empty (None) for the default router.")
         return self.score_batch(padded_batch(self.tokenizer, encodings, self.model.head.experts.weight.device), users,
                                 routers)
@@ -116,8 +119,7 @@ def smoe_reward(model_or_checkpoint, routers: dict | None = None, user_column: s
             first); default: the length the checkpoint was trained with (see `scoring_encoding`).
     """
     if isinstance(model_or_checkpoint, (str, bytes)) or hasattr(model_or_checkpoint, "__fspath__"):
-        model, loaded_tokenizer = load_checkpoint(model_or_checkpoint)
-        tokenizer = tokenizer or loaded_tokenizer
+        model, tokenizer = load_checkpoint(model_or_checkpoint, tokenizer)
     else:
         model = model_or_checkpoint
         if tokenizer is None:
@@ -137,8 +139,6 @@ def steer_responses(model, tokenizer, prompt, responses: list, expert: int, weig
     (the routing intervention of `intervene`), scored as `smoe_reward` scores them."""
     if not responses:
         raise InputError("responses: give at least one response to score.")
-    if isinstance(prompt, str) and not prompt.strip():
-        raise InputError("prompt: empty text; the router reads the prompt, give one.")
     if not all(responses):
         raise InputError("response: empty text; give each response to compare.")
     scored = SMoEReward(model, tokenizer, {}).score([prompt] * len(responses), responses)

@@ -8,8 +8,11 @@ first: argparse keeps the last value it reads for a flag, so a flag on the comma
 nothing reaches into argparse's internals."""
 
 import dataclasses
+import difflib
 import itertools
 import json
+import types
+import typing
 from argparse import SUPPRESS
 from pathlib import Path
 
@@ -81,9 +84,11 @@ class CommandParser(HfArgumentParser):
         if defaults:
             self.set_defaults(**defaults)
 
+    def recipe_classes(self) -> list:
+        return [*self.dataclass_types, *([self.passes_on] if self.passes_on else [])]
+
     def recipe_keys(self) -> set:
-        classes = [*self.dataclass_types, *([self.passes_on] if self.passes_on else [])]
-        return {field.name for field in init_fields(classes)}
+        return {field.name for field in init_fields(self.recipe_classes())}
 
     def parse_command_line(self, argv) -> tuple:
         """The command's dataclasses (and, with `passes_on`, the dict of passed-on flags) from its arguments."""
@@ -112,12 +117,59 @@ class CommandParser(HfArgumentParser):
     def recipe_tokens(self, path: str | None) -> list:
         if path is None:
             return []
-        recipe = {str(key).replace("-", "_"): value for key, value in read_recipe(path).items()}
+        recipe = flag_names(read_recipe(path), path)
         unknown = sorted(set(recipe) - self.recipe_keys())
         if unknown:
-            raise InputError(f"recipe {path}: unknown key(s) {unknown}; keys are `{self.prog}` flags without the "
-                             f"dashes (see `{self.prog} --help`).")
+            raise InputError(f"recipe {path}: unknown key(s) {unknown}{self.unknown_key_hints(unknown)}; keys are "
+                             f"`{self.prog}` flags without the dashes (see `{self.prog} --help`).")
+        self.check_recipe_shapes(recipe, path)
         return [token for name, value in recipe.items() for token in flag_tokens(name, value)]
+
+    def unknown_key_hints(self, unknown: list) -> str:
+        """What each unknown key may be: a typo of one of this command's keys, or another command's flag."""
+        from .commands import COMMANDS, load_command
+
+        keys, command = self.recipe_keys(), self.prog.removeprefix("smoe ")
+        others = {name: load_command(name).make_parser().recipe_keys() for name in COMMANDS if name != command}
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, keys, n=1)
+            owners = [f"`smoe {name}`" for name, other_keys in others.items() if key in other_keys]
+            if close:
+                hints.append(f"{key!r}: did you mean {close[0]!r}?")
+            elif owners:
+                hints.append(f"{key!r} is a flag of {', '.join(owners[:3])}, not of `{self.prog}`")
+        return f" ({'; '.join(hints)})" if hints else ""
+
+    def check_recipe_shapes(self, recipe: dict, path: str) -> None:
+        """A list is a value only for a flag that takes several, a mapping only for one that takes a dict: argparse
+        would read a list's extra items as stray arguments, and a mapping as a JSON string."""
+        hints = {name: hint for dtype in self.recipe_classes() for name, hint in typing.get_type_hints(dtype).items()}
+        for name, value in recipe.items():
+            for kind, shape in ((list, "a list"), (dict, "a mapping")):
+                if isinstance(value, kind) and not admits(hints.get(name), kind):
+                    raise InputError(f"recipe {path}: {name} takes one value, got {shape} ({value!r}); write one "
+                                     "value after the colon.")
+
+
+def flag_names(recipe: dict, path: str) -> dict:
+    """The recipe with its keys as field names (`max-pairs` is `max_pairs`); two keys naming one flag are refused,
+    since only one of them could be used."""
+    named, spelled = {}, {}
+    for key, value in recipe.items():
+        name = str(key).replace("-", "_")
+        if name in named:
+            raise InputError(f"recipe {path}: keys {spelled[name]!r} and {key!r} set the same flag --{name}; keep "
+                             "one.")
+        named[name], spelled[name] = value, key
+    return named
+
+
+def admits(hint, kind: type) -> bool:
+    """Whether a field of type `hint` (`list[str] | None`, `dict | str`, ...) takes values of `kind`."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(admits(arm, kind) for arm in typing.get_args(hint))
+    return hint is kind or typing.get_origin(hint) is kind
 
 
 def flag_tokens(name: str, value) -> list:
@@ -162,14 +214,42 @@ def read_recipe(path: str) -> dict:
     import yaml
 
     try:
-        recipe = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8"))
+        recipe = yaml.load(Path(path).expanduser().read_text(encoding="utf-8"), Loader=unique_key_loader())
     except FileNotFoundError:
         raise InputError(f"recipe: no such file {path}.") from None
+    except IsADirectoryError:
+        raise InputError(f"recipe: {path} is a folder; give the YAML file.") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"recipe {path}: not UTF-8 text ({error.reason} at byte {error.start}); save the recipe as "
+                         "UTF-8 YAML.") from None
     except yaml.YAMLError as error:
         raise InputError(f"recipe {path}: not valid YAML ({first_line(error)}).") from None
+    if recipe is None:
+        raise InputError(f"recipe {path}: the file is empty; write one `flag_name: value` per line.")
     if not isinstance(recipe, dict):
         raise InputError(f"recipe {path}: expected a mapping of flag names to values, got {type(recipe).__name__}.")
     return recipe
+
+
+def unique_key_loader():
+    """`yaml.SafeLoader` refusing a key given twice in one mapping (YAML requires unique keys; PyYAML would keep
+    the last one without a word)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            lines = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, typing.Hashable) and key in lines:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice, on lines {lines[key]} and {line}; keep one",
+                        key_node.start_mark)
+                lines[key] = line
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
 
 
 def refuse_unrecognized(tokens: list, prog: str) -> None:

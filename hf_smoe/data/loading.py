@@ -93,6 +93,7 @@ FORMATS = {
 }
 # Most specific first; preference-700k reads like TRL's conversational format and is known by its Hub name.
 DETECTION_ORDER = ("personal-llm", "rpr", "helpsteer2", "shp", "dsp", "webgpt", "hf_smoe", "hh-rlhf", "trl")
+PARQUET_MAGIC = b"PAR1"  # the first bytes of every parquet file
 LOCAL_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".json.gz": "json", ".jsonl.gz": "json"}
 
 
@@ -185,19 +186,38 @@ def _load_source(source, split: str, hub_options: dict) -> Dataset:
     try:
         dataset = load_dataset(builder, data_files=[str(file) for file in files], split="train")
         dataset.data.table.validate(full=True)  # text that is not UTF-8 may load, and fail only when read
-        return dataset
     except (DatasetsError, pyarrow.ArrowException, ValueError, EOFError, OSError, zlib.error, StopIteration,
             RuntimeError) as error:
         # The file is to blame only if reading it ourselves finds what is wrong; anything else (a full disk while
         # datasets writes its cache: an OSError with an errno) is re-raised as it is.
         if builder == "json" and not (isinstance(error, OSError) and error.errno):
-            columns = {}
-            for file in files:
-                problem, columns[file] = _json_problem(file)
-                if problem:
-                    raise InputError(f"dataset {file}: {problem}.") from error
-            _raise_for_mixed_columns(files, columns)
+            _raise_for_json_problems(files)
         raise
+    if builder == "json" and _has_json_feature(dataset.features):
+        # datasets reads a field whose JSON type changes from record to record as `Json`, decoding the text "3" of
+        # one record into the number 3: the values are no longer what the file holds.
+        _raise_for_json_problems(files)
+    return dataset
+
+
+def _raise_for_json_problems(files: list) -> None:
+    """The error for what makes json/jsonl files unreadable as one dataset, if reading them ourselves finds it."""
+    columns = {}
+    for file in files:
+        problem, columns[file] = _json_problem(file)
+        if problem:
+            raise InputError(f"dataset {file}: {problem}.")
+    _raise_for_mixed_columns(files, columns)
+
+
+def _has_json_feature(feature) -> bool:
+    """Whether `feature` (a dataset's features, or one of them) is or holds datasets' untyped `Json` feature."""
+    if isinstance(feature, datasets.Json):
+        return True
+    if isinstance(feature, dict):
+        return any(_has_json_feature(inner) for inner in feature.values())
+    inner = getattr(feature, "feature", None)  # List, Sequence, LargeList
+    return inner is not None and _has_json_feature(inner)
 
 
 def _load_hub(name: str, split: str, hub_options: dict) -> Dataset:
@@ -216,11 +236,11 @@ def _one_line(error) -> str:
 
 def _parquet_problem(file: Path) -> str | None:
     try:
-        pyarrow.parquet.read_schema(file)
+        rows = pyarrow.parquet.read_metadata(file).num_rows
     except (pyarrow.ArrowException, OSError) as error:
         return (f"not a readable parquet file ({_one_line(error)}); give a parquet file, or a .json/.jsonl file "
                 f"with the matching extension")
-    return None
+    return "the file holds no records (0 rows); give a file with data" if rows == 0 else None
 
 
 def _raise_for_mixed_columns(files: list, columns: dict) -> None:
@@ -241,6 +261,9 @@ def _open_text(file: Path):
 def _json_problem(file: Path) -> tuple:
     """What makes a json/jsonl(.gz) file unreadable as records, read line by line with `json.loads` (None if we find
     nothing), and the columns of its records (None if unknown)."""
+    with open(file, "rb") as handle:
+        if handle.read(4) == PARQUET_MAGIC:
+            return "it is a parquet file, not JSON; give it the .parquet extension", None
     lines = []
     try:
         with _open_text(file) as handle:
@@ -275,6 +298,8 @@ def _json_problem(file: Path) -> tuple:
                         f"that line (JSON Lines: one JSON object per line)"), None
     if not records:
         return "the file holds no records (an empty JSON array); give a file with data", None
+    if all(record == {} for _, record in records):
+        return "every record is an empty object ({}), so there is no data; give records with fields", None
     for number, record in records:
         if not isinstance(record, dict):
             return (f"{where} {number} is a JSON {type(record).__name__}, not a record (an object of named "

@@ -58,7 +58,10 @@ def read_text(value, index: int, field: str) -> str:
 
 
 def read_optional_text(value, index: int, field: str) -> str | None:
-    return None if value is None else read_text(value, index, field)
+    """Text, or None when it is missing: null, or NaN as pandas writes a text column without values."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return read_text(value, index, field)
 
 
 def read_score(value, index: int, field: str) -> float | None:

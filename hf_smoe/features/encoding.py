@@ -48,6 +48,17 @@ def as_messages(prompt) -> list:
     return list(prompt)
 
 
+def unicode_problem(text: str) -> str | None:
+    """What keeps `text` from being Unicode text, in words (None if nothing): JSON can escape half of a UTF-16
+    surrogate pair (`"\\ud800"`), which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return (f"not Unicode text: an unpaired surrogate {text[error.start]!r} at character {error.start}; give UTF-8 "
+                "text (each surrogate pair as one character)")
+    return None
+
+
 def encode_pair(tokenizer, prompt, response: str, max_length: int | None = None, allow_empty: bool = False) -> dict:
     """Encodes chat-template(prompt) + response.
 
@@ -61,15 +72,24 @@ def encode_pair(tokenizer, prompt, response: str, max_length: int | None = None,
     the assistant-turn opener, the response's final token and the end-of-turn tokens) raises `InputError`.
 
     An empty response is an error in preference data; a policy's empty completion (`allow_empty=True`, online RL)
-    is scored on the template's empty assistant turn.
+    is scored on the template's empty assistant turn. An empty prompt (its last message whitespace) is always an
+    error: the router reads it.
 
     Returns:
         dict with `input_ids`, `attention_mask` (lists) and `prompt_lengths` (int: tokens up to and including the
         assistant-turn opener).
     """
     messages = as_messages(prompt)
+    if not messages or not str(messages[-1].get("content") or "").strip():
+        raise InputError("prompt: empty text (nothing but whitespace in its last message); the router reads the "
+                         "prompt, give one.")
     if not response and not allow_empty:
         raise InputError("response: empty text; every pair needs two non-empty responses.")
+    for field, text in [*((f"prompt[{i}].content", m.get("content")) for i, m in enumerate(messages)),
+                        ("response", response)]:
+        problem = unicode_problem(text) if isinstance(text, str) else None
+        if problem:
+            raise InputError(f"{field}: {problem}.")
     prompt_ids = render_ids(tokenizer, messages, add_generation_prompt=True)
     full_ids = render_ids(tokenizer, messages + [{"role": "assistant", "content": response}],
                           add_generation_prompt=False)
