@@ -3,6 +3,8 @@ look: interpretation.json and .md beside it, and the expert table (the paper's T
 `--check-judge` measures the judge alone first, on the data's known categories."""
 
 import json
+import os
+import warnings
 from pathlib import Path
 
 from ..data import load_pairs
@@ -13,6 +15,7 @@ from ..hub import is_hub_id, write_expert_table
 from ..runtime import check_output_file, load_checkpoint, run_command, save_run, write_text_atomic
 from .describe import distinct_prompts_and_categories, interpret_head
 from .generators import judge_spec, load_describer_and_judge, load_judge
+from .generators.loading import ENDPOINT_TIMEOUT
 from .judge_checks import CHECK_PROMPTS_PER_CATEGORY, judge_agreement, judge_check_prompts, read_descriptions
 from .settings import ReadingSettings
 
@@ -24,19 +27,23 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
                          max_pairs=None, seed: int = 0, cache_dir=None, generation_cache=None,
                          max_length: int | None = None,
                          random_baseline: bool = True, settings: ReadingSettings = ReadingSettings(),
-                         output_dir=None, overwrite: bool = False) -> dict:
+                         output_dir=None, overwrite: bool = False,
+                         endpoint_timeout: float | None = ENDPOINT_TIMEOUT) -> dict:
     """`smoe interpret`: describes and checks every expert of `checkpoint` on `dataset` (split by prompt into a
     describing and a measuring half, as `smoe eval` labels and measures), writes interpretation.json (with the
     command) and interpretation.md to `output_dir` (default: the checkpoint folder), and puts the expert table into
     the checkpoint's model card when the checkpoint is a local folder. The judge defaults to the describer; how
     experts are described and judged is `settings` (the job records it). Results in the checkpoint folder are its
-    own and are refreshed; in another `output_dir`, earlier ones are replaced only with `overwrite`."""
+    own and are refreshed; in another `output_dir`, earlier ones are replaced only with `overwrite`. The
+    generators load before any text is embedded, so a generator that cannot be used costs nothing;
+    `endpoint_timeout` is the seconds an endpoint generator may take for one answer."""
     output = output_folder(checkpoint, output_dir, (RESULTS_FILE, "interpretation.md"), overwrite)
     model, tokenizer = load_checkpoint(checkpoint)
     pairs = load_pairs(dataset, format, split=split, max_pairs=max_pairs, seed=seed)
+    describer, judging = load_describer_and_judge(generator, generator_model, judge, judge_model, generation_cache,
+                                                  timeout=endpoint_timeout)
     cache = EmbeddingCache.of_checkpoint(model, tokenizer, max_length, cache_dir=cache_dir)
     features = cache.pair_features(pairs)
-    describer, judging = load_describer_and_judge(generator, generator_model, judge, judge_model, generation_cache)
     result = interpret_head(model.head, *prompt_halves(features, pairs, seed), describer, judging, seed=seed,
                             random_baseline=random_baseline, settings=settings)
     result.update(describer=describer.identity, judge=judging.identity, pairs=len(pairs))
@@ -52,8 +59,18 @@ def interpret_checkpoint(checkpoint, dataset, *, generator: str = "local", gener
            "random_baseline": random_baseline, **settings.to_dict()}
     save_run(output, job, result, RESULTS_FILE)
     if Path(checkpoint).is_dir():
-        write_expert_table(checkpoint, table, dataset_label(dataset))
+        write_card_table(Path(checkpoint), table, dataset_label(dataset), output)
     return result
+
+
+def write_card_table(checkpoint: Path, table: str, dataset: str, output: Path) -> None:
+    """The expert table into the checkpoint's model card; a checkpoint folder that cannot be written keeps its card
+    as it is, and one warning says where the table is instead."""
+    if not os.access(checkpoint, os.W_OK):
+        warnings.warn(f"checkpoint: the folder {checkpoint} is not writable, so its model card keeps no "
+                      f"expert table; the table is in {output / 'interpretation.md'}.", stacklevel=3)
+        return
+    write_expert_table(checkpoint, table, dataset)
 
 
 def check_checkpoint_judge(checkpoint, dataset, descriptions, *, generator: str = "local",
@@ -61,7 +78,7 @@ def check_checkpoint_judge(checkpoint, dataset, descriptions, *, generator: str 
                            judge_model: str | None = None, format=None, split="test", max_pairs=None, seed: int = 0,
                            generation_cache=None, per_category: int = CHECK_PROMPTS_PER_CATEGORY,
                            settings: ReadingSettings = ReadingSettings(), output_dir=None,
-                           overwrite: bool = False) -> dict:
+                           overwrite: bool = False, endpoint_timeout: float | None = ENDPOINT_TIMEOUT) -> dict:
     """`smoe interpret --check-judge`: how far the judge can be trusted, before the describer and the judge are run
     on every expert. Each category's hand-written line of the `descriptions` file is judged against at most
     `per_category` distinct prompts of each category of the measuring half (seeded), and `judge_agreement`'s figures
@@ -78,7 +95,7 @@ def check_checkpoint_judge(checkpoint, dataset, descriptions, *, generator: str 
     describing, measuring = prompt_halves(pairs.remove_columns("prompt"), pairs, seed)  # `smoe interpret`'s halves
     texts, categories = check_prompts(measuring, per_category, seed)
     calibration = check_prompts(describing, per_category, seed) if settings.calibrate_threshold else None
-    judging = load_judge(generator, generator_model, judge, judge_model, generation_cache)
+    judging = load_judge(generator, generator_model, judge, judge_model, generation_cache, timeout=endpoint_timeout)
     check = judge_agreement(judging, texts, categories, descriptions, settings.judge_prompt, calibration) | {
         "judge": judging.identity}
     spec, model = judge_spec(generator, generator_model, judge, judge_model)
@@ -103,15 +120,21 @@ def check_prompts(half, per_category: int, seed: int) -> tuple[list, list]:
 
 
 def output_folder(checkpoint, output_dir, names: tuple, overwrite: bool) -> Path:
-    """Where `smoe interpret` writes `names`: the checkpoint folder (its own results, refreshed) or `output_dir`,
-    where earlier files are replaced only with `overwrite`."""
+    """Where `smoe interpret` writes `names`, checked writable before any work: the checkpoint folder (its own
+    results, refreshed) or `output_dir`, where earlier files are replaced only with `overwrite`."""
     if output_dir is None:
         if not Path(checkpoint).is_dir():
             raise InputError(f"output_dir: {checkpoint} is not a local folder; pass --output-dir for the results.")
+        if not os.access(checkpoint, os.W_OK):
+            raise InputError(f"output_dir: the checkpoint folder {checkpoint}, where the results go by default, is "
+                             "not writable; pass --output-dir FOLDER for them.")
         return Path(checkpoint)
     output_dir = Path(output_dir).expanduser()
-    if output_dir.exists() and not output_dir.is_dir():
-        raise InputError(f"output_dir: {output_dir} is a file; give a folder path.")
+    existing = next(folder for folder in (output_dir, *output_dir.parents) if folder.exists())
+    if not existing.is_dir():
+        raise InputError(f"output_dir: {existing} is a file; give a folder path.")
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"output_dir: {existing} is not writable; choose another --output-dir.")
     for name in names:
         check_output_file(output_dir / name, Path(name).suffix, overwrite=overwrite, flag="--output-dir")
     return output_dir

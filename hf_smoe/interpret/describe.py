@@ -10,9 +10,11 @@ once, both among the top examples and in the fidelity sample.
 """
 
 import math
+import warnings
 
 import torch
 
+from ..errors import InputError
 from ..evaluation import head_outputs
 from ..features import as_training_features
 from ..metrics import expert_specialization_top, pairwise_accuracy, top_examples, top_percent_count
@@ -130,6 +132,8 @@ def interpret_experts(describer: TextGenerator, judge: TextGenerator, describe_r
     that describe, "routing_share": mean routing weight of each expert over the measuring prompts, "random_baseline":
     {...} (when asked), "settings": `settings` as a dict, "notes": [...] (what a small set could not give)}.
     """
+    check_prompt_counts(len(describe_texts), len(measure_texts))
+    unrouted = constant_experts(torch.cat([describe_routing, measure_routing]))
     calibration = (describe_routing, describe_texts) if settings.calibrate_threshold else None
 
     def described_and_scored(texts: list) -> list:
@@ -146,13 +150,45 @@ def interpret_experts(describer: TextGenerator, judge: TextGenerator, describe_r
         expert.update(expert=k, routing_share=share[k])
     result = {"experts": experts, **fidelity_means(experts), "describing_rate": describing_rate(experts),
               "routing_share": share, "settings": settings.to_dict(),
-              "notes": sample_notes(len(describe_texts), len(measure_texts), settings.top_n, settings.per_stratum)}
+              "notes": sample_notes(len(describe_texts), len(measure_texts), settings.top_n, settings.per_stratum)
+              + unrouted_notes(unrouted)}
     if random_baseline:
         shuffled = torch.randperm(len(describe_texts), generator=torch.Generator().manual_seed(seed)).tolist()
         baseline = described_and_scored([describe_texts[i] for i in shuffled])
         result["random_baseline"] = {"experts": baseline, **fidelity_means(baseline),
                                      "describing_rate": describing_rate(baseline)}
     return result
+
+
+def check_prompt_counts(num_describe: int, num_measure: int) -> None:
+    """Refuses halves too small to read an expert: none to describe from, or fewer than 2 prompts to correlate the
+    judge's answers with the routing on."""
+    if num_describe < 1 or num_measure < 2:
+        raise InputError(f"dataset: {num_describe} distinct describing and {num_measure} distinct measuring prompts; "
+                         "experts are described on one half of the distinct prompts and measured on the other, which "
+                         "needs at least 1 and 2: give data with more distinct prompts.")
+
+
+def constant_experts(routing: torch.Tensor) -> list:
+    """The experts whose routing weight is the same for every prompt (routing (M, K)): no prompt is routed to them
+    more than another, so they have nothing to describe. All of them (one expert, static routing) is an error."""
+    constant = ((routing.max(dim=0).values - routing.min(dim=0).values) == 0).nonzero().flatten().tolist()
+    if len(constant) == routing.shape[1]:
+        raise InputError("checkpoint: every expert gets the same routing weight for every prompt (one expert, or "
+                         "static routing), so no expert can be read from the prompts routed to it; interpret a "
+                         "checkpoint with a prompt-dependent router and K >= 2 (presets vanilla, micro, sparse).")
+    if constant:
+        warnings.warn(unrouted_notes(constant)[0], stacklevel=3)
+    return constant
+
+
+def unrouted_notes(experts: list) -> list[str]:
+    """What a result of experts with constant routing weights means, in words."""
+    if not experts:
+        return []
+    return [f"expert(s) {', '.join(map(str, experts))} get the same routing weight for every prompt (no prompt is "
+            "routed to them more than to another): their descriptions come from arbitrary prompts and their fidelity "
+            "is 0 by definition (Eq. 19's edge case)."]
 
 
 def sample_notes(num_describe: int, num_measure: int, top_n: int, per_stratum: int) -> list[str]:

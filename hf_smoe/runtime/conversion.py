@@ -2,10 +2,12 @@
 save a GGUF-loaded model, so each GGUF model is converted once into a plain safetensors folder (model + tokenizer +
 chat template) under the hf_smoe cache, one process at a time, and loaded from there afterwards."""
 
+import json
 import os
 import shutil
 from pathlib import Path
 
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoTokenizer
 
 from .outputs import made_once, publish, staging_dir
@@ -47,5 +49,29 @@ def convert_gguf(folder: Path, gguf_file: str, target: Path, auto_class: str = "
 
 
 def is_converted(folder: Path) -> bool:
-    """A folder `convert_gguf` finished (it only ever renames complete ones into place)."""
-    return (folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file()
+    """A folder `convert_gguf` finished (it only ever renames complete ones into place) and nothing damaged since:
+    its config and tokenizer, and weights files that are whole. A folder cut short is converted again, never
+    loaded."""
+    if not ((folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file()):
+        return False
+    weights = weights_files(folder)
+    return bool(weights) and all(is_whole_safetensors(path) for path in weights)
+
+
+def weights_files(folder: Path) -> list:
+    """The safetensors files of a saved model: those its shard index names, else the one model.safetensors."""
+    index = folder / "model.safetensors.index.json"
+    try:
+        names = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else {"model.safetensors"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    return [folder / name for name in sorted(names)]
+
+
+def is_whole_safetensors(path: Path) -> bool:
+    """Whether `path` is a safetensors file whose header reads and whose data covers what the header lists."""
+    try:
+        with safe_open(str(path), "pt"):
+            return True
+    except (SafetensorError, OSError):
+        return False

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from .conversion import cache_root, converted_once
+from .conversion import cache_root, converted_once, is_converted
 from .outputs import file_digest, made_once, write_text_atomic
 
 CHUNK = 1 << 24  # bytes read at a time when joining parts
@@ -58,11 +58,12 @@ def gguf_model_path(spec: str, cache_dir=None, field: str = "generator") -> Path
     other spec. `field` names the flag in errors."""
     if spec in SPLIT_MODELS:
         model = SPLIT_MODELS[spec]
-        return converted_gguf(joined_split_model(model, cache_dir, field), model.name, model.sha256, cache_dir)
+        return converted_gguf(joined_split_model(model, cache_dir, field), model.name, model.sha256, cache_dir,
+                              field)
     gguf = gguf_file_of(spec, field)
     if gguf is None:
         return None
-    return converted_gguf(gguf, gguf.stem, remembered_digest(gguf, cache_dir), cache_dir)
+    return converted_gguf(gguf, gguf.stem, remembered_digest(gguf, cache_dir), cache_dir, field)
 
 
 def gguf_file_of(spec: str, field: str = "generator") -> Path | None:
@@ -81,10 +82,31 @@ def gguf_file_of(spec: str, field: str = "generator") -> Path | None:
     return found[0] if found else None
 
 
-def converted_gguf(gguf: Path, name: str, digest: str, cache_dir=None) -> Path:
-    """`cache/gguf/<digest prefix>-<name>`: `gguf` converted once into a causal-LM safetensors folder."""
+def converted_gguf(gguf: Path, name: str, digest: str, cache_dir=None, field: str = "generator") -> Path:
+    """`cache/gguf/<digest prefix>-<name>`: `gguf` converted once into a causal-LM safetensors folder, after
+    `check_gguf`."""
     target = gguf_cache(cache_dir) / f"{digest[:16]}-{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}"
+    if not is_converted(target):
+        check_gguf(gguf, field)
     return converted_once(gguf.parent, gguf.name, target, "AutoModelForCausalLM")
+
+
+def check_gguf(path: Path, field: str = "generator") -> None:
+    """Refuses, before converting, a file gguf-py cannot read whole (cut short, damaged, not GGUF at all) and a
+    model transformers cannot load (an architecture it does not know)."""
+    from gguf import GGUFReader
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    try:
+        GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OSError) as error:
+        raise InputError(f"{field}: {path} is not a complete GGUF file ({error}); download or copy it "
+                         "again.") from None
+    try:
+        load_gguf_checkpoint(str(path), return_tensors=False)
+    except (ValueError, KeyError) as error:
+        raise InputError(f"{field}: transformers cannot load the model in {path} ({error}); give a "
+                         "GGUF file of an architecture transformers reads (llama, mistral, qwen2, ...).") from None
 
 
 def joined_split_model(model: SplitModel, cache_dir=None, field: str = "generator") -> Path:

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...interpret import CHECK_PROMPTS_PER_CATEGORY
-from ..arguments import AT_LEAST_ONE, CheckpointArguments, GeneratorArguments, MeasuredPairsArguments, overwrite_field
+from ...interpret.generators.loading import ENDPOINT_TIMEOUT
+from ..arguments import (AT_LEAST_ONE, POSITIVE, CheckpointArguments, GeneratorArguments, MeasuredPairsArguments,
+                         overwrite_field)
 from ..parsing import CommandParser
 
 
@@ -31,6 +33,16 @@ class InterpretOutputArguments:
         "help": "default: the checkpoint folder, whose interpretation files a rerun refreshes; elsewhere earlier "
                 "ones are replaced only with --overwrite"})
     overwrite: bool = overwrite_field("interpretation.json/.md in --output-dir")
+
+
+@dataclass
+class EndpointArguments:
+    endpoint_timeout: float = field(default=ENDPOINT_TIMEOUT, metadata={
+        "help": "seconds a generator or judge given as a URL may take for one answer before the request is sent "
+                "again (at most 4 more times)"})
+
+    def __post_init__(self):
+        POSITIVE.check(self, "endpoint_timeout")
 
 
 @dataclass
@@ -48,12 +60,12 @@ class JudgeCheckArguments:
 
 def make_parser() -> CommandParser:
     return CommandParser("interpret", (CheckpointArguments, MeasuredPairsArguments, GeneratorArguments,
-                                       InterpretOutputArguments, JudgeCheckArguments), doc=__doc__,
+                                       EndpointArguments, InterpretOutputArguments, JudgeCheckArguments), doc=__doc__,
                          positional=("checkpoint",))
 
 
 def main(checkpoint: CheckpointArguments, data: MeasuredPairsArguments, generators: GeneratorArguments,
-         output: InterpretOutputArguments, check: JudgeCheckArguments) -> None:
+         endpoint: EndpointArguments, output: InterpretOutputArguments, check: JudgeCheckArguments) -> None:
     from ...interpret import check_checkpoint_judge, expert_table_markdown, interpret_checkpoint, judge_check_markdown
 
     written = Path(output.output_dir or checkpoint.checkpoint) / "interpretation.json"
@@ -64,7 +76,7 @@ def main(checkpoint: CheckpointArguments, data: MeasuredPairsArguments, generato
             format=data.format, split=data.hub_split(), max_pairs=data.max_pairs, seed=data.seed,
             generation_cache=generators.generation_cache, per_category=check.check_prompts,
             settings=generators.reading(),
-            output_dir=output.output_dir, overwrite=output.overwrite)
+            output_dir=output.output_dir, overwrite=output.overwrite, endpoint_timeout=endpoint.endpoint_timeout)
         print("\n".join(judge_check_markdown(result, f"distinct measuring prompts (at most {check.check_prompts} "
                                                       "per category)")))
         print(f"Written to {written} (judge_check)")
@@ -75,6 +87,6 @@ def main(checkpoint: CheckpointArguments, data: MeasuredPairsArguments, generato
         format=data.format, split=data.hub_split(), max_pairs=data.max_pairs, seed=data.seed,
         cache_dir=data.cache_dir, generation_cache=generators.generation_cache, max_length=data.max_length,
         random_baseline=not output.no_random_baseline, settings=generators.reading(),
-        output_dir=output.output_dir, overwrite=output.overwrite)
+        output_dir=output.output_dir, overwrite=output.overwrite, endpoint_timeout=endpoint.endpoint_timeout)
     print(expert_table_markdown(result))
     print(f"Written to {written} and interpretation.md")

@@ -6,6 +6,7 @@ The judge reads P(YES) from the next-token distribution in one forward pass, and
 
 import inspect
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -13,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ...errors import InputError
 from ...features import weights_digest
 from ...runtime import check_model_source, fast_dtype, model_load_errors, pick_device
+from ...runtime.outputs import is_reward_model
 from .base import ANSWER_FORMS, SAMPLING, Judgment, TextGenerator, yes_probability
 
 
@@ -23,6 +25,11 @@ def as_chat(tokenizer, prompt: str) -> str:
         return prompt
     return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                          tokenize=False)
+
+
+def first_sentence(error: Exception) -> str:
+    """The first sentence of an error's message (transformers lists every model class after it)."""
+    return str(error).split(". ")[0].strip()
 
 
 class LocalGenerator(TextGenerator):
@@ -37,25 +44,30 @@ class LocalGenerator(TextGenerator):
         device: default CUDA when available, else CPU.
         dtype: the weights' dtype (default: `fast_dtype(device)`).
         batch_size: prompts per forward pass.
+        field: the flag that named the model (`generator` or `judge`), which every error names.
     """
 
-    def __init__(self, name_or_path, *, device=None, dtype=None, batch_size: int = 8):
+    def __init__(self, name_or_path, *, device=None, dtype=None, batch_size: int = 8, field: str = "generator"):
         self.device = torch.device(device) if device else pick_device()
         self.dtype = dtype or fast_dtype(self.device)
         self.batch_size = batch_size
-        source = check_model_source("generator", name_or_path)
-        with model_load_errors("generator", name_or_path):
+        source = check_model_source(field, name_or_path)
+        fix = "give a folder or Hub id of a model with an LM head"
+        if is_reward_model(Path(source)):
+            raise InputError(f"{field}: {name_or_path} is an hf_smoe reward model, which scores text but cannot "
+                             f"write it; {fix}.")
+        with model_load_errors(field, name_or_path):
             try:
                 self.model, info = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype,
                                                                         output_loading_info=True)
-            except ValueError as error:  # e.g. a BERT folder: transformers names no causal-LM class for it
-                raise InputError(f"generator: {name_or_path} is not a causal language model ({error}); give a "
-                                 "folder or Hub id of a model with an LM head.") from None
+            except ValueError as error:  # e.g. a T5 folder: transformers names no causal-LM class for it
+                raise InputError(f"{field}: {name_or_path} is not a causal language model "
+                                 f"({first_sentence(error)}); {fix}.") from None
             self.tokenizer = AutoTokenizer.from_pretrained(source)
         if info["missing_keys"]:  # a base-model folder loads with a freshly initialised (random) LM head
-            raise InputError(f"generator: {name_or_path} is not a causal language model: its weights lack "
-                             f"{sorted(info['missing_keys'])[:3]}; give a folder or Hub id of a model with an LM "
-                             "head (the `smoe train` backbone folder is a base model).")
+            raise InputError(f"{field}: {name_or_path} is not a causal language model: its weights lack "
+                             f"{sorted(info['missing_keys'])[:3]}; {fix} (the `smoe train` backbone folder is a base "
+                             "model).")
         self.model.to(self.device).eval()
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -68,7 +80,7 @@ class LocalGenerator(TextGenerator):
                 self.answer_tokens.setdefault(ids[0], form)
         forms = set(self.answer_tokens.values())
         if forms.isdisjoint(ANSWER_FORMS["YES"]) or forms.isdisjoint(ANSWER_FORMS["NO"]):
-            raise InputError(f"generator: the tokenizer of {name_or_path} has no single token for YES or NO, so the "
+            raise InputError(f"{field}: the tokenizer of {name_or_path} has no single token for YES or NO, so the "
                              "judge cannot read its answer from the next-token distribution.")
         self.identity = f"local:{name_or_path}|weights={weights_digest(self.model)}|{self.dtype}|greedy"
         # transformers renamed `past_key_values` to `cache` during 5.x; take whichever this version's model has
