@@ -7,11 +7,11 @@ from ..errors import InputError
 from ..runtime import run_command, write_text_atomic
 from .measuring import machine
 from .scale import bench_scale
-from .serving import bench_serve
+from .serving import bench_serve, bench_serve_faults
 from .speed import bench_embed, bench_judge, bench_train, bench_tune, bench_users
 
 BENCHMARKS = {"embed": bench_embed, "train": bench_train, "users": bench_users, "judge": bench_judge,
-              "tune": bench_tune, "scale": bench_scale, "serve": bench_serve}
+              "tune": bench_tune, "scale": bench_scale, "serve": bench_serve, "serve_faults": bench_serve_faults}
 
 
 def run_bench(what: str, backbone: str, output_dir: str, **options) -> dict:

@@ -50,8 +50,11 @@ def save_router(router, path, model, **info) -> Path:
                 "router_activation": model.config.router_activation, "info": json.dumps(info, default=str)}
     state = {name: tensor.detach().float().cpu().contiguous() for name, tensor in router.state_dict().items()}
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(state, str(temporary), metadata=metadata)
-    os.replace(temporary, path)  # a reader sees the old router or the new one, never half of one
+    try:
+        save_file(state, str(temporary), metadata=metadata)
+        os.replace(temporary, path)  # a reader sees the old router or the new one, never half of one
+    finally:
+        temporary.unlink(missing_ok=True)  # a write that failed (a full disk) leaves nothing behind
     return path
 
 

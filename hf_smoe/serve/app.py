@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 import time
 import uuid
 
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException
 from ..data import load_pairs
 from ..errors import InputError
 from ..features.text_cache import default_batch_tokens
+from ..runtime import first_line
 from .batching import Coalescer
 from .errors import RequestError
 from .protocols import (ClassifyRequest, OpenRLHFRequest, PoolingRequest, PredictRequest, RewardsRequest,
@@ -163,7 +165,7 @@ def create_app(service: RewardService, *, api_key: str | None = None, max_batch_
     @app.post("/")
     async def predict(request: PredictRequest):
         inputs = request.inputs
-        batch = isinstance(inputs, list) and bool(inputs) and isinstance(inputs[0], list)
+        batch = isinstance(inputs, list) and (not inputs or isinstance(inputs[0], list))  # [] is an empty batch
         items = inputs if batch else [[inputs] if isinstance(inputs, str) else inputs]
         check_count(len(items), "inputs")
         if not items:
@@ -193,7 +195,12 @@ def create_app(service: RewardService, *, api_key: str | None = None, max_batch_
         from datasets import Dataset
 
         try:
-            pairs = load_pairs(Dataset.from_list(request.pairs))
+            records = Dataset.from_list(request.pairs)
+        except (ValueError, TypeError) as error:  # pyarrow: one field, two types
+            raise RequestError(422, "pairs", f"the records do not share one schema ({first_line(error)}); give "
+                               "every record the same fields, with texts as strings.") from None
+        try:
+            pairs = load_pairs(records)
         except (InputError, ValueError, TypeError) as error:
             raise RequestError(422, "pairs", str(error)) from None
         async with user_writes:  # two PUTs of one user write one after the other
@@ -237,33 +244,80 @@ def check_prompt(prompt, field: str) -> None:
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    """Every failure answers JSON naming the field: validation errors by their location in the body, malformed
-    JSON as 400, unknown routes as 404, and anything unexpected as a 500 without a traceback (logged here)."""
+    """Every failure answers JSON naming the field: validation errors by their location in the body, a body that
+    cannot be read as JSON as 400 `body` (415 `Content-Type` when it was not sent as JSON), a wrong method as 405
+    `method`, unknown routes as 404, and anything unexpected as a 500 without a traceback (logged here)."""
 
     @app.exception_handler(RequestError)
-    async def request_error(_, error: RequestError):
-        headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
-        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    async def request_error(_, error: RequestError, headers: dict | None = None):
+        headers = {**(headers or {}), **({"Retry-After": str(error.retry_after)} if error.retry_after else {})}
+        return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_, error: RequestValidationError):
-        first = error.errors()[0]
-        field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"][1:])
-        field = field.lstrip(".") or "body"
-        if first.get("type") == "json_invalid":
-            return await request_error(_, RequestError(400, "body", "not valid JSON; send a JSON object."))
-        expected = first.get("msg", "invalid")
-        return await request_error(_, RequestError(422, field, f"{expected} (got {str(first.get('input'))[:60]!r})."))
+        return await request_error(_, validation_refusal(error.errors()))
 
     @app.exception_handler(HTTPException)
-    async def http_error(_, error: HTTPException):
-        return await request_error(_, RequestError(error.status_code, "path", str(error.detail)))
+    async def http_error(request, error: HTTPException):
+        if error.status_code == 405:
+            allowed = (error.headers or {}).get("Allow", "")
+            refusal = RequestError(405, "method", f"{request.method} is not allowed on {request.url.path}; use "
+                                   f"{allowed}.")
+        elif error.status_code == 400 and error.__cause__ is not None:  # FastAPI could not read the body
+            refusal = RequestError(400, "body", f"not valid JSON ({first_line(error.__cause__)}); send a UTF-8 "
+                                   "JSON object.")
+        else:
+            refusal = RequestError(error.status_code, "path", str(error.detail))
+        return await request_error(request, refusal, error.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request, error: Exception):
         logger.exception("while serving %s", request.url.path)
         return JSONResponse({"error": {"message": f"internal error ({type(error).__name__}); the server logged it.",
                                        "type": "server_error", "param": None, "code": 500}}, status_code=500)
+
+
+TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list"}
+
+
+def is_union_member(part) -> bool:
+    """pydantic names the member of a union it tried (`str`, `list[str]`, `list[Message]`) in an error's
+    location; it is no field of the request."""
+    return isinstance(part, str) and (part in TYPE_NAMES or not part.isidentifier())
+
+
+def type_name(member: str) -> str:
+    """`list[str]` from pydantic's `list[function-after[unicode_text(), str]]`: the type a client sends."""
+    return re.sub(r"function-\w+\[[^,\]]*, ([^\]]*)\]", r"\1", member)
+
+
+def field_name(parts) -> str:
+    """`items[0].prompt` from the location parts ("items", 0, "prompt"), union members left out."""
+    parts = [part for part in parts if not is_union_member(part)]
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".") or "body"
+
+
+def validation_refusal(errors: list) -> RequestError:
+    """The first thing wrong with a request body, named by its field. A value that no member of a union accepts is
+    reported by the member that got furthest into it (a wrong type inside a batch of pairs names `inputs[0][0]`),
+    or, where every member refused its type outright, as the members it could have been."""
+    first = errors[0]
+    parts = first["loc"][1:]  # after "body"
+    if first.get("type") == "json_invalid":
+        return RequestError(400, "body", "not valid JSON; send a JSON object.")
+    if not parts and isinstance(first.get("input"), bytes):  # the body was not parsed: not declared JSON
+        return RequestError(415, "Content-Type", "the body must be sent as 'Content-Type: application/json'.")
+    member = next((index for index, part in enumerate(parts) if is_union_member(part)), None)
+    if member is not None:  # pydantic reports what each member of the union found wrong
+        tried = [error for error in errors if error["loc"][1:member + 1] == parts[:member]
+                 and len(error["loc"]) > member + 1 and is_union_member(error["loc"][member + 1])]
+        first = max(tried, key=lambda error: (len(error["loc"]), not error["type"].endswith("_type")))
+        if len(first["loc"]) == member + 2 and first["type"].endswith("_type"):  # no member got past the type
+            members = " or ".join(dict.fromkeys(type_name(error["loc"][member + 1]) for error in tried))
+            return RequestError(422, field_name(parts[:member]), f"must be {members} (got "
+                                f"{str(first.get('input'))[:60]!r}).")
+    message = first.get("msg", "invalid").removeprefix("Value error, ")
+    return RequestError(422, field_name(first["loc"][1:]), f"{message} (got {str(first.get('input'))[:60]!r}).")
 
 
 class BodyLimit:

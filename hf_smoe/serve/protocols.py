@@ -5,9 +5,21 @@ Inference's `/predict` (what `huggingface_hub.InferenceClient.text_classificatio
 the native API forbids them, so a misspelt field is an error rather than ignored."""
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from ..features.encoding import unicode_problem
+
+
+def unicode_text(text: str) -> str:
+    problem = unicode_problem(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+Text = Annotated[str, AfterValidator(unicode_text)]
 
 
 class Message(BaseModel):
@@ -15,13 +27,13 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     role: str
-    content: str
+    content: Text
 
 
 class RewardItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: str | list[Message] = Field(description="the prompt as text or chat messages")
-    response: str
+    prompt: Text | list[Message] = Field(description="the prompt as text or chat messages")
+    response: Text
     user: str | None = Field(default=None, description="whose router scores it (None: the checkpoint's own)")
 
 
@@ -38,8 +50,8 @@ class OpenRLHFRequest(BaseModel):
     `prompts` the rendered prompts; `labels` any dataset column (the users, with `--user-from labels`)."""
 
     model_config = ConfigDict(extra="allow")
-    query: list[str]
-    prompts: list[str] | None = None
+    query: list[Text]
+    prompts: list[Text] | None = None
     labels: list[Any] | None = None
 
 
@@ -49,7 +61,7 @@ class ClassifyRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     model: str | None = None
-    input: str | list[str] | None = None
+    input: Text | list[Text] | None = None
     messages: list[Message] | None = None
     use_activation: bool | None = None
     activation: bool | None = None
@@ -75,7 +87,7 @@ class PredictRequest(BaseModel):
     `raw_scores` (TEI) or `parameters.function_to_apply: "none"` (huggingface_hub) for the raw reward."""
 
     model_config = ConfigDict(extra="allow")
-    inputs: str | list[str] | list[list[str]]
+    inputs: Text | list[Text] | list[list[Text]]
     raw_scores: bool = False
     parameters: dict[str, Any] | None = None
 

@@ -145,7 +145,13 @@ class RewardService:
             else:
                 router = adapt_router(self.model, self.adaptation_cache.pair_features(pairs), method, seed)
                 results = {"method": method, "n": n, "eval_pairs": 0, "seed": seed}
-        save_router(router, self.routers_dir / f"{name}{ROUTER_SUFFIX}", self.model, **results, user=name)
+        path = self.routers_dir / f"{name}{ROUTER_SUFFIX}"
+        try:
+            save_router(router, path, self.model, **results, user=name)
+        except OSError as error:  # a full disk, a folder made read-only or removed: the old router stays
+            reason = error.strerror or error
+            raise RequestError(507, "routers", f"cannot write {path.name} in the routers folder ({reason}); {name!r} "
+                               "keeps the router it had. Free space or fix the folder, then PUT again.") from None
         self.reward.routers[name] = router
         return results
 

@@ -10,6 +10,7 @@ encoded as the checkpoint was trained.
 
 import ipaddress
 import os
+import signal
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -83,4 +84,11 @@ def main(checkpoint: CheckpointArguments, serve: ServeArguments) -> None:
                      user_from=None if serve.user_from == "none" else serve.user_from)
     print(f"Serving {service.name} ({service.model.config.num_experts} experts, {len(service.users)} users, "
           f"max_length {service.reward.max_length}) on http://{serve.host}:{serve.port}")
+    signal.signal(signal.SIGTERM, drained)
     uvicorn.run(app, host=serve.host, port=serve.port, timeout_graceful_shutdown=30, log_level="info")
+
+
+def drained(signum, frame) -> None:
+    """uvicorn answers SIGTERM by draining the requests it holds, then raises the signal again: by then the server
+    did what SIGTERM asks, so it exits 0 (a process manager reads a death by signal as a crash)."""
+    raise SystemExit(0)
