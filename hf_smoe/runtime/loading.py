@@ -116,7 +116,8 @@ def model_load_errors(field: str, name_or_path):
                          f"({first_line(error)}); restore the config or save the model again.") from None
     except (OSError, ValueError) as error:
         where = "" if Path(str(name_or_path)).expanduser().exists() else "no such local folder, and "
-        raise InputError(f"{field}: cannot load {name_or_path}: {where}{first_line(error)}") from None
+        raise InputError(f"{field}: cannot load {name_or_path}: {where}{first_line(error).rstrip('.')}; give a "
+                         "folder saved with save_pretrained (config.json and its weights), or a Hub id.") from None
 
 
 def first_line(error: Exception) -> str:
