@@ -255,10 +255,7 @@ class FeatureStore:
         partial = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
         try:
             self._write_pair_file(partial, pairs, metadata, chosen_keys, rejected_keys)
-        except FileNotFoundError:
-            if partial.exists():
-                raise
-            # the folder went while it was being written (a cache cleanup, `rm -r pairs/`): write it once more
+        except FileNotFoundError:  # the folder went while it was written (`rm -r pairs/`): write it once more
             self._write_pair_file(partial, pairs, metadata, chosen_keys, rejected_keys)
         try:
             partial.rename(folder)
