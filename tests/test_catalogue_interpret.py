@@ -19,7 +19,6 @@ import sys
 import tempfile
 import threading
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import NamedTuple
 from unittest import mock
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from catalogue import Case, CliResult, check_case, parametrize, run_cli
 from test_catalogue_cli import world as cli_world
-from test_endpoint import ScriptedServer, completion, free_port
+from test_endpoint import LoopbackServer, QuietHandler, ScriptedServer, completion, free_port
 from test_gguf import PACKAGES, write_parts, write_tiny_gguf
 
 from hf_smoe import SMoERewardModel
@@ -178,11 +177,11 @@ GENERATOR_CASES = [
 
 # Endpoints that misbehave, each a tiny server on 127.0.0.1.
 
-class RawServer:
+class RawServer(LoopbackServer):
     """A loopback server that answers every POST with the same bytes (status 200, `content_type`)."""
 
     def __init__(self, body: bytes, content_type: str):
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):
                 self.rfile.read(int(self.headers["content-length"]))
                 self.send_response(200)
@@ -191,16 +190,7 @@ class RawServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 class SilentServer:

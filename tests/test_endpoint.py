@@ -154,7 +154,25 @@ def test_offline_mode_is_bypassed_only_by_the_endpoint_client(served, local, mon
                                                                  model=served["lm"], max_tokens=4)
 
 
-class ScriptedServer:
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+class LoopbackServer:
+    """`handler` (a `QuietHandler` subclass) serving on a free loopback port, in a thread, until `close()`."""
+
+    def __init__(self, handler):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ScriptedServer(LoopbackServer):
     """A stand-in OpenAI chat server on a loopback port: `respond(request_body)` gives (status, body, headers);
     every request body is recorded, and so is the most requests in flight at once."""
 
@@ -162,7 +180,7 @@ class ScriptedServer:
         self.requests, self.headers, self.in_flight, self.most_in_flight = [], [], 0, 0
         lock, outer = threading.Lock(), self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 with lock:
@@ -182,16 +200,7 @@ class ScriptedServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture
