@@ -31,13 +31,14 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote
 
 import datasets
 import pytest
 import yaml
 from huggingface_hub import constants
+from loopback import LoopbackServer
 
 # The Hub's default .gitattributes: these files, any file of 10 MiB or more and any binary file go through Git LFS.
 LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.model",
@@ -467,20 +468,13 @@ class LocalHub:
         self.repos, self.dataset_repos, self.lfs_objects = {}, {}, {}
         self.lfs_uploads, self.requests, self.unhandled = [], [], []
         self.lock = threading.Lock()
-        self.servers = [self._start("hub", HubHandler), self._start("storage", StorageHandler)]
-        self.endpoint, self.storage_url = (f"http://127.0.0.1:{server.server_port}" for server in self.servers)
-
-    def _start(self, name: str, handler) -> ThreadingHTTPServer:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
-        server.hub, server.name = self, name
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-        return server
+        self.servers = [LoopbackServer(HubHandler, hub=self, name="hub"),
+                        LoopbackServer(StorageHandler, hub=self, name="storage")]
+        self.endpoint, self.storage_url = (server.url for server in self.servers)
 
     def close(self):
         for server in self.servers:
-            server.shutdown()
-            server.server_close()
+            server.close()
 
     def __enter__(self) -> "LocalHub":
         return self

@@ -27,8 +27,9 @@ import gguf
 import numpy as np
 import torch
 from catalogue import Case, CliResult, check_case, parametrize, run_cli
+from loopback import LoopbackServer, QuietHandler, free_port
 from test_catalogue_cli import world as cli_world
-from test_endpoint import LoopbackServer, QuietHandler, ScriptedServer, completion, free_port
+from test_endpoint import ScriptedServer, completion
 from test_gguf import PACKAGES, write_parts, write_tiny_gguf
 
 from hf_smoe import SMoERewardModel

@@ -5,18 +5,17 @@ checked against plain transformers on the same folder), and against a scripted s
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
 from huggingface_hub import InferenceClient, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
+from loopback import LoopbackServer, QuietHandler, free_port
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_smoe.errors import EndpointError
@@ -33,12 +32,6 @@ JUDGE_PROMPTS = ["is it a user ?", "is it a today ?", "is it a of ?", "is it a t
 def tiny_folders(root):
     """A tiny causal LM (YES/NO in its vocabulary) and the same model without an LM head, each with a tokenizer."""
     return {"lm": save_tiny_causal_lm(root / "tiny-lm"), "base": save_tiny_causal_lm(root / "tiny-base", lm_head=False)}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -152,24 +145,6 @@ def test_offline_mode_is_bypassed_only_by_the_endpoint_client(served, local, mon
     with pytest.raises(OfflineModeIsEnabled):
         InferenceClient(base_url=served["url"]).chat_completion([{"role": "user", "content": "hello"}],
                                                                  model=served["lm"], max_tokens=4)
-
-
-class QuietHandler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-class LoopbackServer:
-    """`handler` (a `QuietHandler` subclass) serving on a free loopback port, in a thread, until `close()`."""
-
-    def __init__(self, handler):
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class ScriptedServer(LoopbackServer):
