@@ -247,11 +247,16 @@ def test_bench_tune_compares_the_three_ways_on_the_same_split(three_layers):
     assert results["cached_validation_accuracy"] == results["recomputed_validation_accuracy"]
     assert results["speedup_vs_recomputed"] == pytest.approx(
         results["recomputed_seconds_per_epoch"] / results["cached_seconds_per_epoch"])
+    assert results["mixture_speedup_vs_unshared"] == pytest.approx(
+        results["mixture_unshared_seconds_per_epoch"] / results["mixture_cached_seconds_per_epoch"])
+    # every pair shares at least its prompt, so running it once runs fewer tokens
+    assert results["mixture_cached_top_layer_tokens"] < results["mixture_unshared_top_layer_tokens"]
     assert results["mixture_speedup_vs_recomputed"] == pytest.approx(
         results["mixture_recomputed_seconds_per_epoch"] / results["mixture_cached_seconds_per_epoch"])
     assert results["mixture_cost_vs_frozen_head"] == pytest.approx(
         results["mixture_cached_seconds_per_epoch"] / results["mixture_frozen_head_seconds_per_epoch"])
-    assert all(results[f"mixture_{way}_peak_anonymous_mb"] > 0 for way in ("cached", "recomputed", "frozen_head"))
+    assert all(results[f"mixture_{way}_peak_anonymous_mb"] > 0
+               for way in ("cached", "unshared", "recomputed", "frozen_head"))
 
 
 def test_smoe_tune_backbone_cli_and_its_errors(three_layers, tmp_path):

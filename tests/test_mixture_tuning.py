@@ -8,15 +8,17 @@ import sys
 
 import pytest
 import torch
+from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import AutoModel
 
 from catalogue import run_cli
 from conftest import encode_batch
 from hf_smoe.data import load_pairs
+from hf_smoe.errors import InputError
 from hf_smoe.data.synthetic import generate_preference_set
 from hf_smoe.features import FEATURE_COLUMNS, EmbeddingCache, HiddenStateCache, encode_pair
-from hf_smoe.training import TopLayersMixture, state_pairs, tuned_pair_features
+from hf_smoe.training import MixtureStatesCollator, TopLayersMixture, state_pairs, tuned_pair_features
 from test_remote_code import LOADER
 
 
@@ -55,30 +57,46 @@ def test_only_the_top_layers_change_and_the_checkpoint_is_a_frozen_reward_model(
     assert record["job"]["model"]["tune_layers"] == 1 and 0.0 <= record["results"]["accuracy"] <= 1.0
 
 
-def test_tuned_rewards_equal_a_full_forward_of_the_saved_checkpoint(tuned, tokenizers, tmp_path):
-    """What training computed (cached states below, the top layer above) is what the saved model computes in one
-    forward pass, to 1e-5 in fp32."""
+# Pairs whose texts share the prompt, the prompt and the responses' first words, or (truncated to 64 tokens, the
+# rejected side keeping less of its long prompt) almost nothing: packing each pair in one row must not matter.
+LONG_PROMPT = " ".join(["tell me about the cat and the dog"] * 8)
+PACKED_PAIRS = Dataset.from_dict({
+    "prompt": ["hello how are you today", "what is a cat ?", LONG_PROMPT],
+    "chosen": ["good thanks", "a kind dog , good", "no"],
+    "rejected": ["bad", "a kind of cat", " ".join(["the dog is a good cat"] * 6)]})
+
+
+@pytest.mark.parametrize("pooling", ["last_token", "mean"])
+def test_tuned_rewards_equal_a_full_forward_of_the_saved_checkpoint(tuned, tokenizers, tmp_path, pooling):
+    """What training computed (cached states below, the top layer above, each pair one packed row) is what the
+    saved model computes in one forward pass of each text, to 1e-5 in fp32."""
     model = AutoModel.from_pretrained(tuned).eval()
+    model.config.pooling = pooling
     tokenizer = tokenizers["llama"]
-    texts = [("hello how are you today", "good thanks"), ("what is a cat ?", "a kind dog , good"),
-             ("tell me", "no")]
-    batch = encode_batch(tokenizer, texts)
     with torch.no_grad():
-        full = model(**batch)
         wrapper = TopLayersMixture(model, 1)
         cache = HiddenStateCache(wrapper.bottom, tokenizer, layer=1, cache_dir=tmp_path, max_length=64,
-                                 show_progress=False)
-        encodings = [encode_pair(tokenizer, prompt, response, max_length=64) for prompt, response in texts]
-        states = cache.compute(encodings)
-        lengths = torch.tensor([len(s) for s in states])
-        padded = torch.zeros(len(states), int(lengths.max()), states[0].shape[1])
-        for row, value in enumerate(states):
-            padded[row, :len(value)] = torch.as_tensor(value)
-        prompts, responses = wrapper.embed_states(padded, lengths,
-                                                  torch.tensor([e["prompt_lengths"] for e in encodings]))
-        split = wrapper(prompt_embeddings=prompts, response_embeddings=responses)
-    torch.testing.assert_close(split.logits, full.logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(split.routing_weights, full.routing_weights, atol=1e-5, rtol=0)
+                                 dtype=torch.float32, show_progress=False)
+        keyed = state_pairs(PACKED_PAIRS, cache)
+        assert keyed["shared_length"][1] > keyed["prompt_length"][1] > keyed["shared_length"][2]  # both kinds
+        prompts, chosen, rejected = wrapper.embed_pairs(**MixtureStatesCollator(cache)(list(keyed)))
+        split = wrapper(prompt_embeddings=prompts, response_embeddings=chosen)
+        full = {side: model.embed(**side_batch(tokenizer, side)) for side in ("chosen", "rejected")}
+        reward = model(**side_batch(tokenizer, "chosen"))
+    torch.testing.assert_close(prompts, full["chosen"][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(chosen, full["chosen"][1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rejected, full["rejected"][1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(split.logits, reward.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(split.routing_weights, reward.routing_weights, atol=1e-5, rtol=0)
+
+
+def side_batch(tokenizer, side: str) -> dict:
+    """The padded model inputs of one side's texts of `PACKED_PAIRS`, with their prompt lengths."""
+    encodings = [encode_pair(tokenizer, prompt, response, max_length=64)
+                 for prompt, response in zip(PACKED_PAIRS["prompt"], PACKED_PAIRS[side])]
+    tokenizer.padding_side = "right"
+    batch = tokenizer.pad([{"input_ids": e["input_ids"]} for e in encodings], return_tensors="pt")
+    return {**batch, "prompt_lengths": torch.tensor([e["prompt_lengths"] for e in encodings])}
 
 
 def test_tuned_pair_features_equal_the_embedding_cache_of_the_saved_checkpoint(tuned, tokenizers, pairs_file,
@@ -109,14 +127,18 @@ def test_every_preset_tunes(preset, pairs_file, backbone_dirs, tmp_path):
 
 
 def test_pairs_batch_by_length_when_asked(pairs_file, backbone_dirs, tokenizers, tmp_path):
-    """Each pair's `length` is its longer side's tokens (what `--train_sampling_strategy group_by_length` sorts
-    by), and a run with it trains."""
+    """Each pair's `length` is its packed row's tokens, both texts less the prefix they share (what
+    `--train_sampling_strategy group_by_length` sorts by), and a run with it trains."""
     pairs = load_pairs(str(pairs_file)).select(range(6))
     model = AutoModel.from_pretrained(backbone_dirs["llama"])
     cache = HiddenStateCache(model, tokenizers["llama"], layer=2, cache_dir=tmp_path, max_length=64,
                              show_progress=False)
-    expected = [max(len(encode_pair(tokenizers["llama"], pair["prompt"], pair[side], max_length=64)["input_ids"])
-                    for side in ("chosen", "rejected")) for pair in pairs]
+    expected = []
+    for pair in pairs:
+        chosen, rejected = (encode_pair(tokenizers["llama"], pair["prompt"], pair[side], max_length=64)["input_ids"]
+                            for side in ("chosen", "rejected"))
+        shared = min(len(os.path.commonprefix([chosen, rejected])), len(chosen) - 1, len(rejected) - 1)
+        expected.append(len(chosen) + len(rejected) - shared)
     assert state_pairs(pairs, cache)["length"] == expected
     output = train(pairs_file, backbone_dirs["llama"], tmp_path / "model", "--train_sampling_strategy",
                    "group_by_length")
@@ -169,3 +191,11 @@ def test_two_processes_tune_as_one(pairs_file, backbone_dirs, tmp_path):
         name.removeprefix("backbone.")]) for name in one if name.startswith("backbone.layers.1."))
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_attention_without_a_custom_mask_is_refused(tuned):
+    """The packed pairs need a 4-D attention mask; flash-attention kernels would silently ignore it."""
+    model = AutoModel.from_pretrained(tuned)
+    model.backbone.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(InputError, match="tune_layers: the backbone computes attention with 'flash_attention_2'"):
+        TopLayersMixture(model, 1)

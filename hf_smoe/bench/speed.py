@@ -205,15 +205,17 @@ def judge_speed(judge: str, num_prompts: int, batch_size: int, seed: int) -> dic
 
 
 def mixture_tune_speed(backbone: str, splits: dict, layers: int, epochs: float, seed: int, folder: str) -> dict:
-    """Seconds per epoch and peak memory of a sparse head (K = 5) trained three ways on `splits`, each in a fresh
+    """Seconds per epoch and peak memory of a sparse head (K = 5) trained four ways on `splits`, each in a fresh
     process (so its peak memory is its own): with the top `layers` layers under Eq. 7 from the hidden-state cache
-    (`--tune_layers`), the same re-running the lower layers every step, and alone on the frozen backbone's cached
-    features (each cache's one-off filling timed apart)."""
+    (`--tune_layers`; each pair's shared prefix run once), the same with each text run whole (its prompt once per
+    response), the same re-running the lower layers every step, and alone on the frozen backbone's cached features
+    (each cache's one-off filling timed apart)."""
     results = {}
-    for way in ("cached", "recomputed", "frozen_head"):
+    for way in ("cached", "unshared", "recomputed", "frozen_head"):
         run = in_fresh_process(mixture_training_run, way, backbone, splits, layers, epochs, seed, folder)
         results.update({f"mixture_{way}_{name}": value for name, value in run.items()})
     cached = results["mixture_cached_seconds_per_epoch"]
+    results["mixture_speedup_vs_unshared"] = results["mixture_unshared_seconds_per_epoch"] / cached
     results["mixture_speedup_vs_recomputed"] = results["mixture_recomputed_seconds_per_epoch"] / cached
     results["mixture_cost_vs_frozen_head"] = cached / results["mixture_frozen_head_seconds_per_epoch"]
     return results
@@ -221,24 +223,30 @@ def mixture_tune_speed(backbone: str, splits: dict, layers: int, epochs: float, 
 
 def mixture_training_run(way: str, backbone: str, splits: dict, layers: int, epochs: float, seed: int,
                          folder: str) -> dict:
-    """One of `mixture_tune_speed`'s three ways: its cache filling, seconds per epoch and peak anonymous memory."""
+    """One of `mixture_tune_speed`'s four ways: its cache filling, seconds per epoch, peak anonymous memory and,
+    for the top layers, the tokens they run per epoch."""
     model, tokenizer = load_backbone_model(backbone, "sparse", 5, seed)
     args = SMoETrainingArguments(output_dir=f"{folder}/{way}", num_train_epochs=epochs, seed=seed, **UNTIMED_WORK_OFF)
     start = time.perf_counter()
     if way == "frozen_head":
         cache = EmbeddingCache(model, tokenizer, cache_dir=f"{folder}/cache", show_progress=False)
         sets, options, trained = {n: cache.pair_features(splits[n]) for n in ("train", "validation")}, {}, model
+        tokens = {}
     else:
         trained, _ = prepare_top_layers(model, layers)
         sets, states = cached_state_sets(trained, tokenizer, splits, cache_dir=f"{folder}/cache", show_progress=False)
-        options = {"data_collator": MixtureStatesCollator(states, recompute=way == "recomputed")}
+        options = {"data_collator": MixtureStatesCollator(states, recompute=way == "recomputed",
+                                                          share_prefix=way != "unshared")}
+        train = sets["train"]
+        tokens = {"top_layer_tokens": sum(train["length"]) if way != "unshared"
+                  else sum(train["chosen_length"]) + sum(train["rejected_length"])}
     filled = time.perf_counter() - start
     with PeakMemory() as memory:
         start = time.perf_counter()
         run_trainer(trained, sets, args, **options)
         seconds = time.perf_counter() - start
     return {"cache_fill_s": filled, "seconds_per_epoch": seconds / epochs,
-            "peak_anonymous_mb": memory.anonymous / 2**20}
+            "peak_anonymous_mb": memory.anonymous / 2**20, **tokens}
 
 
 def bench_tune(backbone: str, num_pairs: int = 192, layers: int = 2, epochs: float = 1.0, seed: int = 0) -> dict:

@@ -6,7 +6,10 @@ Here the top layers, the router and the experts train jointly with the paper's o
 representation is shaped to serve several experts. As in `smoe tune-backbone`, the lower L - k layers never change:
 the states entering layer L - k are cached once per text (`HiddenStateCache`) and every step runs only the top
 layers, forward and backward. Both representations come from the tuned layers' output, as in a full forward pass:
-the response's at its last token, the prompt's at its last prompt token of the same pass. The result is a normal
+the response's at its last token, the prompt's at its last prompt token of the chosen response's pass. The tokens a
+pair's two texts share (the prompt, at least) run once: each pair is one packed row, the shared prefix, the rest of
+the chosen text, the rest of the rejected one, with positions and a mask that give every token exactly the context
+it has in its own text, so data with long prompts and short answers trains about twice as fast. The result is a normal
 full checkpoint (the tuned layers are inside the backbone it carries), so it loads with `AutoModel.from_pretrained`
 where hf_smoe is not installed, and scores exactly as it trained.
 """
@@ -21,8 +24,7 @@ from torch import nn
 from ..data import PAIR_METADATA
 from ..errors import InputError
 from ..features import FEATURE_COLUMNS, HiddenStateCache
-from ..modeling.modeling_smoe import pool
-from .top_layers import add_lora_adapters, keyed_pairs, split_layers, state_batch
+from .top_layers import add_lora_adapters, keyed_pairs, padded_states, split_layers
 
 
 class TopLayersMixture(nn.Module):
@@ -36,6 +38,10 @@ class TopLayersMixture(nn.Module):
         if model.config.prompt_representation != "same_pass":
             raise InputError("tune_layers: needs a decoder backbone, whose prompt representation comes from the same "
                              f"pass (this model's is {model.config.prompt_representation!r}).")
+        attention = model.backbone.config._attn_implementation
+        if attention not in ("eager", "sdpa"):
+            raise InputError(f"tune_layers: the backbone computes attention with {attention!r}, which takes no custom "
+                             "mask; the packed pairs need one. Load it with attn_implementation='sdpa' (the default).")
         self.model, self.config = model, model.config
         bottom, top = split_layers(model.backbone, k, field="tune_layers")
         # views of the model's own modules (`bottom` feeds the hidden-state cache), not registered a second time
@@ -46,11 +52,27 @@ class TopLayersMixture(nn.Module):
     def head(self):
         return self.model.head
 
-    def embed_states(self, states: torch.Tensor, lengths: torch.Tensor, prompt_lengths: torch.Tensor) -> tuple:
-        """(g(x), h(x, y)) of right-padded states (N, T, H) entering the top layers."""
-        mask = (torch.arange(states.shape[1], device=states.device) < lengths.unsqueeze(1)).long()
-        hidden = self.top(inputs_embeds=states, attention_mask=mask, use_cache=False).last_hidden_state
-        return pool(hidden, prompt_lengths, self.config.pooling), pool(hidden, lengths, self.config.pooling)
+    def embed_pairs(self, states: torch.Tensor, chosen_lengths: torch.Tensor, rejected_lengths: torch.Tensor,
+                    shared_lengths: torch.Tensor, prompt_lengths: torch.Tensor) -> tuple:
+        """(g(x), h(x, y_w), h(x, y_l)) of packed pairs (`MixtureStatesCollator`): right-padded states (N, T, H) entering the
+        top layers, each row a pair's chosen text (its first `chosen_lengths` tokens) then the rejected text's tokens
+        after the `shared_lengths` both texts share."""
+        position = torch.arange(states.shape[1], device=states.device).unsqueeze(0)
+        chosen_end, shared = chosen_lengths.unsqueeze(1), shared_lengths.unsqueeze(1)
+        in_chosen = position < chosen_end
+        in_rejected = (position >= chosen_end) & (position < chosen_end + rejected_lengths.unsqueeze(1) - shared)
+        # each token's position in its own text (padding at 0), and the keys on its own text's path
+        text_position = torch.where(in_rejected, position - chosen_end + shared, position * in_chosen)
+        on_path = torch.where(in_rejected.unsqueeze(2), (in_rejected | (position < shared)).unsqueeze(1),
+                              in_chosen.unsqueeze(1))
+        allowed = on_path & (text_position.unsqueeze(1) <= text_position.unsqueeze(2))
+        mask = torch.zeros(allowed.shape, dtype=states.dtype, device=states.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(states.dtype).min).unsqueeze(1)
+        hidden = self.top(inputs_embeds=states, attention_mask=mask, position_ids=text_position,
+                          use_cache=False).last_hidden_state
+        pooling = self.config.pooling
+        return (pool_tokens(hidden, position < prompt_lengths.unsqueeze(1), pooling),
+                pool_tokens(hidden, in_chosen, pooling), pool_tokens(hidden, in_rejected | (position < shared), pooling))
 
     def forward(self, **inputs):
         return self.model(**inputs)
@@ -86,39 +108,60 @@ def cached_state_sets(wrapper: TopLayersMixture, tokenizer, splits: dict, **cach
 
 
 def state_pairs(pairs, cache: HiddenStateCache):
-    """The pairs with their texts' keys in the hidden-state cache (computing what is missing), each side's prompt
-    length (the prompt representation's position) and `length`, the longer side's tokens: what
+    """The pairs with their texts' keys in the hidden-state cache (computing what is missing), the chosen text's
+    prompt length (the prompt representation's position), each text's length, the tokens both texts begin with
+    (`shared_length`, at most all but each one's last) and `length`, the packed row's tokens: what
     `--train_sampling_strategy group_by_length` batches by, so short pairs are not padded to a long one."""
     keyed = keyed_pairs(pairs, cache)
-    encoded = {side: [cache.encode((prompt, response)) for prompt, response in zip(pairs["prompt"], pairs[side])]
-               for side in ("chosen", "rejected")}
-    for side in ("chosen", "rejected"):
-        keyed = keyed.add_column(f"{side}_prompt_length", [e["prompt_lengths"] for e in encoded[side]])
-    return keyed.add_column("length", [max(len(chosen["input_ids"]), len(rejected["input_ids"]))
-                                       for chosen, rejected in zip(encoded["chosen"], encoded["rejected"])])
+    columns = {name: [] for name in ("prompt_length", "chosen_length", "rejected_length", "shared_length", "length")}
+    for prompt, chosen, rejected in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]):
+        chosen, rejected = cache.encode((prompt, chosen)), cache.encode((prompt, rejected))
+        chosen_ids, rejected_ids = chosen["input_ids"], rejected["input_ids"]
+        limit = min(len(chosen_ids), len(rejected_ids)) - 1
+        shared = next((i for i in range(limit) if chosen_ids[i] != rejected_ids[i]), limit)
+        for name, value in zip(columns, (chosen["prompt_lengths"], len(chosen_ids), len(rejected_ids), shared,
+                                         len(chosen_ids) + len(rejected_ids) - shared)):
+            columns[name].append(value)
+    for name, values in columns.items():
+        keyed = keyed.add_column(name, values)
+    return keyed
+
+
+def pool_tokens(hidden: torch.Tensor, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Representation of the `tokens` (N, T, a boolean mask) of each packed row, as `pool` reads a plain row: the
+    state of the last of them, or their mean."""
+    if pooling == "last_token":
+        last = tokens.shape[1] - 1 - tokens.flip(1).int().argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    weights = tokens.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
 
 
 @dataclass
 class MixtureStatesCollator:
-    """A batch of pairs as the cached states of their chosen sides, then their rejected ones, with each side's
-    length and prompt length: what `TopLayersMixture.embed_states` reads. `recompute` re-runs the lower layers on
-    the batch's tokens instead of reading the cache (the slow way, `smoe bench tune`'s baseline)."""
+    """A batch of pairs as packed rows of cached states (the chosen text, then the rejected text's tokens after
+    those both share) with their lengths: what `TopLayersMixture.embed_pairs` reads. `recompute` re-runs the lower
+    layers on the batch's tokens instead of reading the cache, and `share_prefix=False` packs the rejected text whole
+    (each text's prompt then runs once per text): the slow ways, `smoe bench tune`'s baselines."""
 
     cache: HiddenStateCache
     recompute: bool = False
+    share_prefix: bool = True
 
     def __call__(self, rows):
         if self.recompute:
             texts = [(row["prompt"], row[side]) for side in ("chosen", "rejected") for row in rows]
-            batch = state_batch(self.cache.compute([self.cache.encode(text) for text in texts]))
+            sides = self.cache.compute([self.cache.encode(text) for text in texts])
         else:
-            keys = np.array([row["chosen_key"] for row in rows] + [row["rejected_key"] for row in rows],
-                            dtype="S64")
-            batch = state_batch(self.cache.states(keys))
-        batch.pop("labels")
-        batch["prompt_lengths"] = torch.tensor([row["chosen_prompt_length"] for row in rows]
-                                               + [row["rejected_prompt_length"] for row in rows])
-        return batch
+            sides = self.cache.states(np.array([row["chosen_key"] for row in rows]
+                                               + [row["rejected_key"] for row in rows], dtype="S64"))
+        shared = [row["shared_length"] if self.share_prefix else 0 for row in rows]
+        states, _ = padded_states([torch.cat([torch.as_tensor(chosen), torch.as_tensor(rejected)[start:]])
+                                   for chosen, rejected, start in zip(sides[:len(rows)], sides[len(rows):], shared)])
+        return {"states": states, "chosen_lengths": torch.tensor([row["chosen_length"] for row in rows]),
+                "rejected_lengths": torch.tensor([row["rejected_length"] for row in rows]),
+                "shared_lengths": torch.tensor(shared), "prompt_lengths": torch.tensor([row["prompt_length"]
+                                                                                      for row in rows])}
 
 
 @torch.inference_mode()
@@ -132,9 +175,7 @@ def tuned_pair_features(wrapper: TopLayersMixture, cache: HiddenStateCache, pair
     columns = {name: [] for name in FEATURE_COLUMNS}
     for start in range(0, len(keyed), batch_pairs):
         batch = collate([keyed[row] for row in range(start, min(start + batch_pairs, len(keyed)))])
-        prompts, responses = wrapper.embed_states(batch["states"], batch["lengths"], batch["prompt_lengths"])
-        chosen, rejected = responses.chunk(2)
-        for name, value in zip(FEATURE_COLUMNS, (prompts.chunk(2)[0], chosen, rejected)):
+        for name, value in zip(FEATURE_COLUMNS, wrapper.embed_pairs(**batch)):
             columns[name].extend(value.float().numpy())
     metadata = [name for name in PAIR_METADATA if name in pairs.column_names]
     return Dataset.from_dict(columns | {name: pairs[name] for name in metadata})

@@ -33,13 +33,19 @@ def split_layers(backbone, k: int, field: str = "layers") -> tuple:
     return bottom, top
 
 
-def state_batch(states: list) -> dict:
-    """The model's inputs for the (T_i, H) states of B chosen then B rejected sides: right-padded float32 states,
-    their lengths, and the label "chosen wins" of each pair."""
+def padded_states(states: list) -> tuple:
+    """(right-padded float32 (N, T, H) states, their lengths) of N (T_i, H) sequences."""
     lengths = torch.tensor([len(s) for s in states])
     padded = torch.zeros(len(states), int(lengths.max()), states[0].shape[1], dtype=torch.float32)
     for row, value in enumerate(states):
         padded[row, :len(value)] = torch.as_tensor(value)
+    return padded, lengths
+
+
+def state_batch(states: list) -> dict:
+    """The model's inputs for the (T_i, H) states of B chosen then B rejected sides: right-padded float32 states,
+    their lengths, and the label "chosen wins" of each pair."""
+    padded, lengths = padded_states(states)
     return {"states": padded, "lengths": lengths, "labels": torch.ones(len(states) // 2)}
 
 

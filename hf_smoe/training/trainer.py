@@ -64,10 +64,8 @@ def pair_representations(model, inputs):
     in the cache)."""
     if "prompt_embedding" in inputs:
         return inputs["prompt_embedding"], inputs["chosen_embedding"], inputs["rejected_embedding"]
-    if "states" in inputs:  # cached states entering the top layers (`TopLayersMixture`): chosen sides, then rejected
-        prompts, responses = model.embed_states(inputs["states"], inputs["lengths"], inputs["prompt_lengths"])
-        chosen, rejected = responses.chunk(2)
-        return prompts.chunk(2)[0], chosen, rejected
+    if "states" in inputs:  # cached states entering the top layers (`TopLayersMixture`), one packed row a pair
+        return model.embed_pairs(**inputs)
     embeddings = [model.embed(inputs[f"{side}_input_ids"], inputs[f"{side}_attention_mask"],
                               inputs[f"{side}_prompt_lengths"]) for side in SIDES]
     dtype = model.head.experts.weight.dtype
