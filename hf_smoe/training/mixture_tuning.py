@@ -9,9 +9,9 @@ layers, forward and backward. Both representations come from the tuned layers' o
 the response's at its last token, the prompt's at its last prompt token of the chosen response's pass. The tokens a
 pair's two texts share (the prompt, at least) run once: each pair is one packed row, the shared prefix, the rest of
 the chosen text, the rest of the rejected one, with positions and a mask that give every token exactly the context
-it has in its own text, so data with long prompts and short answers trains about twice as fast. The result is a normal
-full checkpoint (the tuned layers are inside the backbone it carries), so it loads with `AutoModel.from_pretrained`
-where hf_smoe is not installed, and scores exactly as it trained.
+it has in its own text: with long prompts and short answers the top layers run about half the tokens. The result
+is a normal full checkpoint (the tuned layers are inside the backbone it carries), so it loads with
+`AutoModel.from_pretrained` where hf_smoe is not installed, and scores exactly as it trained.
 """
 
 from dataclasses import dataclass
@@ -54,9 +54,9 @@ class TopLayersMixture(nn.Module):
 
     def embed_pairs(self, states: torch.Tensor, chosen_lengths: torch.Tensor, rejected_lengths: torch.Tensor,
                     shared_lengths: torch.Tensor, prompt_lengths: torch.Tensor) -> tuple:
-        """(g(x), h(x, y_w), h(x, y_l)) of packed pairs (`MixtureStatesCollator`): right-padded states (N, T, H) entering the
-        top layers, each row a pair's chosen text (its first `chosen_lengths` tokens) then the rejected text's tokens
-        after the `shared_lengths` both texts share."""
+        """(g(x), h(x, y_w), h(x, y_l)) of packed pairs (`MixtureStatesCollator`): right-padded states (N, T, H)
+        entering the top layers, each row a pair's chosen text (its first `chosen_lengths` tokens) then the rejected
+        text's tokens after the `shared_lengths` both texts share."""
         position = torch.arange(states.shape[1], device=states.device).unsqueeze(0)
         chosen_end, shared = chosen_lengths.unsqueeze(1), shared_lengths.unsqueeze(1)
         in_chosen = position < chosen_end
@@ -70,9 +70,8 @@ class TopLayersMixture(nn.Module):
         mask = mask.masked_fill(~allowed, torch.finfo(states.dtype).min).unsqueeze(1)
         hidden = self.top(inputs_embeds=states, attention_mask=mask, position_ids=text_position,
                           use_cache=False).last_hidden_state
-        pooling = self.config.pooling
-        return (pool_tokens(hidden, position < prompt_lengths.unsqueeze(1), pooling),
-                pool_tokens(hidden, in_chosen, pooling), pool_tokens(hidden, in_rejected | (position < shared), pooling))
+        prompt, rejected = position < prompt_lengths.unsqueeze(1), in_rejected | (position < shared)
+        return tuple(pool_tokens(hidden, tokens, self.config.pooling) for tokens in (prompt, in_chosen, rejected))
 
     def forward(self, **inputs):
         return self.model(**inputs)
