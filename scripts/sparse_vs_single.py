@@ -26,6 +26,7 @@ from transformers import HfArgumentParser
 from hf_smoe.evaluation import evaluate_head
 from hf_smoe.features import FEATURE_COLUMNS
 from hf_smoe.reproduce.reproduction_datasets import DSP_MAX_LENGTH, general_data, prepare, reproduction_data
+from hf_smoe.reproduce.table1 import without_test
 from hf_smoe.runtime import fast_dtype, load_frozen_backbone, run_command
 from hf_smoe.training import train_head, train_tuned_preset
 from hf_smoe.modeling.modeling_smoe import SMoERewardModel
@@ -85,14 +86,6 @@ def shared_features(names, backbone, tokenizer, cache_dir, data_root) -> tuple:
     return {name: sets[name] for name in names}, splits
 
 
-def measured_view(features: dict, measure_on: str) -> dict:
-    """The splits a head is measured on: test (experts labelled on validation), or, while choosing, validation
-    (experts labelled on train; test never read)."""
-    if measure_on == "test":
-        return features
-    return {"train": features["train"], "validation": features["train"], "test": features["validation"]}
-
-
 def run(args: SparseVsSingleArguments) -> dict:
     unknown = set(args.variants) - {row for row, *_ in VARIANTS}
     if unknown:
@@ -101,6 +94,7 @@ def run(args: SparseVsSingleArguments) -> dict:
         raise SystemExit("--datasets: 'union' has no pair splits of its own to tune on; run its parts.")
     backbone, tokenizer = load_frozen_backbone(args.backbone)
     sets, pair_splits = shared_features(args.datasets, backbone, tokenizer, args.cache_dir, args.data_root)
+    view = without_test if args.measure_on == "validation" else dict  # experts labelled on train, test never read
     training = {"layers_learning_rate": args.layers_learning_rate, "report_to": "none",
                 "train_sampling_strategy": "group_by_length", "use_cpu": not torch.cuda.is_available(),
                 "bf16": torch.cuda.is_available() or fast_dtype(torch.device("cpu")) == torch.bfloat16}
@@ -123,10 +117,10 @@ def run(args: SparseVsSingleArguments) -> dict:
                 else:
                     model = SMoERewardModel.from_backbone(backbone, tokenizer=tokenizer, preset=preset,
                                                           num_experts=k, **overrides)
-                    train_head(model, measured_view(features, args.measure_on), folder, seed, args.epochs,
+                    train_head(model, view(features), folder, seed, args.epochs,
                                report_to="none")
                     measured = features
-                metrics = evaluate_head(model, measured_view(measured, args.measure_on))
+                metrics = evaluate_head(model, view(measured))
                 runs.append({key: metrics.get(key) for key in METRICS})
             results.setdefault(name, {"categories": categories, "pairs": len(features["train"])})[row] = runs
             print(name, row, k, *(f"{key} {cell(runs, key)}" for key in METRICS), flush=True)
