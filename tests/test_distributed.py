@@ -36,8 +36,7 @@ DUMP_EACH_RANK = textwrap.dedent("""
 """)
 
 EMBED_WITH_A_LATE_RANK = textwrap.dedent("""
-    import json, sys, time
-    import numpy as np
+    import json, os, sys, time
     from hf_smoe.features import EmbeddingCache, PairTexts
     from hf_smoe.runtime import load_backbone_model, state
     from hf_smoe.data import load_pairs
@@ -50,7 +49,9 @@ EMBED_WITH_A_LATE_RANK = textwrap.dedent("""
     if process.process_index == 1:
         time.sleep(3)  # the main process has written its shards by now, and waits
     keys = cache.embed(PairTexts(load_pairs(pairs_file)))
-    print(json.dumps({"rank": process.process_index, "missing": int((cache.store.rows(keys) < 0).sum())}))
+    report = {"rank": process.process_index, "missing": int((cache.store.rows(keys) < 0).sum())}
+    # one write of one short line: the two ranks share a pipe, and print's separate newline write can interleave
+    os.write(sys.stdout.fileno(), (json.dumps(report) + "\\n").encode())
 """)
 
 
