@@ -117,8 +117,7 @@ def run(args: SparseVsSingleArguments) -> dict:
                 else:
                     model = SMoERewardModel.from_backbone(backbone, tokenizer=tokenizer, preset=preset,
                                                           num_experts=k, **overrides)
-                    train_head(model, view(features), folder, seed, args.epochs,
-                               report_to="none")
+                    train_head(model, view(features), folder, seed, args.epochs, report_to="none")
                     measured = features
                 metrics = evaluate_head(model, view(measured))
                 runs.append({key: metrics.get(key) for key in METRICS})
