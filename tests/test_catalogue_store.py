@@ -654,8 +654,9 @@ AT_THE_GATE = textwrap.dedent("""
 """)
 
 PAUSED = textwrap.dedent("""
-    import pathlib, sys, time
+    import pathlib, signal, sys, time
     from transformers import Trainer
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal: a background job inherits SIG_IGN
     from hf_smoe.features import EmbeddingCache
     where, marker = sys.argv[1], pathlib.Path(sys.argv[2])
     owner, name = {"checkpoint": (Trainer, "_save_checkpoint"), "step": (Trainer, "training_step"),
